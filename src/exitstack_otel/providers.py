@@ -1,0 +1,60 @@
+"""Which ``Telemetry`` a new stack gets, looked up per request.
+
+Applications often configure the SDK after building the app (``opentelemetry-instrument`` does),
+so the global providers are read for every stack, not once; the answer is cached for as long as
+the providers stay the same objects, which makes the per-request cost two global reads.
+"""
+
+from __future__ import annotations
+
+from opentelemetry import metrics, trace
+
+from .telemetry import Telemetry, TelemetryOptions
+
+
+class TelemetrySource:
+    """Telemetry for explicit providers, or for whichever global ones are set at the time."""
+
+    __slots__ = ("_tracer_provider", "_meter_provider", "_options", "_cached")
+
+    def __init__(
+        self,
+        tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
+        options: TelemetryOptions | None = None,
+    ) -> None:
+        self._tracer_provider = tracer_provider
+        self._meter_provider = meter_provider
+        self._options = options or TelemetryOptions()
+        self._cached: tuple[object, object, Telemetry | None] | None = None
+
+    @property
+    def options(self) -> TelemetryOptions:
+        return self._options
+
+    def current(self) -> Telemetry | None:
+        tracer_provider = self._tracer_provider or trace.get_tracer_provider()
+        meter_provider = self._meter_provider or metrics.get_meter_provider()
+        cached = self._cached
+        if cached is not None and cached[0] is tracer_provider and cached[1] is meter_provider:
+            return cached[2]
+        telemetry = Telemetry.create(tracer_provider, meter_provider, self._options)
+        self._cached = (tracer_provider, meter_provider, telemetry)
+        return telemetry
+
+
+_sources: dict[TelemetryOptions, TelemetrySource] = {}
+
+
+def current_telemetry(
+    tracer_provider: trace.TracerProvider | None,
+    meter_provider: metrics.MeterProvider | None,
+    options: TelemetryOptions,
+) -> Telemetry | None:
+    """Telemetry for stacks made without an explicit one (``InstrumentedAsyncExitStack()``)."""
+    if tracer_provider is not None or meter_provider is not None:
+        return TelemetrySource(tracer_provider, meter_provider, options).current()
+    source = _sources.get(options)
+    if source is None:
+        source = _sources[options] = TelemetrySource(options=options)
+    return source.current()
