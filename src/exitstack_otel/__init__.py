@@ -1,13 +1,14 @@
 """Request-scoped cleanup in ASGI apps, made visible as OpenTelemetry spans and metrics."""
 
 from .middleware import DEFAULT_SCOPE_KEY, ExitStackMiddleware, get_exit_stack
-from .stack import InstrumentedAsyncExitStack
+from .stack import CallbackTimeoutError, InstrumentedAsyncExitStack
 from .telemetry import CallbackNamer, TelemetryOptions
 from .version import __version__
 
 __all__ = [
     "DEFAULT_SCOPE_KEY",
     "CallbackNamer",
+    "CallbackTimeoutError",
     "ExitStackMiddleware",
     "InstrumentedAsyncExitStack",
     "TelemetryOptions",

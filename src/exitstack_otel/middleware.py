@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import anyio
 from opentelemetry import metrics, trace
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .providers import TelemetrySource
-from .stack import InstrumentedAsyncExitStack
+from .shield import unwind_shielded
+from .stack import InstrumentedAsyncExitStack, checked_callback_timeout
 from .telemetry import CallbackNamer, CallbackSpans, TelemetryOptions
 
 # FastAPI's routing reads this key to close uploaded files, so a FastAPI router mounted in a plain
@@ -41,9 +41,11 @@ class ExitStackMiddleware:
         callback_spans: CallbackSpans = "problems",
         slow_callback_threshold: float = 0.1,
         max_callback_names: int = 200,
+        callback_timeout: float | None = None,
     ) -> None:
         self.app = app
         self.scope_key = scope_key
+        self.callback_timeout = checked_callback_timeout(callback_timeout)
         self.telemetry = TelemetrySource(
             tracer_provider,
             meter_provider,
@@ -60,18 +62,20 @@ class ExitStackMiddleware:
             await self.app(scope, receive, send)
             return
 
-        stack = InstrumentedAsyncExitStack(self.scope_key, telemetry=self.telemetry.current(), scope=scope)
+        stack = InstrumentedAsyncExitStack(
+            self.scope_key,
+            telemetry=self.telemetry.current(),
+            scope=scope,
+            callback_timeout=self.callback_timeout,
+        )
         scope[self.scope_key] = stack
         try:
             await self.app(scope, receive, send)
         except BaseException as exc:
-            with anyio.CancelScope(shield=True):
-                suppressed = await stack.__aexit__(type(exc), exc, exc.__traceback__)
-            if not suppressed:
+            if not await unwind_shielded(stack, exc):
                 raise
         else:
-            with anyio.CancelScope(shield=True):
-                await stack.__aexit__(None, None, None)
+            await unwind_shielded(stack, None)
 
 
 def get_exit_stack(

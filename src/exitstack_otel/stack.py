@@ -16,6 +16,7 @@ from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any
 
+import anyio
 from opentelemetry import context as otel_context
 
 from . import naming, semconv
@@ -33,6 +34,9 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
     ``name`` becomes ``exitstack.stack.name``. ``telemetry`` defaults to one built on the global
     providers; with both of them the API's no-ops, the stack is plain contextlib. ``scope``, when
     given, supplies ``http.route`` and ``http.request.method`` at unwind time.
+    ``callback_timeout``, when given, cancels an async exit callback still running after that many
+    seconds; it then fails with ``CallbackTimeoutError`` (outcome ``timeout``) and the unwind goes
+    on with the next callback. Sync callbacks cannot be interrupted and are never timed out.
     """
 
     def __init__(
@@ -41,8 +45,10 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
         *,
         telemetry: Telemetry | None = _UNSET,
         scope: Mapping[str, Any] | None = None,
+        callback_timeout: float | None = None,
     ) -> None:
         super().__init__()
+        self._callback_timeout = checked_callback_timeout(callback_timeout)
         if telemetry is _UNSET:
             telemetry = global_telemetry()
         self._telemetry = telemetry
@@ -59,6 +65,9 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
         return self._name
 
     def _push_exit_callback(self, callback: Callable[..., Any], is_sync: bool = True) -> None:
+        run = callback
+        if not is_sync and self._callback_timeout is not None:
+            run = _TimeLimited(callback, self._callback_timeout)
         telemetry = self._telemetry
         if telemetry is not None:
             try:
@@ -68,8 +77,8 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
                 telemetry.fault("push", exc)
             else:
                 observed = _ObservedSync if is_sync else _ObservedAsync
-                callback = observed(callback, self, info, telemetry)
-        super()._push_exit_callback(callback, is_sync)  # type: ignore[misc]  # private in typeshed
+                run = observed(run, self, info, telemetry)
+        super()._push_exit_callback(run, is_sync)  # type: ignore[misc]  # private in typeshed
 
     def pop_all(self) -> InstrumentedAsyncExitStack:
         new_stack = super().pop_all()
@@ -77,6 +86,7 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
         new_stack._name = self._name
         new_stack._scope = self._scope
         new_stack._parent_context = self._parent_context
+        new_stack._callback_timeout = self._callback_timeout
         # moved callbacks report to the stack that now owns them and will run them
         for _, callback in new_stack._exit_callbacks:  # type: ignore[attr-defined]
             if isinstance(callback, _Observed) and callback.owner is self:
@@ -142,8 +152,39 @@ class _Observed:
             self.telemetry.fault("callback", fault)
 
 
+def checked_callback_timeout(timeout: float | None) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ValueError(f"callback_timeout must be a positive number of seconds or None, not {timeout!r}")
+    return float(timeout)
+
+
+class CallbackTimeoutError(TimeoutError):
+    """An async exit callback was cancelled after running longer than the stack's callback_timeout.
+
+    It fails like any other callback: contextlib passes it to the callbacks still on the stack and
+    raises it from the unwind unless one of them suppresses it.
+    """
+
+
+class _TimeLimited:
+    __slots__ = ("__wrapped__", "timeout")
+
+    def __init__(self, callback: Callable[..., Any], timeout: float) -> None:
+        self.__wrapped__ = callback
+        self.timeout = timeout
+
+    async def __call__(self, *exc_details: Any) -> Any:
+        with anyio.move_on_after(self.timeout):
+            return await self.__wrapped__(*exc_details)
+        raise CallbackTimeoutError(f"exit callback abandoned after {self.timeout} s (callback_timeout)")
+
+
 def _failure_outcome(exc: BaseException) -> str:
-    return semconv.OUTCOME_CANCELLED if is_cancellation(exc) else semconv.OUTCOME_ERROR
+    if is_cancellation(exc):
+        return semconv.OUTCOME_CANCELLED
+    return semconv.OUTCOME_TIMEOUT if isinstance(exc, CallbackTimeoutError) else semconv.OUTCOME_ERROR
 
 
 class _ObservedSync(_Observed):

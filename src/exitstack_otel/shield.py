@@ -1,0 +1,70 @@
+"""Unwind a request's stack to the end, whatever cancels the task meanwhile.
+
+anyio's shielded cancel scope holds off anyio and trio cancellation, but not asyncio's native
+``Task.cancel()`` (uvicorn's graceful-shutdown timeout, ``asyncio.wait_for``, a failing sibling in
+a ``TaskGroup``): that throws ``CancelledError`` into whatever the task awaits, a cleanup included.
+On asyncio an unwind that will await therefore runs in a task of its own, and the caller waits
+for it through any number of cancellations before passing the first one on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import AsyncExitStack
+from types import TracebackType
+from typing import NoReturn
+
+import anyio
+
+ExcDetails = tuple[type[BaseException] | None, BaseException | None, TracebackType | None]
+
+
+async def unwind_shielded(stack: AsyncExitStack, exc: BaseException | None) -> bool:
+    """``stack.__aexit__`` for ``exc`` run to completion; a cancellation of the caller comes after."""
+    exc_details: ExcDetails = (None, None, None) if exc is None else (type(exc), exc, exc.__traceback__)
+    with anyio.CancelScope(shield=True):
+        # Without an async callback the unwind never suspends, so nothing can interrupt it.
+        if _on_asyncio() and any(not is_sync for is_sync, _ in stack._exit_callbacks):  # type: ignore[attr-defined]
+            suppressed = await _outlast_cancellation(stack, exc_details)
+        else:
+            suppressed = bool(await stack.__aexit__(*exc_details))
+    return suppressed
+
+
+def _on_asyncio() -> bool:
+    try:
+        return asyncio.current_task() is not None
+    except RuntimeError:  # no asyncio loop running: trio
+        return False
+
+
+async def _outlast_cancellation(stack: AsyncExitStack, exc_details: ExcDetails) -> bool:
+    async def unwind() -> tuple[bool, BaseException | None]:
+        try:
+            return bool(await stack.__aexit__(*exc_details)), None
+        except BaseException as escaped:  # handed to the caller, who re-raises it
+            return False, escaped
+
+    task = asyncio.ensure_future(unwind())
+    cancellation: asyncio.CancelledError | None = None
+    while not task.done():
+        try:
+            await asyncio.wait((task,))
+        except asyncio.CancelledError as cancelled:
+            cancellation = cancellation or cancelled
+    suppressed, escaped = task.result()  # raises only if the event loop itself cancelled the task
+    if escaped is not None:
+        _reraise(escaped)
+    if cancellation is not None:
+        _reraise(cancellation)
+    return suppressed
+
+
+def _reraise(exc: BaseException) -> NoReturn:
+    # a bare "raise exc" here would chain it to whatever the caller is handling
+    context = exc.__context__
+    try:
+        raise exc
+    except BaseException:
+        exc.__context__ = context
+        raise
