@@ -1,6 +1,7 @@
 """Request-scoped cleanup in ASGI apps, made visible as OpenTelemetry spans and metrics."""
 
 from .middleware import DEFAULT_SCOPE_KEY, ExitStackMiddleware, get_exit_stack
+from .shield import wait_for_unwinds
 from .stack import CallbackTimeoutError, InstrumentedAsyncExitStack
 from .telemetry import CallbackNamer, TelemetryOptions
 from .version import __version__
@@ -14,4 +15,5 @@ __all__ = [
     "TelemetryOptions",
     "__version__",
     "get_exit_stack",
+    "wait_for_unwinds",
 ]

@@ -5,6 +5,11 @@ anyio's shielded cancel scope holds off anyio and trio cancellation, but not asy
 a ``TaskGroup``): that throws ``CancelledError`` into whatever the task awaits, a cleanup included.
 On asyncio an unwind that will await therefore runs in a task of its own, and the caller waits
 for it through any number of cancellations before passing the first one on.
+
+Nothing survives the end of the event loop, though: ``asyncio.run`` cancels every task left,
+cleanups included. uvicorn ends its loop right after cancelling the requests that outlived
+``timeout_graceful_shutdown``, unless the app's lifespan shutdown keeps it busy; awaiting
+``wait_for_unwinds()`` there gives those requests' cleanups the time to finish.
 """
 
 from __future__ import annotations
@@ -15,8 +20,21 @@ from types import TracebackType
 from typing import NoReturn
 
 import anyio
+import anyio.lowlevel
 
 ExcDetails = tuple[type[BaseException] | None, BaseException | None, TracebackType | None]
+
+# strong references too: the event loop keeps only weak ones to running tasks
+_unwind_tasks: set[asyncio.Task[tuple[bool, BaseException | None]]] = set()
+
+
+async def wait_for_unwinds() -> None:
+    """Return once the unwinds running in tasks of their own have finished. For a lifespan
+    shutdown handler; bound it with ``anyio.move_on_after``."""
+    await anyio.lowlevel.checkpoint()  # requests cancelled just now start their unwinds first
+    pending = [task for task in _unwind_tasks if not task.done()]
+    if pending:
+        await asyncio.wait(pending)
 
 
 async def unwind_shielded(stack: AsyncExitStack, exc: BaseException | None) -> bool:
@@ -45,7 +63,9 @@ async def _outlast_cancellation(stack: AsyncExitStack, exc_details: ExcDetails) 
         except BaseException as escaped:  # handed to the caller, who re-raises it
             return False, escaped
 
-    task = asyncio.ensure_future(unwind())
+    task = asyncio.create_task(unwind())
+    _unwind_tasks.add(task)
+    task.add_done_callback(_unwind_tasks.discard)
     cancellation: asyncio.CancelledError | None = None
     while not task.done():
         try:

@@ -108,7 +108,9 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
         except BaseException as escaped:
             self._end_unwind(telemetry, unwind, escaped)
             raise
-        self._end_unwind(telemetry, unwind, None)
+        # contextlib returns False rather than re-raising a pending exception nothing suppressed;
+        # it still escapes the ``async with``, and a cancelled request must read ``cancelled``
+        self._end_unwind(telemetry, unwind, None if suppressed else exc)
         return suppressed
 
     def _begin_unwind(self, telemetry: Telemetry) -> Unwind | None:
