@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import statistics
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from .variants import VARIANTS_BY_NAME
+from .variants import VARIANTS_BY_NAME, Sdk
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message
@@ -51,11 +52,15 @@ async def call_app(app: ASGIApp, callbacks: int) -> int:
     return sink.status
 
 
-async def _time_batch(app: ASGIApp, callbacks: int, requests: int) -> float:
-    """Microseconds per request over one batch."""
+async def _time_batch(app: ASGIApp, sdk: Sdk, callbacks: int, requests: int) -> float:
+    """Microseconds per request over one batch, the export of its own spans included."""
+    # neither garbage nor queued spans of the previous batch may be paid for by this one
+    gc.collect()
+    sdk.flush()
     start = time.perf_counter_ns()
     for _ in range(requests):
         await call_app(app, callbacks)
+    sdk.flush()
     return (time.perf_counter_ns() - start) / requests / 1000
 
 
@@ -64,19 +69,20 @@ async def _measure(
 ) -> dict[tuple[str, int], list[float]]:
     built = {name: VARIANTS_BY_NAME[name].build() for name in variants}
     try:
-        for name, (app, _) in built.items():
+        for name, (app, sdk) in built.items():
             for callbacks in callback_counts:
                 status = await call_app(app, callbacks)
                 if status != 200:
                     raise RuntimeError(f"{name} answered {status} for {callbacks} callbacks")
-                await _time_batch(app, callbacks, warmup)
+                await _time_batch(app, sdk, callbacks, warmup)
         samples: dict[tuple[str, int], list[float]] = {(n, c): [] for n in variants for c in callback_counts}
         for repeat in range(repeats):
             # rotate the order each round: no variant always runs right after the same neighbour
             order = list(variants[repeat % len(variants) :]) + list(variants[: repeat % len(variants)])
             for callbacks in callback_counts:
                 for name in order:
-                    samples[(name, callbacks)].append(await _time_batch(built[name][0], callbacks, requests))
+                    app, sdk = built[name]
+                    samples[(name, callbacks)].append(await _time_batch(app, sdk, callbacks, requests))
         return samples
     finally:
         for _, sdk in built.values():

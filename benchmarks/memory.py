@@ -59,7 +59,8 @@ async def _requests(variant: str, callbacks: int, requests: int, warmup: int) ->
         tracemalloc.stop()
     finally:
         sdk.shutdown()
-    return MemoryGrowth(variant, callbacks, requests, rss_before, rss_after, (traced_after - traced_before) / 1024)
+    traced_growth_kib = (traced_after - traced_before) / 1024
+    return MemoryGrowth(variant, callbacks, requests, rss_before, rss_after, traced_growth_kib)
 
 
 def measure(variant: str, callbacks: int, requests: int) -> MemoryGrowth:

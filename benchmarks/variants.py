@@ -25,6 +25,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from exitstack_otel import DEFAULT_SCOPE_KEY, ExitStackMiddleware
+from exitstack_otel.telemetry import CallbackSpans
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -100,6 +101,10 @@ class Sdk:
     tracer_provider: TracerProvider | None
     meter_provider: MeterProvider | None
 
+    def flush(self) -> None:
+        if self.tracer_provider is not None:
+            self.tracer_provider.force_flush()
+
     def shutdown(self) -> None:
         if self.tracer_provider is not None:
             self.tracer_provider.shutdown()
@@ -132,16 +137,17 @@ def _contextlib() -> tuple[ASGIApp, Sdk]:
     return _starlette([Middleware(ContextlibStackMiddleware)]), make_sdk(spans=False, metrics=False)
 
 
-def _ours(spans: bool, metrics: bool, callback_spans: str = "problems") -> Callable[[], tuple[ASGIApp, Sdk]]:
+def _ours(
+    spans: bool, metrics: bool, callback_spans: CallbackSpans = "problems"
+) -> Callable[[], tuple[ASGIApp, Sdk]]:
     def build() -> tuple[ASGIApp, Sdk]:
         # explicit providers: the global ones stay the API's no-ops, which "ours-nosdk" relies on
         sdk = make_sdk(spans, metrics)
-        options = {"callback_spans": callback_spans}
         middleware = Middleware(
             ExitStackMiddleware,
             tracer_provider=sdk.tracer_provider,
             meter_provider=sdk.meter_provider,
-            **options,
+            callback_spans=callback_spans,
         )
         return _starlette([middleware]), sdk
 
