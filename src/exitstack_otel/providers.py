@@ -7,9 +7,38 @@ the providers stay the same objects, which makes the per-request cost two global
 
 from __future__ import annotations
 
+import os
+
 from opentelemetry import metrics, trace
+from opentelemetry.environment_variables import OTEL_PYTHON_METER_PROVIDER, OTEL_PYTHON_TRACER_PROVIDER
+from opentelemetry.metrics import _internal as metrics_internal
 
 from .telemetry import Telemetry, TelemetryOptions
+
+# The API's getters look the provider variables up in os.environ on every call while no provider
+# is set, which alone cost more than our whole no-SDK budget (0.6 us each). Reading the API's
+# module globals gives the same answer; the getters still run when a variable names a provider,
+# so that they load it as they would.
+_TRACER_PROVIDER_FROM_ENV = OTEL_PYTHON_TRACER_PROVIDER in os.environ
+_METER_PROVIDER_FROM_ENV = OTEL_PYTHON_METER_PROVIDER in os.environ
+
+
+def global_tracer_provider() -> trace.TracerProvider:
+    provider = trace._TRACER_PROVIDER  # private: see above
+    if provider is not None:
+        return provider
+    if _TRACER_PROVIDER_FROM_ENV:
+        return trace.get_tracer_provider()
+    return trace._PROXY_TRACER_PROVIDER
+
+
+def global_meter_provider() -> metrics.MeterProvider:
+    provider = metrics_internal._METER_PROVIDER  # private: see above
+    if provider is not None:
+        return provider
+    if _METER_PROVIDER_FROM_ENV:
+        return metrics.get_meter_provider()
+    return metrics_internal._PROXY_METER_PROVIDER
 
 
 class TelemetrySource:
@@ -33,8 +62,8 @@ class TelemetrySource:
         return self._options
 
     def current(self) -> Telemetry | None:
-        tracer_provider = self._tracer_provider or trace.get_tracer_provider()
-        meter_provider = self._meter_provider or metrics.get_meter_provider()
+        tracer_provider = self._tracer_provider or global_tracer_provider()
+        meter_provider = self._meter_provider or global_meter_provider()
         cached = self._cached
         if cached is not None and cached[0] is tracer_provider and cached[1] is meter_provider:
             return cached[2]

@@ -15,12 +15,13 @@ cleanups included. uvicorn ends its loop right after cancelling the requests tha
 from __future__ import annotations
 
 import asyncio
-from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import NoReturn
 
 import anyio
 import anyio.lowlevel
+
+from .stack import InstrumentedAsyncExitStack
 
 ExcDetails = tuple[type[BaseException] | None, BaseException | None, TracebackType | None]
 
@@ -37,12 +38,15 @@ async def wait_for_unwinds() -> None:
         await asyncio.wait(pending)
 
 
-async def unwind_shielded(stack: AsyncExitStack, exc: BaseException | None) -> bool:
+async def unwind_shielded(stack: InstrumentedAsyncExitStack, exc: BaseException | None) -> bool:
     """``stack.__aexit__`` for ``exc`` run to completion; a cancellation of the caller comes after."""
     exc_details: ExcDetails = (None, None, None) if exc is None else (type(exc), exc, exc.__traceback__)
+    if not stack.awaits_on_exit:
+        # Only sync callbacks (or none, as for most requests): the unwind never awaits, so no
+        # cancellation can land in it, and the shield (about 3 us on asyncio) would guard nothing.
+        return bool(await stack.__aexit__(*exc_details))
     with anyio.CancelScope(shield=True):
-        # Without an async callback the unwind never suspends, so nothing can interrupt it.
-        if _on_asyncio() and any(not is_sync for is_sync, _ in stack._exit_callbacks):  # type: ignore[attr-defined]
+        if _on_asyncio():
             suppressed = await _outlast_cancellation(stack, exc_details)
         else:
             suppressed = bool(await stack.__aexit__(*exc_details))
@@ -56,7 +60,7 @@ def _on_asyncio() -> bool:
         return False
 
 
-async def _outlast_cancellation(stack: AsyncExitStack, exc_details: ExcDetails) -> bool:
+async def _outlast_cancellation(stack: InstrumentedAsyncExitStack, exc_details: ExcDetails) -> bool:
     async def unwind() -> tuple[bool, BaseException | None]:
         try:
             return bool(await stack.__aexit__(*exc_details)), None

@@ -55,6 +55,8 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
         self._name = name
         self._scope = scope
         self._unwind: Unwind | None = None
+        self.awaits_on_exit = False
+        """True once an async exit callback was pushed: only then can unwinding await anything."""
         # the unwind span's parent is the span current where the stack was made (the request's)
         self._parent_context = (
             otel_context.get_current() if telemetry is not None and telemetry.tracer is not None else None
@@ -66,8 +68,10 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
 
     def _push_exit_callback(self, callback: Callable[..., Any], is_sync: bool = True) -> None:
         run = callback
-        if not is_sync and self._callback_timeout is not None:
-            run = _TimeLimited(callback, self._callback_timeout)
+        if not is_sync:
+            self.awaits_on_exit = True
+            if self._callback_timeout is not None:
+                run = _TimeLimited(callback, self._callback_timeout)
         telemetry = self._telemetry
         if telemetry is not None:
             try:
@@ -87,6 +91,7 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
         new_stack._scope = self._scope
         new_stack._parent_context = self._parent_context
         new_stack._callback_timeout = self._callback_timeout
+        new_stack.awaits_on_exit = self.awaits_on_exit
         # moved callbacks report to the stack that now owns them and will run them
         for _, callback in new_stack._exit_callbacks:  # type: ignore[attr-defined]
             if isinstance(callback, _Observed) and callback.owner is self:

@@ -1,0 +1,22 @@
+"""One variant behind a real uvicorn server: ``python -m benchmarks.server VARIANT PORT``."""
+
+from __future__ import annotations
+
+import sys
+
+import uvicorn
+
+from .variants import VARIANTS_BY_NAME
+
+
+def main() -> None:
+    variant, port = sys.argv[1], int(sys.argv[2])
+    app, sdk = VARIANTS_BY_NAME[variant].build()
+    try:
+        uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="off")
+    finally:
+        sdk.shutdown()
+
+
+if __name__ == "__main__":
+    main()
