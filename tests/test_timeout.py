@@ -83,10 +83,10 @@ async def test_a_hanging_callback_is_abandoned_and_the_rest_still_run() -> None:
     timed_out = spans[f"{semconv.SPAN_CALLBACK} hang_forever"]
     assert timed_out.status.status_code is StatusCode.ERROR
     assert [event.name for event in timed_out.events] == ["exception"]
-    unwind = spans[semconv.SPAN_UNWIND]
-    assert unwind.attributes is not None
-    assert unwind.attributes[semconv.CALLBACK_FAILED] == 1
-    assert unwind.attributes[semconv.ERROR_TYPE] == TIMEOUT_ERROR
+    unwind_span = spans[semconv.SPAN_UNWIND]
+    assert unwind_span.attributes is not None
+    assert unwind_span.attributes[semconv.CALLBACK_FAILED] == 1
+    assert unwind_span.attributes[semconv.ERROR_TYPE] == TIMEOUT_ERROR
     sdk.shutdown()
 
 
