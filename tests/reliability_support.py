@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -47,14 +46,13 @@ class ServerThread:
     """uvicorn on 127.0.0.1 and a free port, in a thread with its own event loop."""
 
     def __init__(self, app: ASGIApp, **config: Any) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port: int = self.sock.getsockname()[1]
         config.setdefault("log_level", "critical")
         config.setdefault("lifespan", "off")
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, **config))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+        # uvicorn binds port 0 itself: on a socket handed over with sockets=[...] its connections
+        # lose TCP_NODELAY and every keep-alive request waits ~40 ms for a delayed ACK
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, **config))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.port = 0
 
     @property
     def url(self) -> str:
@@ -67,11 +65,11 @@ class ServerThread:
             if not self.thread.is_alive() or time.monotonic() > deadline:
                 raise RuntimeError("uvicorn did not start")
             time.sleep(0.01)
+        self.port = self.server.servers[0].sockets[0].getsockname()[1]
 
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(60)
-        self.sock.close()
         if self.thread.is_alive():
             raise RuntimeError("uvicorn did not stop")
 
