@@ -326,7 +326,7 @@ class Telemetry:
         route = method = None
         if scope is not None:
             route = http_route(scope)
-            method = scope.get("method")
+            method = request_method(scope)
         outcome = semconv.OUTCOME_OK
         if exc is not None:
             outcome = semconv.OUTCOME_CANCELLED if is_cancellation(exc) else semconv.OUTCOME_ERROR
@@ -411,6 +411,21 @@ class Telemetry:
             span.record_exception(exc)
             span.set_status(Status(StatusCode.ERROR, err_type))
         span.end(end_time=span_start + int(duration * 1e9))
+
+
+# Servers pass any token as a method ("FOO", "X-SECRET-1"); only these become attribute values.
+_KNOWN_METHODS = frozenset(
+    {"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "QUERY", "TRACE"}
+)
+
+
+def request_method(scope: Mapping[str, Any]) -> str | None:
+    """The request's method if it is a standard one, ``_OTHER`` otherwise (as OpenTelemetry's
+    HTTP conventions do), None for a websocket."""
+    method = scope.get("method")
+    if method is None:
+        return None
+    return method if method in _KNOWN_METHODS else semconv.OTHER_NAME
 
 
 def http_route(scope: Mapping[str, Any]) -> str | None:
