@@ -73,10 +73,11 @@ async def _outlast_cancellation(stack: InstrumentedAsyncExitStack, exc_details: 
     cancellation: asyncio.CancelledError | None = None
     while not task.done():
         try:
-            await asyncio.wait((task,))
+            # shield(): a cancellation of this task must not be passed on to the unwind's
+            await asyncio.shield(task)
         except asyncio.CancelledError as cancelled:
             cancellation = cancellation or cancelled
-    suppressed, escaped = task.result()  # raises only if the event loop itself cancelled the task
+    suppressed, escaped = task.result()  # raises only if the event loop itself cancelled the unwind
     if escaped is not None:
         _reraise(escaped)
     if cancellation is not None:
