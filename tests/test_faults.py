@@ -20,7 +20,9 @@ import pytest
 import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from opentelemetry.context import Context
 from opentelemetry.metrics import NoOpMeterProvider
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.trace import NoOpTracerProvider
 
 from exitstack_otel import InstrumentedAsyncExitStack, semconv
@@ -149,6 +151,21 @@ def label_namer(target: object, kind: str) -> str | None:
     return getattr(target, "label", None)
 
 
+class ExplodingProcessor(SpanProcessor):
+    """A span processor with a bug: telemetry trouble must never change what the stack does."""
+
+    raised = 0
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        if span.name != semconv.SPAN_UNWIND:
+            ExplodingProcessor.raised += 1
+            raise RuntimeError("processor bug on start")
+
+    def on_end(self, span: ReadableSpan) -> None:
+        ExplodingProcessor.raised += 1
+        raise RuntimeError("processor bug on end")
+
+
 def make_stacks(sdk: Sdk) -> dict[str, Callable[[], AsyncExitStack]]:
     def telemetry(tracer: Any, meter: Any, spans: str = "problems") -> Telemetry | None:
         options = TelemetryOptions(callback_spans=spans, callback_namer=label_namer)  # type: ignore[arg-type]
@@ -159,6 +176,9 @@ def make_stacks(sdk: Sdk) -> dict[str, Callable[[], AsyncExitStack]]:
     tracer_only = telemetry(sdk.tracer_provider, NoOpMeterProvider())
     meter_only = telemetry(NoOpTracerProvider(), sdk.meter_provider)
     noop = telemetry(NoOpTracerProvider(), NoOpMeterProvider())
+    exploding_provider = TracerProvider()
+    exploding_provider.add_span_processor(ExplodingProcessor())
+    exploding = telemetry(exploding_provider, NoOpMeterProvider(), "all")
     assert noop is None  # no-op providers: the stack must behave as contextlib's, with nothing added
     return {
         "sdk_all": lambda: InstrumentedAsyncExitStack("faults", telemetry=sdk_all),
@@ -170,6 +190,7 @@ def make_stacks(sdk: Sdk) -> dict[str, Callable[[], AsyncExitStack]]:
             "faults", telemetry=sdk_problems, callback_timeout=60
         ),
         "global_default": lambda: InstrumentedAsyncExitStack("faults"),
+        "exploding_processor": lambda: InstrumentedAsyncExitStack("faults", telemetry=exploding),
     }
 
 
@@ -204,6 +225,8 @@ def check(program: Program, backend: str) -> None:
     sdk = Sdk()
     stacks = make_stacks(sdk)
 
+    raised_before = ExplodingProcessor.raised
+
     async def compare() -> None:
         oracle_log, oracle_escaped = await Run(program, cancellation).on(AsyncExitStack())
         for variant, make_stack in stacks.items():
@@ -220,6 +243,7 @@ def check(program: Program, backend: str) -> None:
         asyncio.run(compare())
     else:
         trio.run(compare)
+    assert ExplodingProcessor.raised > raised_before  # the bug really fired, at least on the unwind span
     sdk.shutdown()
 
 
