@@ -34,7 +34,7 @@ from starlette.routing import Route
 
 from exitstack_otel import ExitStackMiddleware, get_exit_stack
 
-from .reliability_support import serve
+from .reliability_support import serve, wait_until
 
 REQUESTS = 600
 WARMUP = 60
@@ -135,24 +135,21 @@ def rss_bytes() -> int:
         return int(statm.read().split()[1]) * 4096
 
 
-async def load(url: str, figures: Figures, hole: Blackhole | None) -> None:
+async def load(url: str, requests: int, figures: Figures | None, hole: Blackhole | None) -> None:
     async with httpx.AsyncClient(base_url=url, limits=httpx.Limits(max_connections=CONCURRENCY)) as client:
 
-        async def worker(count: int, record: bool) -> None:
+        async def worker(count: int) -> None:
             for _ in range(count):
                 start = time.perf_counter()
                 response = await client.get("/work")
                 elapsed = time.perf_counter() - start
                 assert response.status_code == 200
-                if record:
+                if figures is not None:
                     figures.latencies.append(elapsed)
                     if hole is not None and hole.hanging:
                         figures.finished_while_export_hangs += 1
 
-        await asyncio.gather(*(worker(WARMUP // CONCURRENCY, False) for _ in range(CONCURRENCY)))
-        figures.rss_after_warmup = rss_bytes()
-        await asyncio.gather(*(worker(REQUESTS // CONCURRENCY, True) for _ in range(CONCURRENCY)))
-        figures.rss_at_end = rss_bytes()
+        await asyncio.gather(*(worker(requests // CONCURRENCY) for _ in range(CONCURRENCY)))
 
 
 def run_against(endpoint: str, hole: Blackhole | None = None) -> tuple[Figures, dict[str, int]]:
@@ -183,7 +180,12 @@ def run_against(endpoint: str, hole: Blackhole | None = None) -> tuple[Figures, 
     )
     figures = Figures()
     with serve(app) as server:
-        asyncio.run(load(server.url, figures, hole))
+        asyncio.run(load(server.url, WARMUP, None, hole))
+        if hole is not None:
+            wait_until(lambda: hole.hanging)  # the first export now hangs: measure from here
+        figures.rss_after_warmup = rss_bytes()
+        asyncio.run(load(server.url, REQUESTS, figures, hole))
+        figures.rss_at_end = rss_bytes()
         telemetry = app.telemetry.current()
         assert telemetry is not None
         queue = processor._batch_processor._queue
