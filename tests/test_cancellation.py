@@ -14,7 +14,7 @@ import anyio.to_thread
 import httpx
 import pytest
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
@@ -157,6 +157,66 @@ async def test_client_disconnect_mid_stream_runs_every_callback() -> None:
     with anyio.fail_after(10):
         await app(request_scope("/stream"), receive, send)
 
+    assert cleanup.log == ["close", "release"]
+    assert sum(unwind_outcomes(sdk).values()) == 1
+    sdk.shutdown()
+
+
+@pytest.mark.anyio
+async def test_client_disconnect_mid_body_runs_every_callback() -> None:
+    sdk = Sdk()
+    cleanup = Cleanup()
+
+    async def read_body(request: Request) -> PlainTextResponse:
+        cleanup.push(request.scope)
+        await request.body()  # the client hangs up half-way: ClientDisconnect
+        raise AssertionError("unreachable")
+
+    app = ExitStackMiddleware(
+        Starlette(routes=[Route("/", read_body, methods=["POST"])]),
+        tracer_provider=sdk.tracer_provider,
+        meter_provider=sdk.meter_provider,
+    )
+    messages: list[Message] = [
+        {"type": "http.request", "body": b"first half", "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+
+    async def receive() -> Message:
+        return messages.pop(0)
+
+    scope = request_scope()
+    scope["method"] = "POST"
+    with pytest.raises(ClientDisconnect):
+        await app(scope, receive, discard)
+    assert cleanup.log == ["close", "release"]
+    assert unwind_outcomes(sdk) == {semconv.OUTCOME_ERROR: 1}
+    sdk.shutdown()
+
+
+def test_real_client_hanging_up_mid_stream_runs_every_callback() -> None:
+    sdk = Sdk()
+    cleanup = Cleanup()
+
+    async def endless() -> AsyncIterator[bytes]:
+        while True:
+            yield b"chunk\n" * 100
+            await anyio.sleep(0.001)
+
+    async def stream(request: Request) -> StreamingResponse:
+        cleanup.push(request.scope)
+        return StreamingResponse(endless())
+
+    app = ExitStackMiddleware(
+        Starlette(routes=[Route("/stream", stream)]),
+        tracer_provider=sdk.tracer_provider,
+        meter_provider=sdk.meter_provider,
+    )
+    with serve(app) as server:
+        with httpx.Client(base_url=server.url) as client, client.stream("GET", "/stream") as response:
+            assert next(response.iter_bytes()).startswith(b"chunk")
+        # the client has hung up; the server notices on its next write
+        wait_until(lambda: len(cleanup.log) == 2)
     assert cleanup.log == ["close", "release"]
     assert sum(unwind_outcomes(sdk).values()) == 1
     sdk.shutdown()
