@@ -4,7 +4,9 @@ anyio's shielded cancel scope holds off anyio and trio cancellation, but not asy
 ``Task.cancel()`` (uvicorn's graceful-shutdown timeout, ``asyncio.wait_for``, a failing sibling in
 a ``TaskGroup``): that throws ``CancelledError`` into whatever the task awaits, a cleanup included.
 On asyncio an unwind that will await therefore runs in a task of its own, and the caller waits
-for it through any number of cancellations before passing the first one on.
+for it through any number of cancellations before passing the first one on. That task runs in a
+copy of the request's context: callbacks see the endpoint's context variables, as before, but
+variables they set themselves no longer leak out to the middleware's caller.
 
 Nothing survives the end of the event loop, though: ``asyncio.run`` cancels every task left,
 cleanups included. uvicorn ends its loop right after cancelling the requests that outlived
