@@ -190,7 +190,8 @@ async def test_client_disconnect_mid_body_runs_every_callback() -> None:
     with pytest.raises(ClientDisconnect):
         await app(scope, receive, discard)
     assert cleanup.log == ["close", "release"]
-    assert unwind_outcomes(sdk) == {semconv.OUTCOME_ERROR: 1}
+    # the endpoint's failure is not the unwind's: its cleanup went fine
+    assert unwind_outcomes(sdk) == {semconv.OUTCOME_OK: 1}
     sdk.shutdown()
 
 

@@ -113,9 +113,11 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
         except BaseException as escaped:
             self._end_unwind(telemetry, unwind, escaped)
             raise
-        # contextlib returns False rather than re-raising a pending exception nothing suppressed;
-        # it still escapes the ``async with``, and a cancelled request must read ``cancelled``
-        self._end_unwind(telemetry, unwind, None if suppressed else exc)
+        # contextlib returns False rather than re-raising a pending exception nothing suppressed.
+        # The endpoint's own errors are not the unwind's, but a cancellation escapes the
+        # ``async with`` all the same: the request was cancelled, and the unwind reads so.
+        pending_cancellation = exc if exc is not None and not suppressed and is_cancellation(exc) else None
+        self._end_unwind(telemetry, unwind, pending_cancellation)
         return suppressed
 
     def _begin_unwind(self, telemetry: Telemetry) -> Unwind | None:
