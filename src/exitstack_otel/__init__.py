@@ -1,5 +1,6 @@
 """Request-scoped cleanup in ASGI apps, made visible as OpenTelemetry spans and metrics."""
 
+from .forms import read_form
 from .middleware import DEFAULT_SCOPE_KEY, ExitStackMiddleware, get_exit_stack
 from .stack import InstrumentedAsyncExitStack
 from .telemetry import CallbackNamer, TelemetryOptions
@@ -13,4 +14,5 @@ __all__ = [
     "TelemetryOptions",
     "__version__",
     "get_exit_stack",
+    "read_form",
 ]
