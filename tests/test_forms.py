@@ -306,9 +306,11 @@ async def test_without_the_middleware_nothing_is_read_and_the_error_says_why() -
 )
 @pytest.mark.anyio
 async def test_nonsense_limits_are_refused(limit: str, value: int) -> None:
+    limits: dict[str, Any] = {limit: value}
+
     async def endpoint(request: Request) -> JSONResponse:
         with pytest.raises(ValueError, match=limit):
-            await read_form(request, **{limit: value})
+            await read_form(request, **limits)
         return JSONResponse({})
 
     app = Starlette(
