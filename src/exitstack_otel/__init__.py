@@ -1,5 +1,6 @@
 """Request-scoped cleanup in ASGI apps, made visible as OpenTelemetry spans and metrics."""
 
+from .forms import read_form
 from .middleware import DEFAULT_SCOPE_KEY, ExitStackMiddleware, get_exit_stack
 from .shield import wait_for_unwinds
 from .stack import CallbackTimeoutError, InstrumentedAsyncExitStack
@@ -15,5 +16,6 @@ __all__ = [
     "TelemetryOptions",
     "__version__",
     "get_exit_stack",
+    "read_form",
     "wait_for_unwinds",
 ]

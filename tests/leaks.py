@@ -1,0 +1,62 @@
+"""Counting a process's open descriptors and temporary files, for leak tests.
+
+Linux only (``/proc``). Python's ``TemporaryFile`` uses ``O_TMPFILE`` where it can: such a file
+has no directory entry, only a descriptor whose link names the directory, so temporary files are
+found both ways: descriptors pointing into the directory, and entries left in it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def open_fds(pid: int | None = None) -> dict[int, str]:
+    """Descriptor number -> what it points at (``socket:[..]``, a path, ``pipe:[..]``)."""
+    fd_dir = Path(f"/proc/{pid or os.getpid()}/fd")
+    found: dict[int, str] = {}
+    for entry in os.listdir(fd_dir):
+        try:
+            found[int(entry)] = os.readlink(fd_dir / entry)
+        except FileNotFoundError:  # closed while we looked
+            continue
+    return found
+
+
+def temp_files(tempdir: Path, pid: int | None = None) -> list[str]:
+    """Temporary files under ``tempdir`` that are open in ``pid`` or still exist on disk."""
+    root = str(tempdir.resolve())
+    held = [target for target in open_fds(pid).values() if target.startswith(root + "/")]
+    on_disk = [str(path) for path in tempdir.rglob("*")]
+    return held + on_disk
+
+
+@dataclass(frozen=True)
+class Usage:
+    fds: dict[int, str]
+    temp_files: list[str]
+
+    @property
+    def fd_count(self) -> int:
+        return len(self.fds)
+
+
+def usage(tempdir: Path, pid: int | None = None) -> Usage:
+    return Usage(open_fds(pid), temp_files(tempdir, pid))
+
+
+def settle(check: Callable[[], Usage], done: Callable[[Usage], bool], timeout: float = 20.0) -> Usage:
+    """Polls until ``done`` holds, then returns that usage; returns the last one on timeout.
+
+    Cleanup runs after the response has been sent, so a client can see its answer a moment before
+    the server has closed everything; callers assert on what this returns.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        current = check()
+        if done(current) or time.monotonic() > deadline:
+            return current
+        time.sleep(0.05)
