@@ -8,10 +8,6 @@ import anyio
 import anyio.lowlevel
 
 
-class PoolClosedError(RuntimeError):
-    pass
-
-
 class Connection:
     __slots__ = ("ident", "queries")
 
@@ -61,8 +57,15 @@ class ConnectionPool:
         return ResultCursor(self, await self.acquire(), rows)
 
 
+class CursorClosedError(RuntimeError):
+    pass
+
+
 class ResultCursor:
-    """Rows streamed from a leased connection; ``close`` gives the connection back."""
+    """Rows streamed from a leased connection; ``close`` gives the connection back.
+
+    Reading after ``close`` raises: a cleanup that ran before the last row would break the stream.
+    """
 
     def __init__(self, pool: ConnectionPool, connection: Connection, rows: int) -> None:
         self._pool = pool
@@ -71,8 +74,11 @@ class ResultCursor:
         self.closed = False
 
     async def rows(self) -> AsyncIterator[bytes]:
-        for row in await self._connection.query(self._rows):
-            yield f"{row['connection']},{row['row']}\n".encode()
+        for _ in range(self._rows):
+            if self.closed:
+                raise CursorClosedError("the cursor was closed while its rows were still being read")
+            (row,) = await self._connection.query(1)
+            yield f"{row['connection']},{self._connection.queries}\n".encode()
 
     async def close(self) -> None:
         if not self.closed:

@@ -14,7 +14,7 @@ from typing import Any
 
 import anyio
 import httpx
-from websockets.asyncio.client import connect as ws_connect
+from websockets.sync.client import connect as ws_connect
 
 KINDS = ("upload", "pool", "stream", "websocket")
 DEFAULT_MIX: Mapping[str, float] = {"upload": 3.0, "pool": 4.0, "stream": 2.0, "websocket": 1.0}
@@ -214,8 +214,14 @@ class TrafficGenerator:
     async def _websocket(self, client: httpx.AsyncClient, job: _Job) -> None:
         url = httpx.URL(self.config.target).join("/ws").copy_merge_params(job.params())
         ws_url = str(url.copy_with(scheme="wss" if url.scheme == "https" else "ws"))
-        async with ws_connect(ws_url, open_timeout=REQUEST_TIMEOUT_SECONDS) as websocket:
-            for index in range(WEBSOCKET_MESSAGES):
-                await websocket.send(f"reading {index}")
-                with anyio.fail_after(REQUEST_TIMEOUT_SECONDS):
-                    await websocket.recv()
+        # websockets' blocking client in a worker thread runs under asyncio and trio alike
+        await anyio.to_thread.run_sync(_websocket_session, ws_url)
+
+
+def _websocket_session(url: str) -> None:
+    with ws_connect(
+        url, open_timeout=REQUEST_TIMEOUT_SECONDS, close_timeout=REQUEST_TIMEOUT_SECONDS
+    ) as websocket:
+        for index in range(WEBSOCKET_MESSAGES):
+            websocket.send(f"reading {index}")
+            websocket.recv(timeout=REQUEST_TIMEOUT_SECONDS)
