@@ -29,7 +29,9 @@ class ConnectionPool:
             raise ValueError("a pool needs at least one connection")
         self.size = size
         self._free = [Connection(ident) for ident in range(size)]
-        self._available = anyio.Semaphore(size)
+        # made on first use, in the serving event loop: anyio binds a primitive to the backend
+        # running where it is created, and an app may be built under another one (or none)
+        self._available: anyio.Semaphore | None = None
         self._leased: set[int] = set()
         self.acquired = 0
         self.released = 0
@@ -38,8 +40,13 @@ class ConnectionPool:
     def in_use(self) -> int:
         return len(self._leased)
 
+    def _semaphore(self) -> anyio.Semaphore:
+        if self._available is None:
+            self._available = anyio.Semaphore(self.size)
+        return self._available
+
     async def acquire(self) -> Connection:
-        await self._available.acquire()
+        await self._semaphore().acquire()
         connection = self._free.pop()
         self._leased.add(connection.ident)
         self.acquired += 1
@@ -51,7 +58,7 @@ class ConnectionPool:
         self._leased.discard(connection.ident)
         self._free.append(connection)
         self.released += 1
-        self._available.release()
+        self._semaphore().release()
 
     async def cursor(self, rows: int) -> ResultCursor:
         return ResultCursor(self, await self.acquire(), rows)
