@@ -1,0 +1,238 @@
+"""What the CLI's three modes do: an embedded demo with a report, the service alone, traffic alone."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, TextIO
+
+import anyio
+from starlette.types import ASGIApp
+
+from .progress import progress_line, show_progress
+from .report import CleanupReport, read_report, render_table
+from .sdk import DemoSdk, build_sdk
+from .server import running_server
+from .settings import DemoSettings
+from .traffic import TrafficConfig, TrafficGenerator, TrafficStats
+
+APPS = ("starlette", "fastapi")
+
+
+@dataclass(frozen=True)
+class ServiceOptions:
+    app: str = "starlette"
+    host: str = "127.0.0.1"
+    port: int = 0
+    otlp_endpoint: str | None = None
+    prometheus_port: int | None = None
+    prometheus_host: str = "127.0.0.1"
+    log_level: str = "warning"
+    settings: DemoSettings = field(default_factory=DemoSettings)
+
+
+def build_app(options: ServiceOptions, sdk: DemoSdk) -> ASGIApp:
+    if options.app == "fastapi":
+        try:
+            from .fastapi_app import create_fastapi_app
+        except ImportError as exc:
+            raise RuntimeError(
+                f"--app fastapi needs FastAPI: pip install 'exitstack-otel[fastapi]' ({exc})"
+            ) from exc
+        return create_fastapi_app(
+            options.settings, tracer_provider=sdk.tracer_provider, meter_provider=sdk.meter_provider
+        )
+    from .app import create_app
+
+    return create_app(
+        options.settings, tracer_provider=sdk.tracer_provider, meter_provider=sdk.meter_provider
+    )
+
+
+class _Interrupt:
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    async def watch(self, scope: anyio.CancelScope) -> None:
+        # The first Ctrl-C (or SIGTERM) stops the run and still reports; once this receiver is gone,
+        # a second one gets Python's default behaviour.
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for received in signals:
+                self.signal = received
+                scope.cancel()
+                return
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+async def _drive(
+    config: TrafficConfig, stats: TrafficStats, sdk: DemoSdk | None, interrupt: _Interrupt
+) -> None:
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(interrupt.watch, tg.cancel_scope)
+        tg.start_soon(show_progress, stats, sdk.reader if sdk is not None else None)
+        await TrafficGenerator(config, stats).run()
+        tg.cancel_scope.cancel()
+
+
+async def run_demo(
+    options: ServiceOptions,
+    traffic: TrafficConfig,
+    json_report: Path | None = None,
+    out: TextIO = sys.stdout,
+) -> int:
+    sdk = build_sdk(
+        otlp_endpoint=options.otlp_endpoint,
+        prometheus_port=options.prometheus_port,
+        prometheus_host=options.prometheus_host,
+    )
+    interrupt = _Interrupt()
+    stats = TrafficStats()
+    try:
+        app = build_app(options, sdk)
+        async with running_server(app, options.host, options.port, log_level=options.log_level) as url:
+            for note in sdk.notes:
+                _log(note)
+            _log(
+                f"demo service ({options.app}) on {url}; traffic for {traffic.duration:g} s at "
+                f"{traffic.rate:g} req/s, concurrency {traffic.concurrency} (Ctrl-C stops early)"
+            )
+            await _drive(_retarget(traffic, url), stats, sdk, interrupt)
+            _log(progress_line(stats, sdk.reader))
+            _log("traffic stopped; waiting for in-flight requests and their cleanup")
+        # the server has shut down: every unwind has ended, the numbers are final
+        report = read_report(sdk.reader)
+        pool = getattr(getattr(app, "state", None), "pool", None)
+        print_report(report, stats, options.app, interrupt.signal, out)
+        if json_report is not None:
+            document = report_document(report, stats, options.app, interrupt.signal)
+            if pool is not None:
+                document["pool"] = {
+                    "size": pool.size,
+                    "acquired": pool.acquired,
+                    "released": pool.released,
+                    "in_use": pool.in_use,
+                }
+            write_json(json_report, document)
+    finally:
+        sdk.shutdown()
+    if report.executed == 0:
+        _log("no cleanup was observed: the middleware recorded no executed callback")
+        return 1
+    return 0
+
+
+def _retarget(config: TrafficConfig, url: str) -> TrafficConfig:
+    return replace(config, target=url)
+
+
+async def run_serve(
+    options: ServiceOptions, json_report: Path | None = None, out: TextIO = sys.stdout
+) -> int:
+    sdk = build_sdk(
+        otlp_endpoint=options.otlp_endpoint,
+        prometheus_port=options.prometheus_port,
+        prometheus_host=options.prometheus_host,
+    )
+    interrupt = _Interrupt()
+    try:
+        app = build_app(options, sdk)
+        async with running_server(app, options.host, options.port, log_level=options.log_level) as url:
+            for note in sdk.notes:
+                _log(note)
+            _log(f"demo service ({options.app}) on {url} (Ctrl-C or SIGTERM stops it)")
+            with anyio.CancelScope() as scope:
+                await interrupt.watch(scope)
+            _log("stopping: waiting for in-flight requests and their cleanup")
+        report = read_report(sdk.reader)
+        print_report(report, None, options.app, interrupt.signal, out)
+        if json_report is not None:
+            write_json(json_report, report_document(report, None, options.app, interrupt.signal))
+    finally:
+        sdk.shutdown()
+    return 0
+
+
+async def run_traffic(
+    traffic: TrafficConfig, json_report: Path | None = None, out: TextIO = sys.stdout
+) -> int:
+    interrupt = _Interrupt()
+    stats = TrafficStats()
+    length = "until stopped" if traffic.duration is None else f"for {traffic.duration:g} s"
+    _log(f"traffic to {traffic.target} {length} at {traffic.rate:g} req/s, concurrency {traffic.concurrency}")
+    await _drive(traffic, stats, None, interrupt)
+    out.write(render_traffic(stats) + "\n")
+    out.flush()
+    if json_report is not None:
+        write_json(
+            json_report, {"traffic": stats.as_dict(), "interrupted_by": _signal_name(interrupt.signal)}
+        )
+    return 0 if stats.total().completed else 1
+
+
+def render_traffic(stats: TrafficStats) -> str:
+    lines = [f"{'kind':<10} {'sent':>6} {'ok':>6} {'errors':>6} {'told to fail':>12} {'told slow':>9}"]
+    for kind, counts in [*stats.kinds.items(), ("total", stats.total())]:
+        lines.append(
+            f"{kind:<10} {counts.sent:>6} {counts.completed:>6} {counts.errors:>6} "
+            f"{counts.meant_to_fail:>12} {counts.meant_slow:>9}"
+        )
+    if stats.last_error:
+        lines.append(f"last error: {stats.last_error}")
+    return "\n".join(lines)
+
+
+def print_report(
+    report: CleanupReport, stats: TrafficStats | None, app: str, interrupted: int | None, out: TextIO
+) -> None:
+    title = f"exitstack-otel demo ({app})"
+    if interrupted is not None:
+        title += f", stopped early by {_signal_name(interrupted)}"
+    parts = [title, ""]
+    if stats is not None:
+        total = stats.total()
+        elapsed = max(stats.elapsed(), 1e-9)
+        parts += [
+            f"Traffic: {total.sent} requests in {elapsed:.1f} s ({total.sent / elapsed:.1f}/s), "
+            f"{total.completed} ok, {total.errors} errors",
+            render_traffic(stats),
+            "",
+        ]
+    parts += [
+        f"Cleanup: {report.unwinds} unwinds, {report.executed} callbacks executed, {report.failed} failed, "
+        f"{report.never_ran} pushed but never ran",
+        render_table(report),
+    ]
+    if stats is not None:
+        parts.append(
+            f"\nCleanup failures asked for by the traffic: {stats.total().meant_to_fail}; "
+            f"observed: {sum(row.failed for row in report.rows)}"
+        )
+    out.write("\n".join(parts) + "\n")
+    out.flush()
+
+
+def report_document(
+    report: CleanupReport, stats: TrafficStats | None, app: str, interrupted: int | None
+) -> dict[str, Any]:
+    return {
+        "app": app,
+        "written_at": time.time(),
+        "interrupted_by": _signal_name(interrupted),
+        "traffic": stats.as_dict() if stats is not None else None,
+        "cleanup": report.as_dict(),
+    }
+
+
+def write_json(path: Path, document: dict[str, Any]) -> None:
+    path.write_text(json.dumps(document, indent=2) + "\n")
+
+
+def _signal_name(number: int | None) -> str | None:
+    return None if number is None else signal.Signals(number).name

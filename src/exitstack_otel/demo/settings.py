@@ -1,0 +1,18 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    pool_size: int = 8
+    slow_seconds: float = 0.25  # above the default slow_callback_threshold, so slow flushes get spans
+    stream_rows: int = 50
+
+    def __post_init__(self) -> None:
+        if self.pool_size < 1:
+            raise ValueError("pool_size must be at least 1")
+        if self.slow_seconds < 0:
+            raise ValueError("slow_seconds must be >= 0")
+        if self.stream_rows < 1:
+            raise ValueError("stream_rows must be at least 1")

@@ -1,0 +1,323 @@
+"""``exitstack-otel`` run for real, in a subprocess, and its report checked against its own traffic."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from exitstack_otel.cli import main
+from exitstack_otel.demo.server import bind
+
+COMMAND = [sys.executable, "-m", "exitstack_otel"]
+CONSOLE_SCRIPT = str(Path(sys.executable).parent / "exitstack-otel")
+TIMEOUT = 120  # generous: two cores are shared with other test runs
+
+
+def free_port() -> int:
+    with bind("127.0.0.1", 0) as sock:
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*COMMAND, *args], capture_output=True, text=True, timeout=TIMEOUT, env={**os.environ, **(env or {})}
+    )
+
+
+def load(path: Path) -> dict[str, Any]:
+    document: dict[str, Any] = json.loads(path.read_text())
+    return document
+
+
+def by_callback(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {row["callback"]: row for row in document["cleanup"]["callbacks"]}
+
+
+def test_demo_report_matches_the_traffic_it_sent(tmp_path: Path) -> None:
+    report_path = tmp_path / "report.json"
+    share = 0.25
+    result = run(
+        "demo", "--duration", "3", "--rate", "60", "--failure-share", str(share), "--seed", "5",
+        "--json-report", str(report_path),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    document = load(report_path)
+    traffic, cleanup = document["traffic"], document["cleanup"]
+    total = traffic["total"]
+    assert total["errors"] == 0, traffic["last_error"]
+    assert total["completed"] == total["sent"] > 50
+    assert cleanup["never_ran"] == 0
+    assert cleanup["unwinds_active"] == 0
+    assert cleanup["unwinds"] == total["completed"]
+
+    rows = by_callback(document)
+    flush = rows["AuditLog.flush"]
+    assert flush["executed"] == total["completed"]
+    assert flush["failed"] == total["meant_to_fail"] == cleanup["failed"]
+    # the generator draws failures at random: the share observed stays within 4 standard deviations
+    n = flush["executed"]
+    assert abs(flush["failed"] / n - share) <= 4 * (share * (1 - share) / n) ** 0.5
+    kinds = traffic["kinds"]
+    assert rows["FormData.close"]["executed"] == kinds["upload"]["completed"]
+    assert rows["ResultCursor.close"]["executed"] == kinds["stream"]["completed"]
+    assert rows["SessionStats.record"]["executed"] == kinds["websocket"]["completed"]
+    assert (
+        rows["ConnectionPool.release"]["executed"]
+        == kinds["pool"]["completed"] + kinds["websocket"]["completed"]
+    )
+    assert all(row["pushed"] == row["executed"] for row in rows.values())
+    assert document["pool"]["in_use"] == 0
+    assert document["pool"]["acquired"] == document["pool"]["released"]
+    quantiles = flush["duration_s"]
+    assert 0 < quantiles["p50"] <= quantiles["p95"] <= quantiles["p99"]
+
+    # the text report says the same
+    out = result.stdout
+    assert (
+        f"Cleanup failures asked for by the traffic: {total['meant_to_fail']}; observed: {flush['failed']}"
+        in out
+    )
+    line = next(line for line in out.splitlines() if line.split()[1:2] == ["AuditLog.flush"])
+    assert line.split()[2:6] == [str(n), str(n), str(flush["failed"]), "0"]
+
+
+def test_console_script_runs_the_fastapi_variant(tmp_path: Path) -> None:
+    report_path = tmp_path / "report.json"
+    result = subprocess.run(
+        [CONSOLE_SCRIPT, "demo", "--app", "fastapi", "--duration", "1.5", "--json-report", str(report_path)],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode == 0, result.stderr
+    document = load(report_path)
+    assert document["app"] == "fastapi"
+    flush = by_callback(document)["AuditLog.flush"]
+    assert flush["stack"] == "exitstack_demo_astack"
+    assert flush["executed"] == document["traffic"]["total"]["completed"] > 0
+    assert document["pool"]["in_use"] == 0
+
+
+def test_no_cleanup_observed_means_a_failing_exit(tmp_path: Path) -> None:
+    # with the SDK switched off nothing is recorded, and the demo must say so rather than pass
+    result = run("demo", "--duration", "0.5", env={"OTEL_SDK_DISABLED": "true"})
+    assert result.returncode == 1
+    assert "no cleanup was observed" in result.stderr
+
+
+@contextmanager
+def started(args: list[str]) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """Start the CLI; yield it and its service URL once it announces it on stderr."""
+    process = subprocess.Popen([*COMMAND, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stderr is not None
+        url = None
+        for line in process.stderr:
+            if line.startswith("demo service ("):
+                url = line.split(" on ", 1)[1].split(";")[0].split()[0]
+                break
+        assert url is not None, f"no service URL announced; exit code {process.poll()}"
+        # keep reading stderr so the process never blocks on a full pipe
+        threading.Thread(target=process.stderr.read, daemon=True).start()
+        yield process, url
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(TIMEOUT)
+
+
+def wait_for_series(url: str, series: str) -> str:
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        text = httpx.get(url).text
+        if series in text:
+            return text
+        time.sleep(0.2)
+    raise AssertionError(f"{series} never appeared at {url}")
+
+
+def test_ctrl_c_stops_the_demo_early_and_still_reports(tmp_path: Path) -> None:
+    report_path = tmp_path / "report.json"
+    metrics_port = free_port()
+    args = [
+        "demo",
+        "--duration",
+        "120",
+        "--prometheus-port",
+        str(metrics_port),
+        "--json-report",
+        str(report_path),
+    ]
+    with started(args) as (process, _):
+        wait_for_series(
+            f"http://127.0.0.1:{metrics_port}/metrics", "exitstack_callback_duration_seconds_count"
+        )
+        process.send_signal(signal.SIGINT)
+        stdout, _ = process.communicate(timeout=TIMEOUT)
+    assert process.returncode == 0
+    assert "stopped early by SIGINT" in stdout
+    document = load(report_path)
+    assert document["interrupted_by"] == "SIGINT"
+    cleanup = document["cleanup"]
+    # requests cut off by the interrupt still had their cleanup run: nothing pushed was left behind
+    assert cleanup["executed"] > 0
+    assert cleanup["never_ran"] == 0
+    assert cleanup["unwinds_active"] == 0
+    assert document["pool"]["in_use"] == 0
+
+
+def test_serve_with_prometheus_and_the_traffic_command(tmp_path: Path) -> None:
+    metrics_port = free_port()
+    serve_report, traffic_report = tmp_path / "serve.json", tmp_path / "traffic.json"
+    args = [
+        "demo",
+        "--serve",
+        "--port",
+        "0",
+        "--prometheus-port",
+        str(metrics_port),
+        "--json-report",
+        str(serve_report),
+    ]
+    with started(args) as (server, url):
+        assert httpx.get(f"{url}/healthz").json()["status"] == "ok"
+        traffic = subprocess.run(
+            [*COMMAND, "traffic", "--target", url, "--duration", "1.5", "--failure-share", "0.3",
+             "--json-report", str(traffic_report)],
+            capture_output=True, text=True, timeout=TIMEOUT,
+        )  # fmt: skip
+        assert traffic.returncode == 0, traffic.stderr
+        sent = load(traffic_report)["traffic"]["total"]
+        assert sent["completed"] == sent["sent"] > 0
+        assert "total" in traffic.stdout
+
+        metrics = wait_for_series(
+            f"http://127.0.0.1:{metrics_port}/metrics", "exitstack_callback_pushed_total"
+        )
+        pushed = [
+            float(line.rsplit(" ", 1)[1])
+            for line in metrics.splitlines()
+            if line.startswith("exitstack_callback_pushed_total{")
+            and 'exitstack_callback_name="AuditLog.flush"' in line
+        ]
+        assert pushed == [sent["completed"]]
+        server.send_signal(signal.SIGTERM)
+        server.communicate(timeout=TIMEOUT)
+    assert server.returncode == 0
+    cleanup = load(serve_report)["cleanup"]
+    assert cleanup["failed"] == sent["meant_to_fail"]
+    assert cleanup["unwinds"] == sent["completed"] + 1  # and the /healthz request, with an empty stack
+    assert cleanup["never_ran"] == 0
+
+
+class _Collector(BaseHTTPRequestHandler):
+    received: dict[str, list[bytes]]
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.received.setdefault(self.path, []).append(body)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextmanager
+def otlp_collector() -> Iterator[tuple[str, dict[str, list[bytes]]]]:
+    received: dict[str, list[bytes]] = {}
+    handler = type("Collector", (_Collector,), {"received": received})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", received
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_otlp_export_honours_the_standard_environment_variable() -> None:
+    with otlp_collector() as (endpoint, received):
+        result = run(
+            "demo", "--duration", "1.5", "--failure-share", "0.5", "--seed", "2",
+            env={"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint},
+        )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    span_names = set()
+    for body in received.get("/v1/traces", []):
+        request = ExportTraceServiceRequest()
+        request.ParseFromString(body)
+        span_names |= {
+            span.name for rs in request.resource_spans for ss in rs.scope_spans for span in ss.spans
+        }
+    assert {"exitstack.unwind", "exitstack.callback AuditLog.flush"} <= span_names
+    metric_names = set()
+    for body in received.get("/v1/metrics", []):
+        metrics_request = ExportMetricsServiceRequest()
+        metrics_request.ParseFromString(body)
+        metric_names |= {
+            metric.name
+            for rm in metrics_request.resource_metrics
+            for sm in rm.scope_metrics
+            for metric in sm.metrics
+        }
+    assert {"exitstack.callback.duration", "exitstack.callback.pushed"} <= metric_names
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["demo", "--rate", "fast"], "argument --rate: not a number: 'fast'"),
+        (["demo", "--failure-share", "2"], "argument --failure-share: must be between 0 and 1, not 2"),
+        (["demo", "--mix", "socks=1"], "unknown request kind(s) socks"),
+        (["demo", "--port", "70000"], "a port is 0-65535"),
+        (["demo", "--otlp-endpoint", "collector:4318"], "must be an http:// or https:// URL"),
+        (["demo", "--serve", "--traffic-only"], "not allowed with argument"),
+        (["demo", "--traffic-only"], "--traffic-only needs --target URL"),
+        (["demo", "--target", "http://127.0.0.1:1"], "--target goes with --traffic-only"),
+        (["traffic"], "the following arguments are required: --target"),
+        (["nonsense"], "invalid choice"),
+    ],
+)
+def test_bad_flags_get_a_one_line_error(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    last_line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last_line.startswith("exitstack-otel")
+    assert "error:" in last_line
+    assert message in last_line
+
+
+def test_a_port_in_use_is_a_clear_error_not_a_traceback() -> None:
+    with bind("127.0.0.1", 0) as taken:
+        taken.listen()
+        result = run("demo", "--serve", "--port", str(taken.getsockname()[1]))
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith("exitstack-otel: error: cannot listen on 127.0.0.1:")
+    )
+    assert "Traceback" not in result.stderr
