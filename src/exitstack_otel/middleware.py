@@ -11,6 +11,7 @@ from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .providers import TelemetrySource
+from .shield import cancellation_can_reach_task
 from .stack import InstrumentedAsyncExitStack
 from .telemetry import CallbackNamer, CallbackSpans, TelemetryOptions
 
@@ -75,9 +76,9 @@ async def _unwind(
     stack: InstrumentedAsyncExitStack, exc_type: type[BaseException] | None, exc: BaseException | None
 ) -> bool | None:
     tb = exc.__traceback__ if exc is not None else None
-    if not stack.awaits_on_exit:
-        # Only sync callbacks (or none, as for most requests): the unwind never awaits, so no
-        # cancellation can land in it, and the shield (about 3 us on asyncio) would guard nothing.
+    # Only sync callbacks (or none, as for most requests): the unwind never awaits, so no
+    # cancellation can land in it. Otherwise shield it, unless nothing could cancel this task.
+    if not stack.awaits_on_exit or not cancellation_can_reach_task():
         return await stack.__aexit__(exc_type, exc, tb)
     with anyio.CancelScope(shield=True):
         suppressed = await stack.__aexit__(exc_type, exc, tb)
