@@ -47,12 +47,15 @@ async def _requests(variant: str, callbacks: int, requests: int, warmup: int) ->
         # the warm-up fills every cache and lets the span queue reach its steady state
         for _ in range(warmup):
             await call_app(app, callbacks)
+        # queued spans are not growth: both snapshots are taken with the span queue drained
+        sdk.flush()
         gc.collect()
         tracemalloc.start()
         traced_before = tracemalloc.get_traced_memory()[0]
         rss_before = _rss_kib()
         for _ in range(requests):
             await call_app(app, callbacks)
+        sdk.flush()
         gc.collect()
         traced_after = tracemalloc.get_traced_memory()[0]
         rss_after = _rss_kib()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from benchmarks import inprocess, memory, report, run, wrk
+from benchmarks import inprocess, memory, profile, report, run, wrk
 from benchmarks.variants import BASELINE, PEER, VARIANTS, VARIANTS_BY_NAME
 from opentelemetry.sdk.metrics.export import Histogram
 
@@ -114,3 +114,8 @@ Requests/sec:   8000.50
     assert wrk.parse_wrk(output) == wrk.Load(8000.5, 0.85)
     with pytest.raises(RuntimeError, match="unexpected wrk output"):
         wrk.parse_wrk("wrk: connection refused")
+
+
+def test_profile_shows_our_unwind_in_the_call_tree() -> None:
+    text = profile.main(["ours-default", "3", "1000"])
+    assert "InstrumentedAsyncExitStack.__aexit__" in text

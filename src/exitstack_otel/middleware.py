@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
+from types import TracebackType
 from typing import Any
 
 import anyio
@@ -66,20 +67,31 @@ class ExitStackMiddleware:
         try:
             await self.app(scope, receive, send)
         except BaseException as exc:
-            if not await _unwind(stack, type(exc), exc):
+            if not await _unwind(stack, type(exc), exc, exc.__traceback__):
                 raise
         else:
-            await _unwind(stack, None, None)
+            await _unwind(stack, None, None, None)
 
 
-async def _unwind(
-    stack: InstrumentedAsyncExitStack, exc_type: type[BaseException] | None, exc: BaseException | None
-) -> bool | None:
-    tb = exc.__traceback__ if exc is not None else None
+def _unwind(
+    stack: InstrumentedAsyncExitStack,
+    exc_type: type[BaseException] | None,
+    exc: BaseException | None,
+    tb: TracebackType | None,
+) -> Awaitable[bool | None]:
     # Only sync callbacks (or none, as for most requests): the unwind never awaits, so no
     # cancellation can land in it. Otherwise shield it, unless nothing could cancel this task.
     if not stack.awaits_on_exit or not cancellation_can_reach_task():
-        return await stack.__aexit__(exc_type, exc, tb)
+        return stack.__aexit__(exc_type, exc, tb)
+    return _shielded_unwind(stack, exc_type, exc, tb)
+
+
+async def _shielded_unwind(
+    stack: InstrumentedAsyncExitStack,
+    exc_type: type[BaseException] | None,
+    exc: BaseException | None,
+    tb: TracebackType | None,
+) -> bool | None:
     with anyio.CancelScope(shield=True):
         suppressed = await stack.__aexit__(exc_type, exc, tb)
     return suppressed

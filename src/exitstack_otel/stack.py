@@ -64,6 +64,9 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
         if not is_sync:
             self.awaits_on_exit = True
         telemetry = self._telemetry
+        if telemetry is None:
+            self._exit_callbacks.append((is_sync, callback))  # type: ignore[attr-defined]  # as contextlib does
+            return
         if telemetry is not None:
             try:
                 kind, target = naming.classify(callback, is_sync)
