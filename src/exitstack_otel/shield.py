@@ -22,7 +22,8 @@ except ImportError:  # another anyio layout: always shield
 
 
 def cancellation_can_reach_task() -> bool:
-    if _task_states is None or asyncio._get_running_loop() is None:
+    loop = asyncio._get_running_loop()  # None under trio, without the cost of an exception
+    if _task_states is None or loop is None:
         return True
-    state = _task_states.get(asyncio.current_task())
+    state = _task_states.get(asyncio.current_task(loop))
     return state is not None and getattr(state, "cancel_scope", True) is not None
