@@ -106,11 +106,14 @@ async def test_the_escaping_exception_is_the_very_object_raised(sdk: Sdk) -> Non
         assert exc is not None
         raise exc
 
-    stack = InstrumentedAsyncExitStack(telemetry=sdk.telemetry())
-    with pytest.raises(ValueError, match="body") as caught:
+    async def fail_in_body() -> None:
+        stack = InstrumentedAsyncExitStack(telemetry=sdk.telemetry())
         async with stack:
             stack.push(reraise)
             raise error
+
+    with pytest.raises(ValueError, match="body") as caught:
+        await fail_in_body()
     assert caught.value is error
     assert seen == [error]
 
