@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from opentelemetry import metrics, trace
 
-from .telemetry import Telemetry, TelemetryOptions
+from .telemetry import Telemetry, TelemetryOptions, logger
 
 
 class TelemetrySource:
     """Telemetry for explicit providers, or for whichever global ones are set at the time."""
 
-    __slots__ = ("_tracer_provider", "_meter_provider", "_options", "_cached")
+    __slots__ = ("_cached", "_meter_provider", "_options", "_tracer_provider")
 
     def __init__(
         self,
@@ -38,7 +38,12 @@ class TelemetrySource:
         cached = self._cached
         if cached is not None and cached[0] is tracer_provider and cached[1] is meter_provider:
             return cached[2]
-        telemetry = Telemetry.create(tracer_provider, meter_provider, self._options)
+        try:
+            telemetry = Telemetry.create(tracer_provider, meter_provider, self._options)
+        except Exception:
+            # a provider that cannot make a tracer or meter turns telemetry off, not the app
+            logger.exception("exitstack-otel telemetry disabled: the tracer or meter provider failed")
+            telemetry = None
         self._cached = (tracer_provider, meter_provider, telemetry)
         return telemetry
 
