@@ -356,7 +356,7 @@ class Telemetry:
         if span is not None:
             otel_context.detach(unwind.token)  # type: ignore[arg-type]
             if span.is_recording():
-                attributes = {
+                attributes: dict[str, AttributeValue] = {
                     semconv.STACK_NAME: stack_name,
                     semconv.CALLBACK_COUNT: unwind.count,
                     semconv.CALLBACK_FAILED: unwind.failed,
