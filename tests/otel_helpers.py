@@ -71,7 +71,7 @@ def number_points(metric: Metric) -> list[NumberDataPoint]:
     return found
 
 
-def attrs(point: HistogramDataPoint | NumberDataPoint) -> dict[str, Any]:
+def attrs(point: Any) -> dict[str, Any]:
     return dict(point.attributes or {})
 
 
