@@ -2,6 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# benchmarks/ may not exist on every branch
+CODE := $(wildcard src tests benchmarks)
 
 .PHONY: demo test lint typecheck unit test-pythons bench clean
 
@@ -15,11 +17,11 @@ demo: $(BIN)/.installed
 	$(BIN)/exitstack-otel demo
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check $(CODE)
+	$(BIN)/ruff format --check $(CODE)
 
 typecheck: $(BIN)/.installed
-	$(BIN)/mypy
+	$(BIN)/mypy $(CODE)
 
 unit: $(BIN)/.installed
 	$(BIN)/pytest
