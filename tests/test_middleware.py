@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import anyio
+import anyio.lowlevel
 import httpx
 import pytest
-from opentelemetry.trace import StatusCode
+from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+from opentelemetry.trace import SpanKind, StatusCode
 from starlette.requests import Request
 
 from exitstack_otel import semconv
@@ -306,3 +309,48 @@ async def test_websocket_through_starlette(sdk: Sdk) -> None:
     ]
     (unwind,) = sdk.spans_named(semconv.SPAN_UNWIND)
     assert dict(unwind.attributes or {})[semconv.HTTP_ROUTE] == "/ws"
+
+
+@pytest.mark.anyio
+async def test_cancellation_cannot_skip_cleanup(sdk: Sdk) -> None:
+    log: list[str] = []
+
+    async def close_slowly() -> None:
+        await anyio.lowlevel.checkpoint()  # a real await inside the shielded unwind
+        log.append("closed")
+
+    with anyio.CancelScope() as cancel_scope:
+
+        async def app(scope: Scope, receive: Receive, send: Send) -> None:
+            get_exit_stack(scope).push_async_callback(close_slowly)
+            cancel_scope.cancel()  # a disconnect or shutdown while the endpoint waits
+            await anyio.sleep(30)
+
+        async def send(message: Message) -> None:
+            pass
+
+        await _middleware(app, sdk)(_http_scope(), _receive_from([]), send)
+    assert cancel_scope.cancelled_caught
+    assert log == ["closed"]
+
+
+@pytest.mark.anyio
+async def test_unwind_is_a_child_of_the_asgi_server_span(sdk: Sdk) -> None:
+    app = OpenTelemetryMiddleware(
+        make_app(sdk), tracer_provider=sdk.tracer_provider, meter_provider=sdk.meter_provider
+    )
+    async with _client(app) as client:
+        assert (await client.get("/ok")).status_code == 200
+    (unwind,) = sdk.spans_named(semconv.SPAN_UNWIND)
+    (server,) = [span for span in sdk.spans() if span.kind is SpanKind.SERVER]
+    assert unwind.parent is not None
+    assert unwind.parent.span_id == server.context.span_id
+    # the response went out before the unwind began
+    (response_start,) = [
+        span
+        for span in sdk.spans()
+        if span.attributes and span.attributes.get("asgi.event.type") == "http.response.start"
+    ]
+    assert response_start.end_time is not None
+    assert unwind.start_time is not None
+    assert response_start.end_time <= unwind.start_time

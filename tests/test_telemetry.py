@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import pytest
 from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import SpanKind, StatusCode
 
 from exitstack_otel import semconv
@@ -334,3 +336,19 @@ async def test_callback_names_beyond_the_cap_are_other(sdk: Sdk) -> None:
 def test_error_type_is_qualified_unless_builtin() -> None:
     assert error_type(ValueError()) == "ValueError"
     assert error_type(anyio.BrokenResourceError()) == "anyio.BrokenResourceError"
+
+
+@pytest.mark.anyio
+async def test_unsampled_requests_still_get_metrics() -> None:
+    sdk = Sdk(tracer_provider=TracerProvider(sampler=ALWAYS_OFF))
+    try:
+        with pytest.raises(ConnectionError):
+            async with InstrumentedAsyncExitStack(
+                "s", telemetry=sdk.telemetry(callback_spans="all")
+            ) as stack:
+                stack.push_async_callback(Pool().broken_release, "c")
+        assert sdk.spans() == ()
+        (point,) = histogram_points(sdk.metrics()[semconv.CALLBACK_DURATION])
+        assert attrs(point)[semconv.CALLBACK_OUTCOME] == semconv.OUTCOME_ERROR
+    finally:
+        sdk.shutdown()
