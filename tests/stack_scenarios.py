@@ -28,6 +28,7 @@ PushKind = Literal[
     "push_async_cm",
     "enter_context",
     "enter_async_context",
+    "nested_stack",
 ]
 PUSH_KINDS: tuple[PushKind, ...] = (
     "callback",
@@ -38,6 +39,7 @@ PUSH_KINDS: tuple[PushKind, ...] = (
     "push_async_cm",
     "enter_context",
     "enter_async_context",
+    "nested_stack",
 )
 Behaviour = Literal["ok", "raise", "raise_base", "suppress", "enter_fails"]
 BEHAVIOURS: tuple[Behaviour, ...] = ("ok", "raise", "raise_base", "suppress", "enter_fails")
@@ -153,7 +155,9 @@ class _AsyncCM:
         return _exit_result(self.behaviour, self.label)
 
 
-async def _push(stack: AsyncExitStack, op: Push, label: str, log: list[str]) -> None:
+async def _push(
+    stack: AsyncExitStack, op: Push, label: str, log: list[str], make_stack: Callable[[], AsyncExitStack]
+) -> None:
     kind, behaviour = op.kind, op.behaviour
 
     def sync_callback(*args: Any, **kwargs: Any) -> bool:
@@ -194,6 +198,11 @@ async def _push(stack: AsyncExitStack, op: Push, label: str, log: list[str]) -> 
     elif kind == "push_async_cm":
         async_cm = _AsyncCM(label, behaviour if behaviour != "enter_fails" else "ok", log)
         returned, expected = stack.push_async_exit(async_cm), async_cm
+    elif kind == "nested_stack":
+        # a stack entered on a stack, holding a callback of its own
+        inner = make_stack()
+        returned, expected = await stack.enter_async_context(inner), inner
+        inner.push(exit_function)
     elif kind == "enter_context":
         returned = stack.enter_context(_SyncCM(label, behaviour, log))
         log.append(f"{label} returned {returned}")
@@ -216,7 +225,7 @@ async def run_scenario(make_stack: Callable[[], AsyncExitStack], scenario: Scena
             for index, op in enumerate(scenario.ops):
                 label = f"op{index}"
                 if isinstance(op, Push):
-                    await _push(stack, op, label, log)
+                    await _push(stack, op, label, log, make_stack)
                 elif isinstance(op, PopAll):
                     new_stack = stack.pop_all()
                     observed.moved_types_ok &= type(new_stack) is type(stack)

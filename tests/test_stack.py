@@ -169,3 +169,26 @@ async def test_non_callable_exit_fails_at_unwind_like_contextlib(sdk: Sdk) -> No
             await stack.aclose()
         outcomes.append((caught.type, str(caught.value)))
     assert outcomes[0] == outcomes[1]
+
+
+@pytest.mark.anyio
+async def test_callbacks_pushed_during_the_unwind_run_like_contextlib(sdk: Sdk) -> None:
+    logs: list[list[str]] = []
+    for stack in (
+        AsyncExitStack(),
+        InstrumentedAsyncExitStack(telemetry=sdk.telemetry(callback_spans="all")),
+    ):
+        log: list[str] = []
+
+        def push_more(stack: AsyncExitStack = stack, log: list[str] = log) -> None:
+            log.append("push_more")
+            stack.callback(log.append, "pushed while unwinding")
+
+        async with stack:
+            stack.callback(log.append, "first")
+            stack.callback(push_more)
+        logs.append(log)
+    assert logs[1] == logs[0]
+    assert logs[0] == ["push_more", "pushed while unwinding", "first"]
+    (unwind,) = sdk.spans_named(semconv.SPAN_UNWIND)
+    assert dict(unwind.attributes or {})[semconv.CALLBACK_COUNT] == 3

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 # `make test-pythons` runs this module on every supported Python with fewer examples
-EXAMPLES = int(os.environ.get("EXITSTACK_EQUIVALENCE_EXAMPLES", "150"))
+EXAMPLES = int(os.environ.get("EXITSTACK_EQUIVALENCE_EXAMPLES", "300"))
 
 _sdk = Sdk()
 TELEMETRY_MODES: dict[str, Callable[[], AsyncExitStack]] = {
