@@ -2,8 +2,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# benchmarks/ may not exist on every branch
+CODE := $(wildcard src tests benchmarks)
 
-.PHONY: demo test lint typecheck unit bench clean
+.PHONY: demo test lint typecheck unit test-pythons bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,19 +17,23 @@ demo: $(BIN)/.installed
 	$(BIN)/exitstack-otel demo
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check $(CODE)
+	$(BIN)/ruff format --check $(CODE)
 
 typecheck: $(BIN)/.installed
-	$(BIN)/mypy
+	$(BIN)/mypy $(CODE)
 
 unit: $(BIN)/.installed
 	$(BIN)/pytest
 
-test: lint typecheck unit
+# the stack's contextlib-equivalence tests on every supported Python, one .venv-3.X each
+test-pythons:
+	scripts/test-pythons
+
+test: lint typecheck unit test-pythons
 
 bench: $(BIN)/.installed
 	$(BIN)/python -m benchmarks.run
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) .venv-3.* .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -22,7 +22,14 @@ _SCOPE_TEMPLATE = {
     "scheme": "http",
     "root_path": "",
     "query_string": b"",
-    "headers": [(b"host", b"127.0.0.1"), (b"user-agent", b"bench")],
+    # what httpx sends by default: a typical API client
+    "headers": [
+        (b"host", b"127.0.0.1:8000"),
+        (b"accept", b"*/*"),
+        (b"accept-encoding", b"gzip, deflate"),
+        (b"connection", b"keep-alive"),
+        (b"user-agent", b"python-httpx/0.28.1"),
+    ],
     "client": ("127.0.0.1", 40000),
     "server": ("127.0.0.1", 8000),
 }

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .inprocess import call_app
-from .variants import VARIANTS_BY_NAME
+from .variants import VARIANTS_BY_NAME, Sdk
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 _ROOT = Path(__file__).resolve().parent.parent
@@ -28,12 +28,19 @@ class MemoryGrowth:
     callbacks: int
     requests: int
     rss_before_kib: int
+    rss_halfway_kib: int
     rss_after_kib: int
     traced_growth_kib: float
+    traced_second_half_growth_kib: float
+    """a leak keeps growing; the allocator's one-off high-water mark does not"""
 
     @property
     def rss_growth_kib(self) -> int:
         return self.rss_after_kib - self.rss_before_kib
+
+    @property
+    def rss_second_half_growth_kib(self) -> int:
+        return self.rss_after_kib - self.rss_halfway_kib
 
 
 def _rss_kib() -> int:
@@ -47,20 +54,33 @@ async def _requests(variant: str, callbacks: int, requests: int, warmup: int) ->
         # the warm-up fills every cache and lets the span queue reach its steady state
         for _ in range(warmup):
             await call_app(app, callbacks)
-        gc.collect()
         tracemalloc.start()
-        traced_before = tracemalloc.get_traced_memory()[0]
-        rss_before = _rss_kib()
-        for _ in range(requests):
-            await call_app(app, callbacks)
-        gc.collect()
-        traced_after = tracemalloc.get_traced_memory()[0]
-        rss_after = _rss_kib()
+        snapshots = [_snapshot(sdk)]
+        for half in (requests // 2, requests - requests // 2):
+            for _ in range(half):
+                await call_app(app, callbacks)
+            snapshots.append(_snapshot(sdk))
         tracemalloc.stop()
     finally:
         sdk.shutdown()
-    traced_growth_kib = (traced_after - traced_before) / 1024
-    return MemoryGrowth(variant, callbacks, requests, rss_before, rss_after, traced_growth_kib)
+    (rss_before, traced_before), (rss_halfway, traced_halfway), (rss_after, traced_after) = snapshots
+    return MemoryGrowth(
+        variant,
+        callbacks,
+        requests,
+        rss_before,
+        rss_halfway,
+        rss_after,
+        (traced_after - traced_before) / 1024,
+        (traced_after - traced_halfway) / 1024,
+    )
+
+
+def _snapshot(sdk: Sdk) -> tuple[int, int]:
+    # queued spans are not growth: every snapshot is taken with the span queue drained
+    sdk.flush()
+    gc.collect()
+    return _rss_kib(), tracemalloc.get_traced_memory()[0]
 
 
 def measure(variant: str, callbacks: int, requests: int) -> MemoryGrowth:

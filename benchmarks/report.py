@@ -104,14 +104,16 @@ def table(
             "",
             "Memory (fresh process per variant, after warm-up)",
             "",
-            "| variant | callbacks | requests | RSS growth KiB | tracemalloc growth KiB | flat |",
+            "| variant | callbacks | requests | RSS growth KiB (2nd half) "
+            "| tracemalloc growth KiB (2nd half) | flat |",
             "|---|---:|---:|---:|---:|---|",
         ]
         for growth in memory:
             flat = "yes" if growth.traced_growth_kib <= FLAT_MAX_TRACED_KIB else "NO"
             lines.append(
-                f"| {growth.variant} | {growth.callbacks} | {growth.requests} | {growth.rss_growth_kib} "
-                f"| {growth.traced_growth_kib:.1f} | {flat} |"
+                f"| {growth.variant} | {growth.callbacks} | {growth.requests} "
+                f"| {growth.rss_growth_kib} ({growth.rss_second_half_growth_kib}) "
+                f"| {growth.traced_growth_kib:.1f} ({growth.traced_second_half_growth_kib:.1f}) | {flat} |"
             )
     if floor is not None:
         lines += [

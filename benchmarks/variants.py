@@ -100,6 +100,8 @@ def _starlette(middleware: list[Middleware]) -> Starlette:
 class Sdk:
     tracer_provider: TracerProvider | None
     meter_provider: MeterProvider | None
+    exporter: CountingSpanExporter | None = None
+    reader: InMemoryMetricReader | None = None
 
     def flush(self) -> None:
         if self.tracer_provider is not None:
@@ -113,13 +115,15 @@ class Sdk:
 
 
 def make_sdk(spans: bool, metrics: bool) -> Sdk:
-    tracer_provider = meter_provider = None
+    sdk = Sdk(None, None)
     if spans:
-        tracer_provider = TracerProvider(sampler=ALWAYS_ON)
-        tracer_provider.add_span_processor(BatchSpanProcessor(CountingSpanExporter()))
+        sdk.exporter = CountingSpanExporter()
+        sdk.tracer_provider = TracerProvider(sampler=ALWAYS_ON)
+        sdk.tracer_provider.add_span_processor(BatchSpanProcessor(sdk.exporter))
     if metrics:
-        meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
-    return Sdk(tracer_provider, meter_provider)
+        sdk.reader = InMemoryMetricReader()
+        sdk.meter_provider = MeterProvider(metric_readers=[sdk.reader])
+    return sdk
 
 
 @dataclass(frozen=True)

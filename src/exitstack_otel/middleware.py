@@ -10,7 +10,7 @@ from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .providers import TelemetrySource
-from .shield import unwind_shielded
+from .shield import unwind
 from .stack import InstrumentedAsyncExitStack, checked_callback_timeout
 from .telemetry import CallbackNamer, CallbackSpans, TelemetryOptions
 
@@ -72,10 +72,10 @@ class ExitStackMiddleware:
         try:
             await self.app(scope, receive, send)
         except BaseException as exc:
-            if not await unwind_shielded(stack, exc):
+            if not await unwind(stack, type(exc), exc, exc.__traceback__):
                 raise
         else:
-            await unwind_shielded(stack, None)
+            await unwind(stack, None, None, None)
 
 
 def get_exit_stack(

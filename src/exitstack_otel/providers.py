@@ -13,7 +13,7 @@ from opentelemetry import metrics, trace
 from opentelemetry.environment_variables import OTEL_PYTHON_METER_PROVIDER, OTEL_PYTHON_TRACER_PROVIDER
 from opentelemetry.metrics import _internal as metrics_internal
 
-from .telemetry import Telemetry, TelemetryOptions
+from .telemetry import Telemetry, TelemetryOptions, logger
 
 # The API's getters look the provider variables up in os.environ on every call while no provider
 # is set, which alone cost more than our whole no-SDK budget (0.6 us each). Reading the API's
@@ -44,7 +44,7 @@ def global_meter_provider() -> metrics.MeterProvider:
 class TelemetrySource:
     """Telemetry for explicit providers, or for whichever global ones are set at the time."""
 
-    __slots__ = ("_tracer_provider", "_meter_provider", "_options", "_cached")
+    __slots__ = ("_cached", "_meter_provider", "_options", "_tracer_provider")
 
     def __init__(
         self,
@@ -67,7 +67,12 @@ class TelemetrySource:
         cached = self._cached
         if cached is not None and cached[0] is tracer_provider and cached[1] is meter_provider:
             return cached[2]
-        telemetry = Telemetry.create(tracer_provider, meter_provider, self._options)
+        try:
+            telemetry = Telemetry.create(tracer_provider, meter_provider, self._options)
+        except Exception:
+            # a provider that cannot make a tracer or meter turns telemetry off, not the app
+            logger.exception("exitstack-otel telemetry disabled: the tracer or meter provider failed")
+            telemetry = None
         self._cached = (tracer_provider, meter_provider, telemetry)
         return telemetry
 

@@ -1,15 +1,20 @@
-"""Unwind a request's stack to the end, whatever cancels the task meanwhile.
+"""Unwind a request's stack to the end, whatever cancels the task meanwhile, at the least cost.
 
-anyio's shielded cancel scope holds off anyio and trio cancellation, but not asyncio's native
-``Task.cancel()`` (uvicorn's graceful-shutdown timeout, ``asyncio.wait_for``, a failing sibling in
-a ``TaskGroup``): that throws ``CancelledError`` into whatever the task awaits, a cleanup included.
-On asyncio an unwind that will await therefore runs in a task of its own, and the caller waits
-for it through any number of cancellations before passing the first one on. That task runs in a
-copy of the request's context: callbacks see the endpoint's context variables, as before, but
-variables they set themselves no longer leak out to the middleware's caller.
+Only an unwind that awaits can be interrupted: one with sync callbacks only (most requests) runs
+as is. For the others:
 
-Nothing survives the end of the event loop, though: ``asyncio.run`` cancels every task left,
-cleanups included. uvicorn ends its loop right after cancelling the requests that outlived
+- trio: a shielded cancel scope holds off every cancellation.
+- asyncio: anyio's shield holds off anyio's cancellation but not the native ``Task.cancel()``
+  (uvicorn's graceful-shutdown timeout, ``asyncio.wait_for``, a failing ``TaskGroup`` sibling),
+  which throws ``CancelledError`` into whatever the task awaits, a cleanup included. So the unwind
+  runs in a task of its own, and the request's task waits for it through any number of
+  cancellations before passing the first one on. That task runs in a copy of the request's
+  context: callbacks see the endpoint's context variables, but variables they set no longer leak
+  out to the middleware's caller. The anyio shield (about 4 us) is added only where an anyio scope
+  encloses the request's task; otherwise nothing could re-deliver a cancellation every loop turn.
+
+Nothing survives the end of the event loop: ``asyncio.run`` cancels every task left, cleanups
+included. uvicorn ends its loop right after cancelling the requests that outlived
 ``timeout_graceful_shutdown``, unless the app's lifespan shutdown keeps it busy; awaiting
 ``wait_for_unwinds()`` there gives those requests' cleanups the time to finish.
 """
@@ -17,18 +22,38 @@ cleanups included. uvicorn ends its loop right after cancelling the requests tha
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from types import TracebackType
-from typing import NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import anyio
 import anyio.lowlevel
 
-from .stack import InstrumentedAsyncExitStack
+if TYPE_CHECKING:
+    from .stack import InstrumentedAsyncExitStack
 
-ExcDetails = tuple[type[BaseException] | None, BaseException | None, TracebackType | None]
+_task_states: Any
+try:
+    # private: anyio's record of which cancel scope each asyncio task runs in (anyio 4.x)
+    from anyio._backends._asyncio import _task_states
+except ImportError:  # another anyio layout: always shield
+    _task_states = None
 
 # strong references too: the event loop keeps only weak ones to running tasks
-_unwind_tasks: set[asyncio.Task[tuple[bool, BaseException | None]]] = set()
+_unwind_tasks: set[asyncio.Task[tuple[bool | None, BaseException | None]]] = set()
+
+
+def unwind(
+    stack: InstrumentedAsyncExitStack,
+    exc_type: type[BaseException] | None,
+    exc: BaseException | None,
+    tb: TracebackType | None,
+) -> Awaitable[bool | None]:
+    """``stack.__aexit__`` run to completion; a cancellation of the caller comes after it."""
+    if not stack.awaits_on_exit:
+        # only sync callbacks, or none: the unwind never awaits, so no cancellation can land in it
+        return stack.__aexit__(exc_type, exc, tb)
+    return _unwind_to_the_end(stack, exc_type, exc, tb)
 
 
 async def wait_for_unwinds() -> None:
@@ -40,36 +65,45 @@ async def wait_for_unwinds() -> None:
         await asyncio.wait(pending)
 
 
-async def unwind_shielded(stack: InstrumentedAsyncExitStack, exc: BaseException | None) -> bool:
-    """``stack.__aexit__`` for ``exc`` run to completion; a cancellation of the caller comes after."""
-    exc_details: ExcDetails = (None, None, None) if exc is None else (type(exc), exc, exc.__traceback__)
-    if not stack.awaits_on_exit:
-        # Only sync callbacks (or none, as for most requests): the unwind never awaits, so no
-        # cancellation can land in it, and the shield (about 3 us on asyncio) would guard nothing.
-        return bool(await stack.__aexit__(*exc_details))
+def cancellation_can_reach_task() -> bool:
+    """False only for an asyncio task that no anyio cancel scope encloses."""
+    loop = asyncio._get_running_loop()  # None under trio, without the cost of an exception
+    if _task_states is None or loop is None:
+        return True
+    state = _task_states.get(asyncio.current_task(loop))
+    return state is not None and getattr(state, "cancel_scope", True) is not None
+
+
+async def _unwind_to_the_end(
+    stack: InstrumentedAsyncExitStack,
+    exc_type: type[BaseException] | None,
+    exc: BaseException | None,
+    tb: TracebackType | None,
+) -> bool | None:
+    if asyncio._get_running_loop() is None:  # trio
+        with anyio.CancelScope(shield=True):
+            suppressed = await stack.__aexit__(exc_type, exc, tb)
+        return suppressed
+    if not cancellation_can_reach_task():
+        return await _outlast_cancellation(stack, exc_type, exc, tb)
     with anyio.CancelScope(shield=True):
-        if _on_asyncio():
-            suppressed = await _outlast_cancellation(stack, exc_details)
-        else:
-            suppressed = bool(await stack.__aexit__(*exc_details))
+        suppressed = await _outlast_cancellation(stack, exc_type, exc, tb)
     return suppressed
 
 
-def _on_asyncio() -> bool:
-    try:
-        return asyncio.current_task() is not None
-    except RuntimeError:  # no asyncio loop running: trio
-        return False
-
-
-async def _outlast_cancellation(stack: InstrumentedAsyncExitStack, exc_details: ExcDetails) -> bool:
-    async def unwind() -> tuple[bool, BaseException | None]:
+async def _outlast_cancellation(
+    stack: InstrumentedAsyncExitStack,
+    exc_type: type[BaseException] | None,
+    exc: BaseException | None,
+    tb: TracebackType | None,
+) -> bool | None:
+    async def unwind_in_own_task() -> tuple[bool | None, BaseException | None]:
         try:
-            return bool(await stack.__aexit__(*exc_details)), None
+            return await stack.__aexit__(exc_type, exc, tb), None
         except BaseException as escaped:  # handed to the caller, who re-raises it
             return False, escaped
 
-    task = asyncio.create_task(unwind())
+    task = asyncio.create_task(unwind_in_own_task())
     _unwind_tasks.add(task)
     task.add_done_callback(_unwind_tasks.discard)
     cancellation: asyncio.CancelledError | None = None

@@ -73,6 +73,9 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
             if self._callback_timeout is not None:
                 run = _TimeLimited(callback, self._callback_timeout)
         telemetry = self._telemetry
+        if telemetry is None:
+            self._exit_callbacks.append((is_sync, run))  # type: ignore[attr-defined]  # as contextlib does
+            return
         if telemetry is not None:
             try:
                 kind, target = naming.classify(callback, is_sync)

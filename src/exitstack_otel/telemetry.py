@@ -300,11 +300,6 @@ class Telemetry:
 
     def begin_unwind(self, stack_name: str, parent: otel_context.Context | None) -> Unwind:
         unwind = Unwind()
-        if self.instruments is not None:
-            active = self.instruments.active.get(stack_name)
-            if active is None:
-                active = self.instruments.active[stack_name] = _Count({semconv.STACK_NAME: stack_name})
-            active.value += 1
         if self.tracer is not None:
             span = self.tracer.start_span(
                 semconv.SPAN_UNWIND, context=parent, kind=SpanKind.INTERNAL, start_time=unwind.start_ns
@@ -313,6 +308,12 @@ class Telemetry:
             # user code run by callbacks nests its own spans under the unwind
             unwind.span_context = trace.set_span_in_context(span, parent)
             unwind.token = otel_context.attach(unwind.span_context)
+        # counted last: an unwind whose span failed to start never reaches end_unwind
+        if self.instruments is not None:
+            active = self.instruments.active.get(stack_name)
+            if active is None:
+                active = self.instruments.active[stack_name] = _Count({semconv.STACK_NAME: stack_name})
+            active.value += 1
         return unwind
 
     def end_unwind(
@@ -331,16 +332,31 @@ class Telemetry:
         if exc is not None:
             outcome = semconv.OUTCOME_CANCELLED if is_cancellation(exc) else semconv.OUTCOME_ERROR
         instruments = self.instruments
-        if instruments is not None:
-            instruments.active[stack_name].value -= 1
-            attributes = self._unwind_attrs(stack_name, route, method, outcome)
-            instruments.unwind_duration.record(end - unwind.start, attributes)
-            instruments.unwind_callbacks.record(unwind.count, self._unwind_attrs(stack_name, route, None, ""))
+        try:
+            if instruments is not None:
+                instruments.active[stack_name].value -= 1
+                attributes = self._unwind_attrs(stack_name, route, method, outcome)
+                instruments.unwind_duration.record(end - unwind.start, attributes)
+                callbacks_attributes = self._unwind_attrs(stack_name, route, None, "")
+                instruments.unwind_callbacks.record(unwind.count, callbacks_attributes)
+        finally:
+            # a failing meter must not leave the unwind span attached to the request's context
+            self._end_unwind_span(stack_name, unwind, exc, route, method, end)
+
+    def _end_unwind_span(
+        self,
+        stack_name: str,
+        unwind: Unwind,
+        exc: BaseException | None,
+        route: str | None,
+        method: str | None,
+        end: float,
+    ) -> None:
         span = unwind.span
         if span is not None:
             otel_context.detach(unwind.token)  # type: ignore[arg-type]
             if span.is_recording():
-                attributes = {
+                attributes: dict[str, AttributeValue] = {
                     semconv.STACK_NAME: stack_name,
                     semconv.CALLBACK_COUNT: unwind.count,
                     semconv.CALLBACK_FAILED: unwind.failed,

@@ -1,0 +1,191 @@
+"""Callback names and kinds: code, never data."""
+
+from __future__ import annotations
+
+import functools
+import io
+from contextlib import asynccontextmanager, contextmanager
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from fastapi.concurrency import contextmanager_in_threadpool
+from starlette.datastructures import FormData, Headers, UploadFile
+
+from exitstack_otel import semconv
+from exitstack_otel.stack import InstrumentedAsyncExitStack
+
+from .otel_helpers import Sdk
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Iterator
+    from pathlib import Path
+
+    from exitstack_otel.telemetry import CallbackNamer
+
+
+class Pool:
+    def release(self, connection: str) -> None:
+        pass
+
+    async def arelease(self, connection: str) -> None:
+        pass
+
+
+class Session:
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc_details: object) -> None:
+        pass
+
+
+class AsyncSession:
+    async def __aenter__(self) -> AsyncSession:
+        return self
+
+    async def __aexit__(self, *exc_details: object) -> None:
+        pass
+
+
+class Closer:
+    def __call__(self, *args: object) -> None:
+        pass
+
+
+@contextmanager
+def get_db(url: str) -> Iterator[str]:
+    yield url
+
+
+@asynccontextmanager
+async def get_async_db(url: str) -> AsyncIterator[str]:
+    yield url
+
+
+def close_file(path: str) -> None:
+    pass
+
+
+def exit_function(*exc_details: object) -> None:
+    pass
+
+
+async def async_exit_function(*exc_details: object) -> None:
+    pass
+
+
+@pytest.fixture
+def sdk() -> Iterator[Sdk]:
+    sdk = Sdk()
+    yield sdk
+    sdk.shutdown()
+
+
+async def _names(
+    sdk: Sdk, push: Callable[[InstrumentedAsyncExitStack], Any], **options: Any
+) -> list[tuple[str, str]]:
+    async with InstrumentedAsyncExitStack(
+        "s", telemetry=sdk.telemetry(callback_spans="all", **options)
+    ) as stack:
+        pushed = push(stack)
+        if hasattr(pushed, "__await__"):
+            await pushed
+    spans = [span for span in sdk.spans() if span.name != semconv.SPAN_UNWIND]
+    found = []
+    for span in spans:
+        attributes = dict(span.attributes or {})
+        assert span.name == f"{semconv.SPAN_CALLBACK} {attributes[semconv.CALLBACK_NAME]}"
+        found.append((str(attributes[semconv.CALLBACK_NAME]), str(attributes[semconv.CALLBACK_KIND])))
+    return found
+
+
+CASES: list[tuple[str, Callable[[InstrumentedAsyncExitStack], Any], tuple[str, str]]] = [
+    ("bound method", lambda s: s.callback(Pool().release, "secret"), ("Pool.release", "callback")),
+    (
+        "async bound method",
+        lambda s: s.push_async_callback(Pool().arelease, "x"),
+        ("Pool.arelease", "async_callback"),
+    ),
+    (
+        "partial",
+        lambda s: s.callback(functools.partial(functools.partial(close_file, "/secret/a.txt"))),
+        ("close_file", "callback"),
+    ),
+    ("builtin function", lambda s: s.callback(print, "secret", end=""), ("print", "callback")),
+    ("builtin method", lambda s: s.callback(io.BytesIO(b"secret").close), ("BytesIO.close", "callback")),
+    ("callable object", lambda s: s.callback(Closer()), ("Closer", "callback")),
+    ("exit function", lambda s: s.push(exit_function), ("exit_function", "exit")),
+    (
+        "async exit function",
+        lambda s: s.push_async_exit(async_exit_function),
+        ("async_exit_function", "async_exit"),
+    ),
+    ("class context manager", lambda s: s.enter_context(Session()), ("Session", "context")),
+    ("pushed context manager", lambda s: s.push(Session()), ("Session", "context")),
+    (
+        "async class context manager",
+        lambda s: s.enter_async_context(AsyncSession()),
+        ("AsyncSession", "async_context"),
+    ),
+    (
+        "pushed async context manager",
+        lambda s: s.push_async_exit(AsyncSession()),
+        ("AsyncSession", "async_context"),
+    ),
+    ("@contextmanager", lambda s: s.enter_context(get_db("postgres://secret")), ("get_db", "context")),
+    (
+        "@asynccontextmanager",
+        lambda s: s.enter_async_context(get_async_db("secret")),
+        ("get_async_db", "async_context"),
+    ),
+    (
+        "FastAPI's threadpool wrapper is looked through",
+        lambda s: s.enter_async_context(contextmanager_in_threadpool(get_db("secret"))),
+        ("get_db", "async_context"),
+    ),
+    (
+        "starlette form",
+        lambda s: s.push_async_callback(FormData().close),
+        ("FormData.close", "async_callback"),
+    ),
+]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("push", "expected"), [case[1:] for case in CASES], ids=[case[0] for case in CASES])
+async def test_default_names_and_kinds(
+    sdk: Sdk, push: Callable[[InstrumentedAsyncExitStack], Any], expected: tuple[str, str]
+) -> None:
+    assert await _names(sdk, push) == [expected]
+    assert "secret" not in repr([dict(span.attributes or {}) for span in sdk.spans()])
+
+
+@pytest.mark.anyio
+async def test_file_names_never_reach_names(sdk: Sdk, tmp_path: Path) -> None:
+    secret_file = tmp_path / "secret-report.txt"
+    secret_file.write_text("x")
+    upload = UploadFile(io.BytesIO(b"x"), filename="secret-upload.pdf", headers=Headers({}))
+    with secret_file.open("rb") as opened:
+        names = await _names(
+            sdk,
+            lambda s: (s.callback(opened.close), s.push_async_callback(upload.close)),
+        )
+    assert names == [("UploadFile.close", "async_callback"), ("BufferedReader.close", "callback")]
+
+
+@pytest.mark.anyio
+async def test_a_namer_may_name_callbacks(sdk: Sdk) -> None:
+    seen: list[tuple[object, str]] = []
+
+    def namer(target: object, kind: str) -> str | None:
+        seen.append((target, kind))
+        return "pool release" if isinstance(target, functools.partial) else None
+
+    release = functools.partial(close_file, "a")
+    session = Session()
+    custom: CallbackNamer = namer
+    names = await _names(
+        sdk, lambda s: (s.callback(release), s.enter_context(session)), callback_namer=custom
+    )
+    assert names == [("Session", "context"), ("pool release", "callback")]
+    assert seen == [(release, "callback"), (session, "context")]

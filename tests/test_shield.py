@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import asyncio
+
+import anyio
+import pytest
+from starlette.types import Receive, Scope, Send
+
+from exitstack_otel import ExitStackMiddleware, get_exit_stack
+from exitstack_otel.shield import cancellation_can_reach_task
+
+_SCOPE: Scope = {"type": "http", "method": "GET", "path": "/", "headers": []}
+
+
+async def _receive() -> dict[str, object]:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+async def _send(message: object) -> None:
+    pass
+
+
+@pytest.mark.anyio
+async def test_cleanup_finishes_when_an_enclosing_scope_is_cancelled_mid_unwind() -> None:
+    started = anyio.Event()
+    finished: list[str] = []
+
+    async def cleanup() -> None:
+        started.set()
+        await anyio.sleep(0.05)  # unshielded, the group's cancellation would land here
+        finished.append("cleanup")
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        get_exit_stack(scope).push_async_callback(cleanup)
+
+    middleware = ExitStackMiddleware(app)
+    async with anyio.create_task_group() as group:
+        group.start_soon(middleware, dict(_SCOPE), _receive, _send)
+        await started.wait()
+        group.cancel_scope.cancel()
+    assert finished == ["cleanup"]
+
+
+@pytest.mark.anyio
+async def test_sync_only_stack_runs_every_callback_when_cancelled_before_the_unwind() -> None:
+    finished: list[str] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        stack = get_exit_stack(scope)
+        stack.callback(finished.append, "first")
+        stack.callback(finished.append, "second")
+        assert not stack.awaits_on_exit
+        await anyio.sleep(10)  # cancelled here; the unwind follows with a pending cancellation
+
+    middleware = ExitStackMiddleware(app)
+    async with anyio.create_task_group() as group:
+        group.start_soon(middleware, dict(_SCOPE), _receive, _send)
+        await anyio.sleep(0.01)
+        group.cancel_scope.cancel()
+    assert finished == ["second", "first"]
+
+
+@pytest.mark.anyio
+async def test_cancellation_can_reach_task_inside_any_anyio_scope() -> None:
+    with anyio.CancelScope():
+        assert cancellation_can_reach_task()
+        await anyio.lowlevel.checkpoint()
+    reached: list[bool] = []
+
+    async def child() -> None:
+        reached.append(cancellation_can_reach_task())
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(child)
+    assert reached == [True]
+
+
+@pytest.mark.anyio
+async def test_cancellation_cannot_reach_a_plain_asyncio_task(anyio_backend: str) -> None:
+    if anyio_backend != "asyncio":
+        assert cancellation_can_reach_task()  # trio: every checkpoint can be cancelled
+        return
+
+    async def plain() -> bool:
+        return cancellation_can_reach_task()
+
+    # a task made by asyncio itself, as uvicorn makes one per request: no anyio scope encloses it
+    assert await asyncio.get_running_loop().create_task(plain()) is False

@@ -1,0 +1,77 @@
+"""InstrumentedAsyncExitStack behaves exactly as contextlib.AsyncExitStack, telemetry on or off."""
+
+from __future__ import annotations
+
+import os
+from contextlib import AsyncExitStack
+from typing import TYPE_CHECKING
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from exitstack_otel.stack import InstrumentedAsyncExitStack
+
+from .otel_helpers import Sdk
+from .stack_scenarios import Aclose, PopAll, Push, Scenario, run, scenarios
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+# `make test-pythons` runs this module on every supported Python with fewer examples
+EXAMPLES = int(os.environ.get("EXITSTACK_EQUIVALENCE_EXAMPLES", "300"))
+
+_sdk = Sdk()
+TELEMETRY_MODES: dict[str, Callable[[], AsyncExitStack]] = {
+    "sdk-problems": lambda: InstrumentedAsyncExitStack("s", telemetry=_sdk.telemetry()),
+    "sdk-all": lambda: InstrumentedAsyncExitStack(
+        "s", telemetry=_sdk.telemetry(callback_spans="all", slow_callback_threshold=0.0)
+    ),
+    # the global providers are the API's no-ops in this test session
+    "noop-global": lambda: InstrumentedAsyncExitStack("s"),
+    "none": lambda: InstrumentedAsyncExitStack("s", telemetry=None),
+}
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("mode", sorted(TELEMETRY_MODES))
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenario=scenarios())
+def test_same_observable_behaviour_as_contextlib(scenario: Scenario, mode: str, backend: str) -> None:
+    expected = run(AsyncExitStack, scenario, backend)
+    actual = run(TELEMETRY_MODES[mode], scenario, backend)
+    assert actual == expected
+    _sdk.spans_exporter.clear()
+
+
+HAND_PICKED = [
+    # a suppressing exit below a failing one swallows the failure; the body's error is gone too
+    Scenario((Push("push", "suppress"), Push("callback", "raise")), "raise"),
+    # every callback runs past a BaseException, and the last failure escapes with the chain
+    Scenario(
+        (Push("push_async_callback", "raise"), Push("callback", "raise_base"), Push("push", "ok")), "ok"
+    ),
+    # pop_all moves callbacks (and their instrumentation) to a new stack; aclose reuses a stack
+    Scenario((Push("enter_context", "raise"), PopAll(), Push("enter_async_context", "suppress")), "raise"),
+    Scenario((Push("push_async_cm", "raise"), Aclose(), Push("push_cm", "suppress")), "raise_base"),
+    Scenario((Push("enter_context", "ok"), Push("enter_async_context", "enter_fails")), "ok"),
+]
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("mode", sorted(TELEMETRY_MODES))
+@pytest.mark.parametrize("scenario", HAND_PICKED)
+def test_hand_picked_scenarios(scenario: Scenario, mode: str, backend: str) -> None:
+    expected = run(AsyncExitStack, scenario, backend)
+    assert expected.escaped is not None or scenario.body_end == "ok" or "suppress" in repr(scenario)
+    assert run(TELEMETRY_MODES[mode], scenario, backend) == expected
+
+
+def test_scenarios_can_tell_stacks_apart() -> None:
+    # guard against a comparison that always passes: a stack that runs callbacks FIFO must differ
+    class FifoStack(AsyncExitStack):
+        async def __aexit__(self, *exc_details: object) -> bool | None:
+            self._exit_callbacks.reverse()  # type: ignore[attr-defined]
+            return await super().__aexit__(*exc_details)  # type: ignore[arg-type]
+
+    scenario = Scenario((Push("callback", "ok"), Push("push", "raise")), "ok")
+    assert run(FifoStack, scenario, "asyncio") != run(AsyncExitStack, scenario, "asyncio")

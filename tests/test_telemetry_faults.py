@@ -1,0 +1,186 @@
+"""Telemetry trouble never changes what the stack does: broken providers, a raising namer."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import AsyncExitStack
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import pytest
+from opentelemetry import metrics, trace
+from opentelemetry.metrics import NoOpHistogram, NoOpMeter
+
+from exitstack_otel import semconv
+from exitstack_otel.providers import TelemetrySource
+from exitstack_otel.stack import InstrumentedAsyncExitStack
+from exitstack_otel.telemetry import Telemetry, TelemetryOptions
+
+from .otel_helpers import Sdk, number_points
+from .stack_scenarios import Push, Scenario, run
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+
+class TelemetryBroke(Exception):
+    pass
+
+
+def _broken(*args: object, **kwargs: object) -> NoReturn:
+    raise TelemetryBroke("telemetry is broken")
+
+
+class RaisingTracer(trace.Tracer):
+    start_span = _broken
+    start_as_current_span = _broken
+
+
+class BrokenTracerProvider(trace.TracerProvider):
+    def __init__(self, fail_in_get_tracer: bool) -> None:
+        self.fail_in_get_tracer = fail_in_get_tracer
+
+    def get_tracer(self, *args: Any, **kwargs: Any) -> trace.Tracer:
+        if self.fail_in_get_tracer:
+            _broken()
+        return RaisingTracer()
+
+
+class RaisingHistogram(NoOpHistogram):
+    record = _broken
+
+
+class RaisingMeter(NoOpMeter):
+    def create_histogram(self, name: str, *args: Any, **kwargs: Any) -> metrics.Histogram:
+        return RaisingHistogram(name)
+
+
+class BrokenMeterProvider(metrics.MeterProvider):
+    def __init__(self, fail_in_get_meter: bool) -> None:
+        self.fail_in_get_meter = fail_in_get_meter
+
+    def get_meter(self, name: str, *args: Any, **kwargs: Any) -> metrics.Meter:
+        if self.fail_in_get_meter:
+            _broken()
+        return RaisingMeter(name)
+
+
+@pytest.fixture
+def sdk() -> Iterator[Sdk]:
+    sdk = Sdk()
+    yield sdk
+    sdk.shutdown()
+
+
+# failures, a suppression and a BaseException: every path through the wrappers
+SCENARIO = Scenario(
+    (
+        Push("callback", "raise"),
+        Push("push_async_exit", "suppress"),
+        Push("enter_async_context", "raise_base"),
+        Push("push", "ok"),
+        Push("enter_context", "raise"),
+    ),
+    "raise",
+)
+
+
+def _fault_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [record for record in caplog.records if record.name == "exitstack_otel"]
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("broken", ["tracer", "meter", "both"])
+def test_broken_spans_or_metrics_change_nothing_and_are_logged_once(
+    broken: str, backend: str, sdk: Sdk, caplog: pytest.LogCaptureFixture
+) -> None:
+    tracer_provider = BrokenTracerProvider(False) if broken in ("tracer", "both") else sdk.tracer_provider
+    meter_provider = BrokenMeterProvider(False) if broken in ("meter", "both") else sdk.meter_provider
+    telemetry = Telemetry.create(
+        tracer_provider, meter_provider, TelemetryOptions(callback_spans="all", slow_callback_threshold=0)
+    )
+    assert telemetry is not None
+    expected = run(AsyncExitStack, SCENARIO, backend)
+    for _ in range(3):
+        caplog.clear()
+        with caplog.at_level(logging.ERROR, logger="exitstack_otel"):
+            outer = trace.get_current_span()
+            assert (
+                run(lambda: InstrumentedAsyncExitStack("s", telemetry=telemetry), SCENARIO, backend)
+                == expected
+            )
+            # a half-done unwind must not leave its span attached to the caller's context
+            assert trace.get_current_span() is outer
+        if _ == 0:
+            assert _fault_records(caplog), "the first fault of each kind is logged"
+            assert all(record.exc_info for record in _fault_records(caplog))
+        else:
+            assert _fault_records(caplog) == [], "each fault is logged only once"
+    if broken == "tracer":
+        # a failed span start must not leave the unwind counted as active forever
+        active = sdk.metrics().get(semconv.UNWIND_ACTIVE)
+        assert active is None or {point.value for point in number_points(active)} == {0}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("broken", ["tracer", "meter"])
+async def test_providers_failing_to_make_a_tracer_or_meter_disable_telemetry(
+    broken: str, sdk: Sdk, caplog: pytest.LogCaptureFixture
+) -> None:
+    source = TelemetrySource(
+        BrokenTracerProvider(True) if broken == "tracer" else sdk.tracer_provider,
+        BrokenMeterProvider(True) if broken == "meter" else sdk.meter_provider,
+    )
+    with caplog.at_level(logging.ERROR, logger="exitstack_otel"):
+        telemetry = source.current()
+        assert source.current() is telemetry
+    assert telemetry is None
+    assert len(_fault_records(caplog)) == 1
+    log: list[str] = []
+    async with InstrumentedAsyncExitStack(telemetry=telemetry) as stack:
+        stack.callback(log.append, "ran")
+    assert log == ["ran"]
+
+
+@pytest.mark.anyio
+async def test_a_raising_namer_falls_back_to_the_default_name(
+    sdk: Sdk, caplog: pytest.LogCaptureFixture
+) -> None:
+    def namer(target: object, kind: str) -> str | None:
+        raise TelemetryBroke("namer")
+
+    telemetry = sdk.telemetry(callback_spans="all", callback_namer=namer)
+    log: list[str] = []
+
+    def close_upload() -> None:
+        log.append("closed")
+
+    with caplog.at_level(logging.ERROR, logger="exitstack_otel"):
+        for _ in range(2):
+            async with InstrumentedAsyncExitStack("s", telemetry=telemetry) as stack:
+                stack.callback(close_upload)
+    assert log == ["closed", "closed"]
+    records = _fault_records(caplog)
+    assert len(records) == 1
+    assert "callback_namer" in records[0].getMessage()
+    names = {span.name for span in sdk.spans() if span.name != semconv.SPAN_UNWIND}
+    assert names == {f"{semconv.SPAN_CALLBACK} {close_upload.__qualname__}"}
+
+
+@pytest.mark.anyio
+async def test_a_failing_meter_still_ends_and_detaches_the_unwind_span(
+    sdk: Sdk, caplog: pytest.LogCaptureFixture
+) -> None:
+    telemetry = Telemetry.create(sdk.tracer_provider, BrokenMeterProvider(False), TelemetryOptions())
+    log: list[str] = []
+    with (
+        caplog.at_level(logging.ERROR, logger="exitstack_otel"),
+        sdk.tracer_provider.get_tracer("test").start_as_current_span("request") as request_span,
+    ):
+        async with InstrumentedAsyncExitStack("s", telemetry=telemetry) as stack:
+            stack.callback(log.append, "ran")
+        assert trace.get_current_span() is request_span
+    assert log == ["ran"]
+    (unwind,) = sdk.spans_named(semconv.SPAN_UNWIND)
+    assert unwind.parent is not None
+    assert unwind.parent.span_id == request_span.get_span_context().span_id
+    assert len(_fault_records(caplog)) == 2  # one per place: the callback and the unwind end
