@@ -195,13 +195,15 @@ def _panels() -> list[dict[str, Any]]:
         ),
         _panel(
             "Unwinds in progress by stack",
-            "Unwinds running now per service and stack; a floor above 0 is a stuck cleanup.",
+            "Unwinds running now per service and stack, and how many more are in progress than finish "
+            "(the stuck-unwind alert's estimate of hung ones, 0 when every unwind ends).",
             "timeseries",
             [
                 _target(
                     f"sum by ({c.SERVICE}, {c.STACK}) ({c.UNWIND_ACTIVE}{{{STACK_SEL}}})",
-                    "{{job}} {{exitstack_stack_name}}",
-                )
+                    "in progress {{job}} {{exitstack_stack_name}}",
+                ),
+                _target(_hung(), "hung {{job}} {{exitstack_stack_name}}", "B"),
             ],
         ),
         _panel(
@@ -252,6 +254,14 @@ def _panels() -> list[dict[str, Any]]:
             datasource=TEMPO,
         ),
     ]
+
+
+def _hung() -> str:
+    # as in the ExitstackUnwindsStuck rule, over the dashboard's rate window
+    by = f"{c.SERVICE}, {c.STACK}"
+    in_progress = f"sum by ({by}) (avg_over_time({c.UNWIND_ACTIVE}{{{STACK_SEL}}}[{RATE}]))"
+    finished = f"sum by ({by}) (rate({c.UNWIND_DURATION}_sum{{{STACK_SEL}}}[{RATE}]))"
+    return f"{in_progress}\n- ({finished} or {in_progress} * 0)"
 
 
 def _never_run(window: str, by: str) -> str:
