@@ -15,8 +15,8 @@ demo: $(BIN)/.installed
 	$(BIN)/exitstack-otel demo
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks monitoring
+	$(BIN)/ruff format --check src tests benchmarks monitoring
 
 typecheck: $(BIN)/.installed
 	$(BIN)/mypy
