@@ -47,14 +47,23 @@ def _panel(
     options: dict[str, Any] | None = None,
     transformations: list[dict[str, Any]] | None = None,
     datasource: dict[str, str] = PROM,
+    alert_threshold: float | None = None,
 ) -> dict[str, Any]:
+    defaults: dict[str, Any] = {"unit": unit, "links": links or []}
+    if alert_threshold is not None:
+        # draw the alert's threshold as a red line, so the panel shows how close a callback is to paging
+        defaults["thresholds"] = {
+            "mode": "absolute",
+            "steps": [{"color": "green", "value": None}, {"color": "red", "value": alert_threshold}],
+        }
+        defaults["custom"] = {"thresholdsStyle": {"mode": "line"}}
     panel: dict[str, Any] = {
         "type": kind,
         "title": title,
         "description": answers,
         "datasource": datasource,
         "targets": targets,
-        "fieldConfig": {"defaults": {"unit": unit, "links": links or []}, "overrides": []},
+        "fieldConfig": {"defaults": defaults, "overrides": []},
         "options": options or {},
     }
     if transformations:
@@ -119,6 +128,7 @@ def _panels() -> list[dict[str, Any]]:
             ],
             unit="percentunit",
             links=CALLBACK_LINKS,
+            alert_threshold=c.ERROR_RATIO_THRESHOLD,
         ),
         _panel(
             "Callback duration p50 / p95 / p99 by callback",
@@ -143,6 +153,7 @@ def _panels() -> list[dict[str, Any]]:
             ],
             unit="s",
             links=CALLBACK_LINKS,
+            alert_threshold=c.SLOW_P99_SECONDS,
         ),
         _panel(
             "Callback duration heatmap",
