@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # benchmarks/ may not exist on every branch
-CODE := $(wildcard src tests benchmarks)
+CODE := $(wildcard src tests benchmarks monitoring)
 
 .PHONY: demo test lint typecheck unit test-pythons bench clean
 

@@ -43,9 +43,12 @@ ERROR_FOR: Final = "5m"  # a failing deploy shows within minutes; one bad minute
 SLOW_P99_SECONDS: Final = 0.5
 SLOW_FOR: Final = "15m"  # slowness is a trend to look at, not an outage: wait it out a while
 
-# An unwind should finish in milliseconds to seconds. A stack whose count of unwinds in progress never
-# drops to zero for the whole window has at least one unwind that is stuck (a callback awaiting forever).
+# Unwinds in progress, averaged over a window, equal the seconds of unwinding that finished per second
+# (Little's law) when every unwind ends; an unwind that never ends adds 1 to the first and nothing to the
+# second. A gap of half an unwind means one has hung for at least half the window, on a busy service
+# just as on an idle one (a plain "in progress > 0" cannot tell busy from stuck).
 STUCK_WINDOW: Final = "10m"
+STUCK_UNWINDS_THRESHOLD: Final = 0.5
 STUCK_FOR: Final = "5m"
 
 # Callbacks pushed and never run leak what they were meant to release. Pushes are counted at push time

@@ -47,14 +47,23 @@ def _panel(
     options: dict[str, Any] | None = None,
     transformations: list[dict[str, Any]] | None = None,
     datasource: dict[str, str] = PROM,
+    alert_threshold: float | None = None,
 ) -> dict[str, Any]:
+    defaults: dict[str, Any] = {"unit": unit, "links": links or []}
+    if alert_threshold is not None:
+        # draw the alert's threshold as a red line, so the panel shows how close a callback is to paging
+        defaults["thresholds"] = {
+            "mode": "absolute",
+            "steps": [{"color": "green", "value": None}, {"color": "red", "value": alert_threshold}],
+        }
+        defaults["custom"] = {"thresholdsStyle": {"mode": "line"}}
     panel: dict[str, Any] = {
         "type": kind,
         "title": title,
         "description": answers,
         "datasource": datasource,
         "targets": targets,
-        "fieldConfig": {"defaults": {"unit": unit, "links": links or []}, "overrides": []},
+        "fieldConfig": {"defaults": defaults, "overrides": []},
         "options": options or {},
     }
     if transformations:
@@ -119,6 +128,7 @@ def _panels() -> list[dict[str, Any]]:
             ],
             unit="percentunit",
             links=CALLBACK_LINKS,
+            alert_threshold=c.ERROR_RATIO_THRESHOLD,
         ),
         _panel(
             "Callback duration p50 / p95 / p99 by callback",
@@ -143,6 +153,7 @@ def _panels() -> list[dict[str, Any]]:
             ],
             unit="s",
             links=CALLBACK_LINKS,
+            alert_threshold=c.SLOW_P99_SECONDS,
         ),
         _panel(
             "Callback duration heatmap",
@@ -195,13 +206,15 @@ def _panels() -> list[dict[str, Any]]:
         ),
         _panel(
             "Unwinds in progress by stack",
-            "Unwinds running now per service and stack; a floor above 0 is a stuck cleanup.",
+            "Unwinds running now per service and stack, and how many more are in progress than finish "
+            "(the stuck-unwind alert's estimate of hung ones, 0 when every unwind ends).",
             "timeseries",
             [
                 _target(
                     f"sum by ({c.SERVICE}, {c.STACK}) ({c.UNWIND_ACTIVE}{{{STACK_SEL}}})",
-                    "{{job}} {{exitstack_stack_name}}",
-                )
+                    "in progress {{job}} {{exitstack_stack_name}}",
+                ),
+                _target(_hung(), "hung {{job}} {{exitstack_stack_name}}", "B"),
             ],
         ),
         _panel(
@@ -252,6 +265,14 @@ def _panels() -> list[dict[str, Any]]:
             datasource=TEMPO,
         ),
     ]
+
+
+def _hung() -> str:
+    # as in the ExitstackUnwindsStuck rule, over the dashboard's rate window
+    by = f"{c.SERVICE}, {c.STACK}"
+    in_progress = f"sum by ({by}) (avg_over_time({c.UNWIND_ACTIVE}{{{STACK_SEL}}}[{RATE}]))"
+    finished = f"sum by ({by}) (rate({c.UNWIND_DURATION}_sum{{{STACK_SEL}}}[{RATE}]))"
+    return f"{in_progress}\n- ({finished} or {in_progress} * 0)"
 
 
 def _never_run(window: str, by: str) -> str:

@@ -26,7 +26,11 @@ def slow_expr(window: str = c.ALERT_RATE_WINDOW) -> str:
 
 
 def stuck_expr() -> str:
-    return f"min_over_time({c.UNWIND_ACTIVE}[{c.STUCK_WINDOW}]) > 0"
+    by = f"{c.SERVICE}, instance, {c.STACK}"
+    in_progress = f"sum by ({by}) (avg_over_time({c.UNWIND_ACTIVE}[{c.STUCK_WINDOW}]))"
+    finished = f"sum by ({by}) (rate({c.UNWIND_DURATION}_sum[{c.STUCK_WINDOW}]))"
+    # an instance whose every unwind hangs has no finished ones at all: count that as zero
+    return f"{in_progress}\n- ({finished} or {in_progress} * 0)\n> {c.STUCK_UNWINDS_THRESHOLD:g}"
 
 
 def never_run_expr() -> str:
@@ -72,9 +76,10 @@ def alert_rules() -> dict[str, Any]:
             "labels": {"severity": "critical"},
             "annotations": {
                 "summary": "Request cleanup is stuck in {{ $labels.job }}",
-                "description": "{{ $labels.job }} ({{ $labels.instance }}) has had at least "
-                "{{ $value }} unwind(s) of stack {{ $labels.exitstack_stack_name }} in progress "
-                f"without a break for {c.STUCK_WINDOW}: a cleanup callback is waiting and never returns.",
+                "description": "{{ $labels.job }} ({{ $labels.instance }}) has had "
+                '{{ $value | printf "%.1f" }} more unwinds of stack {{ $labels.exitstack_stack_name }} '
+                f"in progress over the last {c.STUCK_WINDOW} than finished: a cleanup callback is waiting "
+                "and never returns.",
                 "runbook_url": _runbook("exitstackunwindsstuck"),
             },
         },

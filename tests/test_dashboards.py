@@ -132,3 +132,13 @@ def test_dashboards_read_only_documented_series_and_labels() -> None:
         for label in ("exitstack_stack_name", "exitstack_callback_name", "http_route", "error_type"):
             assert label in documented_labels()
             assert any(label in q for q in queries)
+
+
+def test_alert_thresholds_are_drawn_from_the_same_config() -> None:
+    panels = {panel["title"]: panel for panel in _board()["panels"]}
+    for title, threshold in (
+        ("Cleanup error ratio by callback", config.ERROR_RATIO_THRESHOLD),
+        ("Callback duration p50 / p95 / p99 by callback", config.SLOW_P99_SECONDS),
+    ):
+        steps = panels[title]["fieldConfig"]["defaults"]["thresholds"]["steps"]
+        assert steps[-1]["value"] == threshold
