@@ -361,3 +361,32 @@ async def test_client_disconnecting_mid_upload_closes_what_was_created(
     assert opened_mid_upload[-1] != []  # the spooled file was on disk when the client left
     assert sent[0]["status"] == 400
     assert temp_files(tempdir) == []
+
+
+@pytest.mark.anyio
+async def test_plain_starlette_accepts_a_truncated_body_and_drops_the_cut_off_file() -> None:
+    # why read_form checks for the closing boundary: Starlette's form has no trace of the file
+    created: list[UploadFile] = []
+    original = UploadFile.__init__
+
+    def record(self: UploadFile, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        created.append(self)
+
+    async def plain(request: Request) -> JSONResponse:
+        form = await request.form()
+        return JSONResponse({"parts": len(form)})
+
+    app = Starlette(routes=[Route("/", plain, methods=["POST"])])
+    body = file_part("f", "cut.bin", b"t" * 4096)[:-10]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(UploadFile, "__init__", record)
+        async with client_for(app) as client:
+            response = await client.post("/", content=body, headers={"content-type": MULTIPART})
+    try:
+        assert response.json() == {"parts": 0}
+        assert len(created) == 1
+        assert not created[0].file.closed  # in memory here; on disk past Starlette's 1 MiB spool
+    finally:
+        for upload in created:
+            upload.file.close()

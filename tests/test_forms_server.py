@@ -34,7 +34,7 @@ pytestmark = [
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts descriptors through /proc"),
 ]
 
-ROUNDS = 20  # x 14 uploads = 280 requests
+ROUNDS = 20  # x 15 uploads = 300 requests
 CLIENTS = 4
 
 

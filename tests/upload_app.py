@@ -193,6 +193,7 @@ BAD_UPLOADS: tuple[Upload, ...] = (
     Upload("oversized file", MULTIPART, multipart(file_part("f", "big.bin", b"w" * (70 * 1024))), 413),
     Upload("truncated", MULTIPART, file_part("f", "cut.bin", b"c" * 4096)[:-10], 400),
     Upload("missing field name", MULTIPART, multipart(b"--" + BOUNDARY.encode() + b"\r\n\r\nv\r\n"), 400),
+    Upload("empty multipart body", MULTIPART, b"", 400),
     Upload("urlencoded too many fields", URLENCODED, b"&".join(b"k%d=v" % i for i in range(6)), 400),
     Upload("urlencoded oversized field", URLENCODED, b"big=" + b"z" * 2048, 413),
 )
