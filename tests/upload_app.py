@@ -7,6 +7,14 @@ Limits come from ``UPLOAD_APP_*`` environment variables so the subprocess can be
 Routes: ``POST /upload`` (``read_form``), ``POST /plain-upload`` (Starlette's own
 ``request.form()``, never closed: the leak ``read_form`` fixes), ``GET /health`` and
 ``GET /closed-forms`` (how many ``FormData.close`` callbacks ran, from the server's own metrics).
+``GOOD_UPLOADS`` and ``BAD_UPLOADS`` carry request bodies with the status each must get under
+``TEST_LIMITS``. Reuse, as tests/test_forms_server.py does::
+
+    with run_upload_server(tmp_path, TEST_LIMITS) as server:
+        baseline = usage(server.tempdir, server.pid)  # from tests.leaks
+        ...  # post uploads to server.url + "/upload"
+        after = settle(lambda: usage(server.tempdir, server.pid), lambda now: not now.temp_files)
+        assert after.temp_files == [] and after.fd_count <= baseline.fd_count
 """
 
 from __future__ import annotations
