@@ -7,6 +7,14 @@ Limits come from ``UPLOAD_APP_*`` environment variables so the subprocess can be
 Routes: ``POST /upload`` (``read_form``), ``POST /plain-upload`` (Starlette's own
 ``request.form()``, never closed: the leak ``read_form`` fixes), ``GET /health`` and
 ``GET /closed-forms`` (how many ``FormData.close`` callbacks ran, from the server's own metrics).
+``GOOD_UPLOADS`` and ``BAD_UPLOADS`` carry request bodies with the status each must get under
+``TEST_LIMITS``. Reuse, as tests/test_forms_server.py does::
+
+    with run_upload_server(tmp_path, TEST_LIMITS) as server:
+        baseline = usage(server.tempdir, server.pid)  # from tests.leaks
+        ...  # post uploads to server.url + "/upload"
+        after = settle(lambda: usage(server.tempdir, server.pid), lambda now: not now.temp_files)
+        assert after.temp_files == [] and after.fd_count <= baseline.fd_count
 """
 
 from __future__ import annotations
@@ -193,6 +201,7 @@ BAD_UPLOADS: tuple[Upload, ...] = (
     Upload("oversized file", MULTIPART, multipart(file_part("f", "big.bin", b"w" * (70 * 1024))), 413),
     Upload("truncated", MULTIPART, file_part("f", "cut.bin", b"c" * 4096)[:-10], 400),
     Upload("missing field name", MULTIPART, multipart(b"--" + BOUNDARY.encode() + b"\r\n\r\nv\r\n"), 400),
+    Upload("empty multipart body", MULTIPART, b"", 400),
     Upload("urlencoded too many fields", URLENCODED, b"&".join(b"k%d=v" % i for i in range(6)), 400),
     Upload("urlencoded oversized field", URLENCODED, b"big=" + b"z" * 2048, 413),
 )

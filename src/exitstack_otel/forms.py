@@ -12,26 +12,16 @@ limit) through ``HTTPException``; whatever the parser created before failing is 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Callable
-from contextlib import aclosing
-from typing import TYPE_CHECKING
+from contextlib import aclosing, suppress
 
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import parse_options_header
 from starlette.datastructures import FormData, Headers, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import FormParser, MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect, Request
 
 from .middleware import DEFAULT_SCOPE_KEY, get_exit_stack
-
-if TYPE_CHECKING:
-    from python_multipart.exceptions import FormParserError
-    from python_multipart.multipart import parse_options_header
-else:
-    try:
-        from python_multipart.exceptions import FormParserError
-        from python_multipart.multipart import parse_options_header
-    except ModuleNotFoundError:  # python-multipart before 0.0.13 ships the module as ``multipart``
-        from multipart.exceptions import FormParserError
-        from multipart.multipart import parse_options_header
 
 MiB = 1024 * 1024
 
@@ -206,7 +196,8 @@ class _MultiPartParser(MultiPartParser):
 
     def close_files(self) -> None:
         for upload in self.created:
-            upload.file.close()
+            with suppress(OSError):  # one failed close must not keep the others open
+                upload.file.close()
 
 
 class _FormParser(FormParser):
