@@ -91,8 +91,12 @@ async def test_websocket_session_releases_its_connection_when_it_ends() -> None:
 
 
 async def test_a_failing_audit_flush_is_recorded_and_the_other_cleanup_still_runs() -> None:
+    # a fresh connection per request: uvicorn closes the connection of a request whose cleanup
+    # fails after the response, and a keep-alive request already sent on it would be lost
+    # (docs/reliability.md, "Not guaranteed")
+    no_keepalive = httpx.Limits(max_keepalive_connections=0)
     with serve_in_thread(create_app) as demo:
-        async with httpx.AsyncClient(base_url=demo.url) as client:
+        async with httpx.AsyncClient(base_url=demo.url, limits=no_keepalive) as client:
             failing = await client.get("/pool", params={"fail": "1"})
             fine = await client.get("/pool")
     assert (failing.status_code, fine.status_code) == (200, 200)  # the cleanup fails after the response
