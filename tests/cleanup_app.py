@@ -9,6 +9,7 @@ import contextvars
 from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.middleware import Middleware
 from starlette.responses import PlainTextResponse, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
@@ -75,6 +76,21 @@ async def failing_endpoint(request: Request) -> PlainTextResponse:
     raise EndpointFailed("endpoint failed")
 
 
+async def suppressed_background_error(request: Request) -> PlainTextResponse:
+    log = _log(request)
+
+    def swallow_endpoint_failures(exc_type: type[BaseException] | None, exc: object, tb: object) -> bool:
+        log.append(f"swallowed {exc}")
+        return exc_type is EndpointFailed
+
+    async def failing_background_task() -> None:
+        raise EndpointFailed("background task failed")
+
+    get_exit_stack(request).push(swallow_endpoint_failures)
+    # the task runs after the response is sent, its error reaches the stack's exit callbacks
+    return PlainTextResponse("ok", background=BackgroundTask(failing_background_task))
+
+
 async def context_variable(request: Request) -> PlainTextResponse:
     log = _log(request)
     request_user.set("alice")
@@ -108,6 +124,7 @@ def make_app(sdk: Sdk, **middleware_options: Any) -> Starlette:
             Route("/failing-cleanup", failing_cleanup),
             Route("/failing-endpoint", failing_endpoint),
             Route("/context-variable", context_variable),
+            Route("/suppressed", suppressed_background_error),
             Route("/form", form, methods=["POST"]),
             WebSocketRoute("/ws", websocket),
         ],

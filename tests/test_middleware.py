@@ -264,6 +264,17 @@ async def test_httpx_failing_endpoint_still_cleans_up(sdk: Sdk) -> None:
 
 
 @pytest.mark.anyio
+async def test_httpx_suppressing_exit_callback(sdk: Sdk) -> None:
+    app = make_app(sdk, callback_spans="all")
+    async with _client(app) as client:  # raises app exceptions: none may escape
+        response = await client.get("/suppressed")
+    assert (response.status_code, response.text) == (200, "ok")
+    assert app.state.log == ["swallowed background task failed"]
+    (swallow,) = [span for span in sdk.spans() if span.name != semconv.SPAN_UNWIND]
+    assert dict(swallow.attributes or {})[semconv.CALLBACK_OUTCOME] == semconv.OUTCOME_SUPPRESSED
+
+
+@pytest.mark.anyio
 async def test_httpx_context_variables_reach_the_callbacks(sdk: Sdk) -> None:
     app = make_app(sdk)
     async with _client(app) as client:

@@ -89,6 +89,15 @@ def test_failing_endpoint(sdk: Sdk, app: Starlette, server: RunningServer) -> No
     assert app.state.log == ["cleanup after failure"]
 
 
+def test_suppressing_exit_callback(sdk: Sdk, app: Starlette, server: RunningServer) -> None:
+    response = httpx.get(server.url("/suppressed"))
+    assert (response.status_code, response.text) == (200, "ok")
+    (unwind,) = _unwinds(sdk, 1)
+    assert app.state.log == ["swallowed background task failed"]
+    assert unwind.status.status_code is StatusCode.UNSET
+    assert semconv.ERROR_TYPE not in dict(unwind.attributes or {})
+
+
 def test_context_variables(sdk: Sdk, app: Starlette, server: RunningServer) -> None:
     assert httpx.get(server.url("/context-variable")).status_code == 200
     _unwinds(sdk, 1)
