@@ -28,7 +28,7 @@ def test_is_an_async_exit_stack() -> None:
     assert issubclass(InstrumentedAsyncExitStack, AsyncExitStack)
 
 
-def _push_everything(stack: AsyncExitStack, log: list[str]) -> list[object]:
+async def _push_everything(stack: AsyncExitStack, log: list[str]) -> list[object]:
     def close(name: str) -> None:
         log.append(name)
 
@@ -57,7 +57,7 @@ def _push_everything(stack: AsyncExitStack, log: list[str]) -> list[object]:
         stack.push(exit_function) is exit_function,
         stack.push_async_exit(async_exit_function) is async_exit_function,
         stack.enter_context(resource()),
-        async_resource(),
+        await stack.enter_async_context(async_resource()),
     ]
 
 
@@ -71,9 +71,7 @@ async def test_push_results_and_wrapped_callbacks_match_contextlib(sdk: Sdk) -> 
     for label, stack in stacks.items():
         log: list[str] = []
         async with stack:
-            returned = _push_everything(stack, log)
-            cm = returned.pop()
-            returned.append(await stack.enter_async_context(cm))  # type: ignore[arg-type]
+            returned = await _push_everything(stack, log)
             # what inspect.unwrap finds behind each entry is what contextlib put there
             unwrapped = [
                 getattr(inspect.unwrap(callback), "__qualname__", "?")
