@@ -131,9 +131,11 @@ def make_app(sdk: Sdk, **middleware_options: Any) -> Starlette:
         middleware=[
             Middleware(
                 ExitStackMiddleware,
-                tracer_provider=sdk.tracer_provider,
-                meter_provider=sdk.meter_provider,
-                **middleware_options,
+                **{
+                    "tracer_provider": sdk.tracer_provider,
+                    "meter_provider": sdk.meter_provider,
+                    **middleware_options,
+                },
             )
         ],
     )

@@ -6,6 +6,7 @@ import logging
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any, NoReturn
 
+import httpx
 import pytest
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import NoOpHistogram, NoOpMeter
@@ -15,6 +16,7 @@ from exitstack_otel.providers import TelemetrySource
 from exitstack_otel.stack import InstrumentedAsyncExitStack
 from exitstack_otel.telemetry import Telemetry, TelemetryOptions
 
+from .cleanup_app import CleanupFailed, make_app
 from .otel_helpers import Sdk, number_points
 from .stack_scenarios import Push, Scenario, run
 
@@ -184,3 +186,26 @@ async def test_a_failing_meter_still_ends_and_detaches_the_unwind_span(
     assert unwind.parent is not None
     assert unwind.parent.span_id == request_span.get_span_context().span_id
     assert len(_fault_records(caplog)) == 2  # one per place: the callback and the unwind end
+
+
+@pytest.mark.anyio
+async def test_requests_work_behind_providers_that_cannot_make_a_tracer_or_meter(
+    sdk: Sdk, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = make_app(sdk, tracer_provider=BrokenTracerProvider(True), meter_provider=BrokenMeterProvider(True))
+    transport = httpx.ASGITransport(app=app)
+    with caplog.at_level(logging.ERROR, logger="exitstack_otel"):
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            for _ in range(2):
+                assert (await client.get("/ok")).text == "ok"
+            with pytest.raises(CleanupFailed):
+                await client.get("/failing-cleanup")
+    assert app.state.log == [
+        "cleanup ok",
+        "cleanup ok",
+        "cleanup last pushed",
+        "cleanup broken",
+        "cleanup first pushed",
+    ]
+    assert len(_fault_records(caplog)) == 1
+    assert sdk.spans() == ()
