@@ -37,14 +37,31 @@ class RaisingTracer(trace.Tracer):
     start_as_current_span = _broken
 
 
+class RaisingSpan(trace.NonRecordingSpan):
+    """Claims to record, then fails at everything it is asked to do."""
+
+    def is_recording(self) -> bool:
+        return True
+
+    set_attributes = set_attribute = add_event = record_exception = set_status = end = _broken
+
+
+class TracerOfRaisingSpans(trace.Tracer):
+    def start_span(self, *args: Any, **kwargs: Any) -> trace.Span:
+        return RaisingSpan(trace.INVALID_SPAN_CONTEXT)
+
+    start_as_current_span = _broken
+
+
 class BrokenTracerProvider(trace.TracerProvider):
-    def __init__(self, fail_in_get_tracer: bool) -> None:
+    def __init__(self, fail_in_get_tracer: bool, tracer: trace.Tracer | None = None) -> None:
         self.fail_in_get_tracer = fail_in_get_tracer
+        self.tracer = tracer or RaisingTracer()
 
     def get_tracer(self, *args: Any, **kwargs: Any) -> trace.Tracer:
         if self.fail_in_get_tracer:
             _broken()
-        return RaisingTracer()
+        return self.tracer
 
 
 class RaisingHistogram(NoOpHistogram):
@@ -91,11 +108,15 @@ def _fault_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
-@pytest.mark.parametrize("broken", ["tracer", "meter", "both"])
+@pytest.mark.parametrize("broken", ["tracer", "spans", "meter", "both"])
 def test_broken_spans_or_metrics_change_nothing_and_are_logged_once(
     broken: str, backend: str, sdk: Sdk, caplog: pytest.LogCaptureFixture
 ) -> None:
-    tracer_provider = BrokenTracerProvider(False) if broken in ("tracer", "both") else sdk.tracer_provider
+    tracer_provider: trace.TracerProvider = sdk.tracer_provider
+    if broken in ("tracer", "both"):
+        tracer_provider = BrokenTracerProvider(False)
+    elif broken == "spans":
+        tracer_provider = BrokenTracerProvider(False, TracerOfRaisingSpans())
     meter_provider = BrokenMeterProvider(False) if broken in ("meter", "both") else sdk.meter_provider
     telemetry = Telemetry.create(
         tracer_provider, meter_provider, TelemetryOptions(callback_spans="all", slow_callback_threshold=0)
