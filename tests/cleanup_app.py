@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextvars
 from typing import TYPE_CHECKING, Any
 
+import anyio
+import anyio.lowlevel
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.middleware import Middleware
@@ -98,6 +100,23 @@ async def context_variable(request: Request) -> PlainTextResponse:
     return PlainTextResponse("ok")
 
 
+async def per_request(request: Request) -> PlainTextResponse:
+    log = _log(request)
+    user = request.query_params["user"]
+    request_user.set(user)
+    stack = get_exit_stack(request)
+
+    async def close_session() -> None:
+        await anyio.lowlevel.checkpoint()  # let other requests' unwinds interleave with this one
+        log.append(
+            f"{user}: cleanup sees {request_user.get()} on its own stack {get_exit_stack(request) is stack}"
+        )
+
+    stack.push_async_callback(close_session)
+    await anyio.lowlevel.checkpoint()
+    return PlainTextResponse(user)
+
+
 async def form(request: Request) -> PlainTextResponse:
     data = await request.form()
     get_exit_stack(request).push_async_callback(data.close)
@@ -126,6 +145,7 @@ def make_app(sdk: Sdk, **middleware_options: Any) -> Starlette:
             Route("/context-variable", context_variable),
             Route("/suppressed", suppressed_background_error),
             Route("/form", form, methods=["POST"]),
+            Route("/per-request", per_request),
             WebSocketRoute("/ws", websocket),
         ],
         middleware=[

@@ -17,7 +17,7 @@ from exitstack_otel.middleware import DEFAULT_SCOPE_KEY, ExitStackMiddleware, ge
 from exitstack_otel.stack import InstrumentedAsyncExitStack
 
 from .cleanup_app import CleanupFailed, EndpointFailed, make_app
-from .otel_helpers import Sdk, attrs, histogram_points
+from .otel_helpers import Sdk, attrs, histogram_points, number_points
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -280,6 +280,21 @@ async def test_httpx_context_variables_reach_the_callbacks(sdk: Sdk) -> None:
     async with _client(app) as client:
         await client.get("/context-variable")
     assert app.state.log == ["cleanup sees alice"]
+
+
+@pytest.mark.anyio
+async def test_concurrent_requests_each_get_their_own_stack_and_context(sdk: Sdk) -> None:
+    app = make_app(sdk)
+    users = [f"user{number}" for number in range(40)]
+    async with _client(app) as client, anyio.create_task_group() as task_group:
+        for user in users:
+            task_group.start_soon(client.get, f"/per-request?user={user}")
+    assert sorted(app.state.log) == sorted(
+        f"{user}: cleanup sees {user} on its own stack True" for user in users
+    )
+    assert len(sdk.spans_named(semconv.SPAN_UNWIND)) == len(users)
+    active = number_points(sdk.metrics()[semconv.UNWIND_ACTIVE])
+    assert [point.value for point in active] == [0]
 
 
 @pytest.mark.anyio
