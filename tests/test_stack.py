@@ -190,3 +190,26 @@ async def test_callbacks_pushed_during_the_unwind_run_like_contextlib(sdk: Sdk) 
     assert logs[0] == ["push_more", "pushed while unwinding", "first"]
     (unwind,) = sdk.spans_named(semconv.SPAN_UNWIND)
     assert dict(unwind.attributes or {})[semconv.CALLBACK_COUNT] == 3
+
+
+@pytest.mark.anyio
+async def test_a_callback_closing_its_own_stack_keeps_the_outer_unwind_counted(sdk: Sdk) -> None:
+    telemetry = sdk.telemetry(callback_spans="all")
+    logs: list[list[str]] = []
+    for stack in (AsyncExitStack(), InstrumentedAsyncExitStack(telemetry=telemetry)):
+        log: list[str] = []
+
+        async def close_again(stack: AsyncExitStack = stack, log: list[str] = log) -> None:
+            log.append("closing again")
+            await stack.aclose()
+
+        async with stack:
+            stack.callback(log.append, "first")
+            stack.push_async_callback(close_again)
+            stack.callback(log.append, "last")
+        logs.append(log)
+    assert logs[1] == logs[0] == ["last", "closing again", "first"]
+    outer, inner = sorted(sdk.spans_named(semconv.SPAN_UNWIND), key=lambda span: span.start_time or 0)
+    # "last" and "close_again" ran in the outer unwind, "first" in the inner one
+    assert dict(outer.attributes or {})[semconv.CALLBACK_COUNT] == 2
+    assert dict(inner.attributes or {})[semconv.CALLBACK_COUNT] == 1
