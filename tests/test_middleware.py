@@ -236,6 +236,20 @@ async def test_httpx_ok_and_streaming(sdk: Sdk) -> None:
 
 
 @pytest.mark.anyio
+async def test_unmatched_paths_have_no_route_and_never_the_raw_path(sdk: Sdk) -> None:
+    async with _client(make_app(sdk)) as client:
+        assert (await client.get("/no-such-secret-path")).status_code == 404
+    (unwind,) = sdk.spans_named(semconv.SPAN_UNWIND)
+    assert dict(unwind.attributes or {}) == {
+        semconv.STACK_NAME: DEFAULT_SCOPE_KEY,
+        semconv.CALLBACK_COUNT: 0,
+        semconv.CALLBACK_FAILED: 0,
+        semconv.HTTP_REQUEST_METHOD: "GET",
+    }
+    assert "secret" not in repr(sdk.metrics())
+
+
+@pytest.mark.anyio
 async def test_httpx_failing_cleanup_runs_the_rest_and_escapes(sdk: Sdk) -> None:
     app = make_app(sdk)
     async with _client(app) as client:
