@@ -8,9 +8,12 @@ from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import HealthCheck, given, settings
+from opentelemetry.metrics import NoOpMeterProvider
+from opentelemetry.trace import NoOpTracerProvider
 
 from exitstack_otel import semconv
 from exitstack_otel.stack import InstrumentedAsyncExitStack
+from exitstack_otel.telemetry import Telemetry, TelemetryOptions
 
 from .otel_helpers import Sdk, histogram_points, number_points
 from .stack_scenarios import Aclose, PopAll, Push, Scenario, run, scenarios
@@ -26,6 +29,12 @@ TELEMETRY_MODES: dict[str, Callable[[], AsyncExitStack]] = {
     "sdk-problems": lambda: InstrumentedAsyncExitStack("s", telemetry=_sdk.telemetry()),
     "sdk-all": lambda: InstrumentedAsyncExitStack(
         "s", telemetry=_sdk.telemetry(callback_spans="all", slow_callback_threshold=0.0)
+    ),
+    "sdk-traces-only": lambda: InstrumentedAsyncExitStack(
+        "s", telemetry=Telemetry.create(_sdk.tracer_provider, NoOpMeterProvider(), TelemetryOptions())
+    ),
+    "sdk-metrics-only": lambda: InstrumentedAsyncExitStack(
+        "s", telemetry=Telemetry.create(NoOpTracerProvider(), _sdk.meter_provider, TelemetryOptions())
     ),
     # the global providers are the API's no-ops in this test session
     "noop-global": lambda: InstrumentedAsyncExitStack("s"),
