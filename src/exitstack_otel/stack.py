@@ -100,13 +100,14 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
         telemetry = self._telemetry
         if telemetry is None:
             return await super().__aexit__(exc_type, exc, tb)
+        outer = self._unwind  # not None when an exit callback closes this same stack again
         unwind = self._begin_unwind(telemetry)
         try:
             suppressed = await super().__aexit__(exc_type, exc, tb)
         except BaseException as escaped:
-            self._end_unwind(telemetry, unwind, escaped)
+            self._end_unwind(telemetry, unwind, escaped, outer)
             raise
-        self._end_unwind(telemetry, unwind, None)
+        self._end_unwind(telemetry, unwind, None, outer)
         return suppressed
 
     def _begin_unwind(self, telemetry: Telemetry) -> Unwind | None:
@@ -118,8 +119,10 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
         self._unwind = unwind
         return unwind
 
-    def _end_unwind(self, telemetry: Telemetry, unwind: Unwind | None, exc: BaseException | None) -> None:
-        self._unwind = None
+    def _end_unwind(
+        self, telemetry: Telemetry, unwind: Unwind | None, exc: BaseException | None, outer: Unwind | None
+    ) -> None:
+        self._unwind = outer
         if unwind is None:
             return
         try:
