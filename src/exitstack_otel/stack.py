@@ -64,9 +64,6 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
         if not is_sync:
             self.awaits_on_exit = True
         telemetry = self._telemetry
-        if telemetry is None:
-            self._exit_callbacks.append((is_sync, callback))  # type: ignore[attr-defined]  # as contextlib does
-            return
         if telemetry is not None:
             try:
                 kind, target = naming.classify(callback, is_sync)
@@ -76,7 +73,9 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
             else:
                 observed = _ObservedSync if is_sync else _ObservedAsync
                 callback = observed(callback, self, info, telemetry)
-        super()._push_exit_callback(callback, is_sync)  # type: ignore[misc]  # private in typeshed
+        # contextlib's own _push_exit_callback is this one line on 3.10 to 3.13 (the equivalence
+        # tests run on each): appending here saves every push a second call
+        self._exit_callbacks.append((is_sync, callback))  # type: ignore[attr-defined]  # private in typeshed
 
     def pop_all(self) -> InstrumentedAsyncExitStack:
         new_stack = super().pop_all()
