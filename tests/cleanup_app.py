@@ -8,7 +8,10 @@ from __future__ import annotations
 import contextvars
 from typing import TYPE_CHECKING, Any
 
+import anyio
+import anyio.lowlevel
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.middleware import Middleware
 from starlette.responses import PlainTextResponse, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
@@ -75,11 +78,43 @@ async def failing_endpoint(request: Request) -> PlainTextResponse:
     raise EndpointFailed("endpoint failed")
 
 
+async def suppressed_background_error(request: Request) -> PlainTextResponse:
+    log = _log(request)
+
+    def swallow_endpoint_failures(exc_type: type[BaseException] | None, exc: object, tb: object) -> bool:
+        log.append(f"swallowed {exc}")
+        return exc_type is EndpointFailed
+
+    async def failing_background_task() -> None:
+        raise EndpointFailed("background task failed")
+
+    get_exit_stack(request).push(swallow_endpoint_failures)
+    # the task runs after the response is sent, its error reaches the stack's exit callbacks
+    return PlainTextResponse("ok", background=BackgroundTask(failing_background_task))
+
+
 async def context_variable(request: Request) -> PlainTextResponse:
     log = _log(request)
     request_user.set("alice")
     get_exit_stack(request).callback(lambda: log.append(f"cleanup sees {request_user.get()}"))
     return PlainTextResponse("ok")
+
+
+async def per_request(request: Request) -> PlainTextResponse:
+    log = _log(request)
+    user = request.query_params["user"]
+    request_user.set(user)
+    stack = get_exit_stack(request)
+
+    async def close_session() -> None:
+        await anyio.lowlevel.checkpoint()  # let other requests' unwinds interleave with this one
+        log.append(
+            f"{user}: cleanup sees {request_user.get()} on its own stack {get_exit_stack(request) is stack}"
+        )
+
+    stack.push_async_callback(close_session)
+    await anyio.lowlevel.checkpoint()
+    return PlainTextResponse(user)
 
 
 async def form(request: Request) -> PlainTextResponse:
@@ -108,15 +143,19 @@ def make_app(sdk: Sdk, **middleware_options: Any) -> Starlette:
             Route("/failing-cleanup", failing_cleanup),
             Route("/failing-endpoint", failing_endpoint),
             Route("/context-variable", context_variable),
+            Route("/suppressed", suppressed_background_error),
             Route("/form", form, methods=["POST"]),
+            Route("/per-request", per_request),
             WebSocketRoute("/ws", websocket),
         ],
         middleware=[
             Middleware(
                 ExitStackMiddleware,
-                tracer_provider=sdk.tracer_provider,
-                meter_provider=sdk.meter_provider,
-                **middleware_options,
+                **{
+                    "tracer_provider": sdk.tracer_provider,
+                    "meter_provider": sdk.meter_provider,
+                    **middleware_options,
+                },
             )
         ],
     )

@@ -44,7 +44,8 @@ def running_server(app: ASGIApp, **config: object) -> Iterator[RunningServer]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    options: dict[str, object] = {"log_level": "warning", "lifespan": "off", **config}
+    # log_config=None: leave the test process's logging (and caplog) as it is
+    options: dict[str, object] = {"log_config": None, "log_level": "warning", "lifespan": "off", **config}
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, **options))  # type: ignore[arg-type]
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": [sock]}, name=f"uvicorn-{port}", daemon=True

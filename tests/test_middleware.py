@@ -17,7 +17,7 @@ from exitstack_otel.middleware import DEFAULT_SCOPE_KEY, ExitStackMiddleware, ge
 from exitstack_otel.stack import InstrumentedAsyncExitStack
 
 from .cleanup_app import CleanupFailed, EndpointFailed, make_app
-from .otel_helpers import Sdk, attrs, histogram_points
+from .otel_helpers import Sdk, attrs, histogram_points, number_points
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -236,6 +236,20 @@ async def test_httpx_ok_and_streaming(sdk: Sdk) -> None:
 
 
 @pytest.mark.anyio
+async def test_unmatched_paths_have_no_route_and_never_the_raw_path(sdk: Sdk) -> None:
+    async with _client(make_app(sdk)) as client:
+        assert (await client.get("/no-such-secret-path")).status_code == 404
+    (unwind,) = sdk.spans_named(semconv.SPAN_UNWIND)
+    assert dict(unwind.attributes or {}) == {
+        semconv.STACK_NAME: DEFAULT_SCOPE_KEY,
+        semconv.CALLBACK_COUNT: 0,
+        semconv.CALLBACK_FAILED: 0,
+        semconv.HTTP_REQUEST_METHOD: "GET",
+    }
+    assert "secret" not in repr(sdk.metrics())
+
+
+@pytest.mark.anyio
 async def test_httpx_failing_cleanup_runs_the_rest_and_escapes(sdk: Sdk) -> None:
     app = make_app(sdk)
     async with _client(app) as client:
@@ -264,11 +278,37 @@ async def test_httpx_failing_endpoint_still_cleans_up(sdk: Sdk) -> None:
 
 
 @pytest.mark.anyio
+async def test_httpx_suppressing_exit_callback(sdk: Sdk) -> None:
+    app = make_app(sdk, callback_spans="all")
+    async with _client(app) as client:  # raises app exceptions: none may escape
+        response = await client.get("/suppressed")
+    assert (response.status_code, response.text) == (200, "ok")
+    assert app.state.log == ["swallowed background task failed"]
+    (swallow,) = [span for span in sdk.spans() if span.name != semconv.SPAN_UNWIND]
+    assert dict(swallow.attributes or {})[semconv.CALLBACK_OUTCOME] == semconv.OUTCOME_SUPPRESSED
+
+
+@pytest.mark.anyio
 async def test_httpx_context_variables_reach_the_callbacks(sdk: Sdk) -> None:
     app = make_app(sdk)
     async with _client(app) as client:
         await client.get("/context-variable")
     assert app.state.log == ["cleanup sees alice"]
+
+
+@pytest.mark.anyio
+async def test_concurrent_requests_each_get_their_own_stack_and_context(sdk: Sdk) -> None:
+    app = make_app(sdk)
+    users = [f"user{number}" for number in range(40)]
+    async with _client(app) as client, anyio.create_task_group() as task_group:
+        for user in users:
+            task_group.start_soon(client.get, f"/per-request?user={user}")
+    assert sorted(app.state.log) == sorted(
+        f"{user}: cleanup sees {user} on its own stack True" for user in users
+    )
+    assert len(sdk.spans_named(semconv.SPAN_UNWIND)) == len(users)
+    active = number_points(sdk.metrics()[semconv.UNWIND_ACTIVE])
+    assert [point.value for point in active] == [0]
 
 
 @pytest.mark.anyio

@@ -13,7 +13,7 @@ from websockets.sync.client import connect
 from exitstack_otel import semconv
 
 from .cleanup_app import make_app
-from .otel_helpers import Sdk
+from .otel_helpers import Sdk, attrs, histogram_points
 from .servers import running_server
 
 if TYPE_CHECKING:
@@ -87,6 +87,16 @@ def test_failing_endpoint(sdk: Sdk, app: Starlette, server: RunningServer) -> No
     assert httpx.get(server.url("/failing-endpoint")).status_code == 500
     _unwinds(sdk, 1)
     assert app.state.log == ["cleanup after failure"]
+
+
+def test_suppressing_exit_callback(sdk: Sdk, app: Starlette, server: RunningServer) -> None:
+    response = httpx.get(server.url("/suppressed"))
+    assert (response.status_code, response.text) == (200, "ok")
+    (unwind,) = _unwinds(sdk, 1)
+    assert app.state.log == ["swallowed background task failed"]
+    assert unwind.status.status_code is StatusCode.UNSET
+    (point,) = histogram_points(sdk.metrics()[semconv.CALLBACK_DURATION])
+    assert attrs(point)[semconv.CALLBACK_OUTCOME] == semconv.OUTCOME_SUPPRESSED
 
 
 def test_context_variables(sdk: Sdk, app: Starlette, server: RunningServer) -> None:

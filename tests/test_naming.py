@@ -171,6 +171,11 @@ async def test_file_names_never_reach_names(sdk: Sdk, tmp_path: Path) -> None:
             lambda s: (s.callback(opened.close), s.push_async_callback(upload.close)),
         )
     assert names == [("UploadFile.close", "async_callback"), ("BufferedReader.close", "callback")]
+    sdk.spans_exporter.clear()
+    assert await _names(sdk, lambda s: s.enter_context(secret_file.open("rb"))) == [
+        ("BufferedReader", "context")
+    ]
+    assert "secret" not in repr([dict(span.attributes or {}) for span in sdk.spans()])
 
 
 @pytest.mark.anyio

@@ -28,7 +28,7 @@ def test_is_an_async_exit_stack() -> None:
     assert issubclass(InstrumentedAsyncExitStack, AsyncExitStack)
 
 
-def _push_everything(stack: AsyncExitStack, log: list[str]) -> list[object]:
+async def _push_everything(stack: AsyncExitStack, log: list[str]) -> list[object]:
     def close(name: str) -> None:
         log.append(name)
 
@@ -57,7 +57,7 @@ def _push_everything(stack: AsyncExitStack, log: list[str]) -> list[object]:
         stack.push(exit_function) is exit_function,
         stack.push_async_exit(async_exit_function) is async_exit_function,
         stack.enter_context(resource()),
-        async_resource(),
+        await stack.enter_async_context(async_resource()),
     ]
 
 
@@ -71,9 +71,7 @@ async def test_push_results_and_wrapped_callbacks_match_contextlib(sdk: Sdk) -> 
     for label, stack in stacks.items():
         log: list[str] = []
         async with stack:
-            returned = _push_everything(stack, log)
-            cm = returned.pop()
-            returned.append(await stack.enter_async_context(cm))  # type: ignore[arg-type]
+            returned = await _push_everything(stack, log)
             # what inspect.unwrap finds behind each entry is what contextlib put there
             unwrapped = [
                 getattr(inspect.unwrap(callback), "__qualname__", "?")
@@ -192,3 +190,26 @@ async def test_callbacks_pushed_during_the_unwind_run_like_contextlib(sdk: Sdk) 
     assert logs[0] == ["push_more", "pushed while unwinding", "first"]
     (unwind,) = sdk.spans_named(semconv.SPAN_UNWIND)
     assert dict(unwind.attributes or {})[semconv.CALLBACK_COUNT] == 3
+
+
+@pytest.mark.anyio
+async def test_a_callback_closing_its_own_stack_keeps_the_outer_unwind_counted(sdk: Sdk) -> None:
+    telemetry = sdk.telemetry(callback_spans="all")
+    logs: list[list[str]] = []
+    for stack in (AsyncExitStack(), InstrumentedAsyncExitStack(telemetry=telemetry)):
+        log: list[str] = []
+
+        async def close_again(stack: AsyncExitStack = stack, log: list[str] = log) -> None:
+            log.append("closing again")
+            await stack.aclose()
+
+        async with stack:
+            stack.callback(log.append, "first")
+            stack.push_async_callback(close_again)
+            stack.callback(log.append, "last")
+        logs.append(log)
+    assert logs[1] == logs[0] == ["last", "closing again", "first"]
+    outer, inner = sorted(sdk.spans_named(semconv.SPAN_UNWIND), key=lambda span: span.start_time or 0)
+    # "last" and "close_again" ran in the outer unwind, "first" in the inner one
+    assert dict(outer.attributes or {})[semconv.CALLBACK_COUNT] == 2
+    assert dict(inner.attributes or {})[semconv.CALLBACK_COUNT] == 1

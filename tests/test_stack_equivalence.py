@@ -8,10 +8,14 @@ from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import HealthCheck, given, settings
+from opentelemetry.metrics import NoOpMeterProvider
+from opentelemetry.trace import NoOpTracerProvider
 
+from exitstack_otel import semconv
 from exitstack_otel.stack import InstrumentedAsyncExitStack
+from exitstack_otel.telemetry import Telemetry, TelemetryOptions
 
-from .otel_helpers import Sdk
+from .otel_helpers import Sdk, histogram_points, number_points
 from .stack_scenarios import Aclose, PopAll, Push, Scenario, run, scenarios
 
 if TYPE_CHECKING:
@@ -25,6 +29,12 @@ TELEMETRY_MODES: dict[str, Callable[[], AsyncExitStack]] = {
     "sdk-problems": lambda: InstrumentedAsyncExitStack("s", telemetry=_sdk.telemetry()),
     "sdk-all": lambda: InstrumentedAsyncExitStack(
         "s", telemetry=_sdk.telemetry(callback_spans="all", slow_callback_threshold=0.0)
+    ),
+    "sdk-traces-only": lambda: InstrumentedAsyncExitStack(
+        "s", telemetry=Telemetry.create(_sdk.tracer_provider, NoOpMeterProvider(), TelemetryOptions())
+    ),
+    "sdk-metrics-only": lambda: InstrumentedAsyncExitStack(
+        "s", telemetry=Telemetry.create(NoOpTracerProvider(), _sdk.meter_provider, TelemetryOptions())
     ),
     # the global providers are the API's no-ops in this test session
     "noop-global": lambda: InstrumentedAsyncExitStack("s"),
@@ -75,3 +85,36 @@ def test_scenarios_can_tell_stacks_apart() -> None:
 
     scenario = Scenario((Push("callback", "ok"), Push("push", "raise")), "ok")
     assert run(FifoStack, scenario, "asyncio") != run(AsyncExitStack, scenario, "asyncio")
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@settings(max_examples=EXAMPLES // 3, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenario=scenarios())
+def test_telemetry_accounts_for_every_callback(scenario: Scenario, backend: str) -> None:
+    sdk = Sdk()
+    try:
+        telemetry = sdk.telemetry(callback_spans="all")
+        run(lambda: InstrumentedAsyncExitStack("s", telemetry=telemetry), scenario, backend)
+        found = sdk.metrics()
+        # metrics without a point yet are not exported at all
+        pushed_points = (
+            number_points(found[semconv.CALLBACK_PUSHED]) if semconv.CALLBACK_PUSHED in found else []
+        )
+        pushed = sum(point.value for point in pushed_points)
+        durations = (
+            histogram_points(found[semconv.CALLBACK_DURATION]) if semconv.CALLBACK_DURATION in found else []
+        )
+        # every stack is closed by the end of a scenario, so every pushed callback ran once
+        assert sum(point.count for point in durations) == pushed
+        unwinds = sdk.spans_named(semconv.SPAN_UNWIND)
+        callbacks = [span for span in sdk.spans() if span.name.startswith(semconv.SPAN_CALLBACK + " ")]
+        assert len(callbacks) == pushed
+        unwind_ids = {span.context.span_id for span in unwinds}
+        assert all(span.parent is not None and span.parent.span_id in unwind_ids for span in callbacks)
+        counts = [dict(span.attributes or {})[semconv.CALLBACK_COUNT] for span in unwinds]
+        assert all(isinstance(count, int) for count in counts)
+        assert sum(count for count in counts if isinstance(count, int)) == pushed
+        active = number_points(found[semconv.UNWIND_ACTIVE]) if semconv.UNWIND_ACTIVE in found else []
+        assert {point.value for point in active} <= {0}
+    finally:
+        sdk.shutdown()

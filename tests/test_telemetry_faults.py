@@ -6,6 +6,7 @@ import logging
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any, NoReturn
 
+import httpx
 import pytest
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import NoOpHistogram, NoOpMeter
@@ -15,6 +16,7 @@ from exitstack_otel.providers import TelemetrySource
 from exitstack_otel.stack import InstrumentedAsyncExitStack
 from exitstack_otel.telemetry import Telemetry, TelemetryOptions
 
+from .cleanup_app import CleanupFailed, make_app
 from .otel_helpers import Sdk, number_points
 from .stack_scenarios import Push, Scenario, run
 
@@ -35,14 +37,31 @@ class RaisingTracer(trace.Tracer):
     start_as_current_span = _broken
 
 
+class RaisingSpan(trace.NonRecordingSpan):
+    """Claims to record, then fails at everything it is asked to do."""
+
+    def is_recording(self) -> bool:
+        return True
+
+    set_attributes = set_attribute = add_event = record_exception = set_status = end = _broken
+
+
+class TracerOfRaisingSpans(trace.Tracer):
+    def start_span(self, *args: Any, **kwargs: Any) -> trace.Span:
+        return RaisingSpan(trace.INVALID_SPAN_CONTEXT)
+
+    start_as_current_span = _broken
+
+
 class BrokenTracerProvider(trace.TracerProvider):
-    def __init__(self, fail_in_get_tracer: bool) -> None:
+    def __init__(self, fail_in_get_tracer: bool, tracer: trace.Tracer | None = None) -> None:
         self.fail_in_get_tracer = fail_in_get_tracer
+        self.tracer = tracer or RaisingTracer()
 
     def get_tracer(self, *args: Any, **kwargs: Any) -> trace.Tracer:
         if self.fail_in_get_tracer:
             _broken()
-        return RaisingTracer()
+        return self.tracer
 
 
 class RaisingHistogram(NoOpHistogram):
@@ -89,11 +108,15 @@ def _fault_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
-@pytest.mark.parametrize("broken", ["tracer", "meter", "both"])
+@pytest.mark.parametrize("broken", ["tracer", "spans", "meter", "both"])
 def test_broken_spans_or_metrics_change_nothing_and_are_logged_once(
     broken: str, backend: str, sdk: Sdk, caplog: pytest.LogCaptureFixture
 ) -> None:
-    tracer_provider = BrokenTracerProvider(False) if broken in ("tracer", "both") else sdk.tracer_provider
+    tracer_provider: trace.TracerProvider = sdk.tracer_provider
+    if broken in ("tracer", "both"):
+        tracer_provider = BrokenTracerProvider(False)
+    elif broken == "spans":
+        tracer_provider = BrokenTracerProvider(False, TracerOfRaisingSpans())
     meter_provider = BrokenMeterProvider(False) if broken in ("meter", "both") else sdk.meter_provider
     telemetry = Telemetry.create(
         tracer_provider, meter_provider, TelemetryOptions(callback_spans="all", slow_callback_threshold=0)
@@ -184,3 +207,26 @@ async def test_a_failing_meter_still_ends_and_detaches_the_unwind_span(
     assert unwind.parent is not None
     assert unwind.parent.span_id == request_span.get_span_context().span_id
     assert len(_fault_records(caplog)) == 2  # one per place: the callback and the unwind end
+
+
+@pytest.mark.anyio
+async def test_requests_work_behind_providers_that_cannot_make_a_tracer_or_meter(
+    sdk: Sdk, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = make_app(sdk, tracer_provider=BrokenTracerProvider(True), meter_provider=BrokenMeterProvider(True))
+    transport = httpx.ASGITransport(app=app)
+    with caplog.at_level(logging.ERROR, logger="exitstack_otel"):
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            for _ in range(2):
+                assert (await client.get("/ok")).text == "ok"
+            with pytest.raises(CleanupFailed):
+                await client.get("/failing-cleanup")
+    assert app.state.log == [
+        "cleanup ok",
+        "cleanup ok",
+        "cleanup last pushed",
+        "cleanup broken",
+        "cleanup first pushed",
+    ]
+    assert len(_fault_records(caplog)) == 1
+    assert sdk.spans() == ()

@@ -1,0 +1,82 @@
+"""Global providers are looked up per request, straight from the API's module globals."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from opentelemetry import metrics, trace
+from opentelemetry.metrics import _internal as metrics_internal
+from opentelemetry.util._once import Once
+
+from exitstack_otel import semconv
+from exitstack_otel.middleware import ExitStackMiddleware, get_exit_stack
+from exitstack_otel.providers import global_meter_provider, global_tracer_provider
+
+from .otel_helpers import Sdk
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from starlette.types import Message, Receive, Scope, Send
+
+
+def _reset_globals() -> None:
+    # the API sets each global provider once per process; tests undo it as its own test utils do
+    trace._TRACER_PROVIDER_SET_ONCE = Once()
+    trace._TRACER_PROVIDER = None
+    metrics_internal._METER_PROVIDER_SET_ONCE = Once()
+    metrics_internal._METER_PROVIDER = None
+
+
+@pytest.fixture
+def sdk() -> Iterator[Sdk]:
+    _reset_globals()
+    sdk = Sdk()
+    yield sdk
+    _reset_globals()
+    sdk.shutdown()
+
+
+async def _request(app: ExitStackMiddleware) -> None:
+    scope: dict[str, Any] = {"type": "http", "method": "GET", "path": "/", "headers": []}
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        pass
+
+    await app(scope, receive, send)
+
+
+async def _cleanup() -> None:
+    pass
+
+
+async def _endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+    get_exit_stack(scope).push_async_callback(_cleanup)
+
+
+def test_getters_agree_with_the_api_before_and_after_providers_are_set(sdk: Sdk) -> None:
+    assert global_tracer_provider() is trace.get_tracer_provider()
+    assert global_meter_provider() is metrics.get_meter_provider()
+    trace.set_tracer_provider(sdk.tracer_provider)
+    metrics.set_meter_provider(sdk.meter_provider)
+    assert global_tracer_provider() is sdk.tracer_provider is trace.get_tracer_provider()
+    assert global_meter_provider() is sdk.meter_provider is metrics.get_meter_provider()
+
+
+@pytest.mark.anyio
+async def test_providers_set_after_the_app_is_built_are_used_from_the_next_request(sdk: Sdk) -> None:
+    app = ExitStackMiddleware(_endpoint)
+    await _request(app)
+    assert sdk.spans() == ()
+    assert sdk.metrics() == {}
+
+    trace.set_tracer_provider(sdk.tracer_provider)
+    metrics.set_meter_provider(sdk.meter_provider)
+    await _request(app)
+    assert [span.name for span in sdk.spans()] == [semconv.SPAN_UNWIND]
+    duration = sdk.metrics()[semconv.CALLBACK_DURATION].data.data_points
+    assert [point.count for point in duration] == [1]  # type: ignore[union-attr]
