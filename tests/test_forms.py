@@ -6,6 +6,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -345,28 +346,8 @@ async def test_nonsense_limits_are_refused(limit: str, value: int) -> None:
         assert (await post(client, "/", b"a=1", URLENCODED)).status_code == 200
 
 
-@pytest.mark.anyio
-async def test_client_disconnecting_mid_upload_closes_what_was_created(
-    tempdir: Path, reader: InMemoryMetricReader
-) -> None:
-    app = create_app(TEST_LIMITS, reader=reader)
-    head = file_part("f", "a.bin", b"d" * 8192)[:-2]  # the part is still open when the client goes
-    incoming: list[Message] = [
-        {"type": "http.request", "body": head[:5000], "more_body": True},
-        {"type": "http.request", "body": head[5000:], "more_body": True},
-        {"type": "http.disconnect"},
-    ]
-    sent: list[Message] = []
-    opened_mid_upload: list[list[str]] = []
-
-    async def receive() -> Message:
-        opened_mid_upload.append(temp_files(tempdir))
-        return incoming.pop(0)
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    scope = {
+def upload_scope() -> dict[str, Any]:
+    return {
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
@@ -380,9 +361,63 @@ async def test_client_disconnecting_mid_upload_closes_what_was_created(
         "client": ("127.0.0.1", 1234),
         "server": ("127.0.0.1", 80),
     }
-    await app(scope, receive, send)
+
+
+# the part is still open when the upload stops
+UNFINISHED = file_part("f", "a.bin", b"d" * 8192)[:-2]
+
+
+@pytest.mark.anyio
+async def test_client_disconnecting_mid_upload_closes_what_was_created(
+    tempdir: Path, reader: InMemoryMetricReader
+) -> None:
+    app = create_app(TEST_LIMITS, reader=reader)
+    incoming: list[Message] = [
+        {"type": "http.request", "body": UNFINISHED[:5000], "more_body": True},
+        {"type": "http.request", "body": UNFINISHED[5000:], "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[Message] = []
+    opened_mid_upload: list[list[str]] = []
+
+    async def receive() -> Message:
+        opened_mid_upload.append(temp_files(tempdir))
+        return incoming.pop(0)
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await app(upload_scope(), receive, send)
     assert opened_mid_upload[-1] != []  # the spooled file was on disk when the client left
     assert sent[0]["status"] == 400
+    assert temp_files(tempdir) == []
+
+
+@pytest.mark.anyio
+async def test_cancellation_mid_upload_closes_what_was_created(tempdir: Path) -> None:
+    # a server shutting down cancels its requests; the cancellation goes on, the files are closed
+    app = create_app(TEST_LIMITS)
+    incoming: list[Message] = [{"type": "http.request", "body": UNFINISHED, "more_body": True}]
+    sent: list[Message] = []
+    opened_mid_upload: list[list[str]] = []
+
+    with anyio.CancelScope() as cancel_scope:
+
+        async def receive() -> Message:
+            if incoming:
+                return incoming.pop(0)
+            opened_mid_upload.append(temp_files(tempdir))
+            cancel_scope.cancel()
+            await anyio.sleep_forever()
+            raise AssertionError("not cancelled")
+
+        async def send(message: Message) -> None:
+            sent.append(message)
+
+        await app(upload_scope(), receive, send)
+    assert cancel_scope.cancelled_caught
+    assert opened_mid_upload[0] != []
+    assert sent == []
     assert temp_files(tempdir) == []
 
 
