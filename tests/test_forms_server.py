@@ -41,8 +41,16 @@ CLIENTS = 4
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UploadServer]:
     tempdir = tmp_path_factory.mktemp("upload-server-tmp")
-    with run_upload_server(tempdir, TEST_LIMITS) as running:
+    log = tmp_path_factory.mktemp("upload-server-log") / "server.log"
+    with run_upload_server(tempdir, TEST_LIMITS, log=log) as running:
         yield running
+
+
+@pytest.fixture(autouse=True)
+def no_server_errors(server: UploadServer) -> Iterator[None]:
+    start = len(server.output())
+    yield
+    assert server.errors(since=start) == [], server.output()[start:]
 
 
 def quiet_usage(server: UploadServer) -> Usage:

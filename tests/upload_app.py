@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -215,6 +215,15 @@ class UploadServer:
     process: subprocess.Popen[bytes]
     port: int
     tempdir: Path
+    log: Path | None
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log is not None else ""
+
+    def errors(self, since: int = 0) -> list[str]:
+        """Lines of the server's output (from offset ``since``) telling of an unhandled exception."""
+        lines = self.output()[since:].splitlines()
+        return [line for line in lines if "Traceback" in line or "Exception in ASGI" in line]
 
     @property
     def pid(self) -> int:
@@ -233,17 +242,26 @@ def free_port() -> int:
 
 @contextmanager
 def run_upload_server(
-    tempdir: Path, limits: Mapping[str, int] | None = None, startup_timeout: float = 30.0
+    tempdir: Path,
+    limits: Mapping[str, int] | None = None,
+    *,
+    log: Path | None = None,
+    startup_timeout: float = 30.0,
 ) -> Iterator[UploadServer]:
-    """uvicorn serving ``app`` on 127.0.0.1 with ``TMPDIR=tempdir``; stopped on exit."""
+    """uvicorn serving ``app`` on 127.0.0.1 with ``TMPDIR=tempdir``; stopped on exit.
+
+    ``log`` (outside ``tempdir``, which must hold nothing but temporary files) gets its output.
+    """
     port = free_port()
     env = dict(os.environ, TMPDIR=str(tempdir), PYTHONPATH=str(ROOT))
     for name, value in (limits or {}).items():
         env[ENV_PREFIX + name.upper()] = str(value)
     command = [sys.executable, "-m", "uvicorn", "tests.upload_app:app", "--host", "127.0.0.1"]
     command += ["--port", str(port), "--no-access-log", "--log-level", "warning"]
-    process = subprocess.Popen(command, cwd=ROOT, env=env)
-    server = UploadServer(process, port, tempdir)
+    with ExitStack() as files:
+        output = files.enter_context(open(log, "wb")) if log is not None else None
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=output)
+    server = UploadServer(process, port, tempdir, log)
     try:
         wait_until_up(server, startup_timeout)
         yield server
