@@ -13,8 +13,9 @@ from typing import Any, TextIO
 import anyio
 from starlette.types import ASGIApp
 
+from .pool import ConnectionPool
 from .progress import progress_line, show_progress
-from .report import CleanupReport, read_report, render_table
+from .report import CleanupReport, columns, read_report, render_table
 from .sdk import DemoSdk, build_sdk
 from .server import running_server
 from .settings import DemoSettings
@@ -103,23 +104,15 @@ async def run_demo(
                 f"demo service ({options.app}) on {url}; traffic for {traffic.duration:g} s at "
                 f"{traffic.rate:g} req/s, concurrency {traffic.concurrency} (Ctrl-C stops early)"
             )
-            await _drive(_retarget(traffic, url), stats, sdk, interrupt)
+            await _drive(replace(traffic, target=url), stats, sdk, interrupt)
             _log(progress_line(stats, sdk.reader))
             _log("traffic stopped; waiting for in-flight requests and their cleanup")
         # the server has shut down: every unwind has ended, the numbers are final
         report = read_report(sdk.reader)
-        pool = getattr(getattr(app, "state", None), "pool", None)
-        print_report(report, stats, options.app, interrupt.signal, out)
+        pool = pool_counts(app)
+        print_report(report, stats, options.app, interrupt.signal, out, pool)
         if json_report is not None:
-            document = report_document(report, stats, options.app, interrupt.signal)
-            if pool is not None:
-                document["pool"] = {
-                    "size": pool.size,
-                    "acquired": pool.acquired,
-                    "released": pool.released,
-                    "in_use": pool.in_use,
-                }
-            write_json(json_report, document)
+            write_json(json_report, report_document(report, stats, options.app, interrupt.signal, pool))
     finally:
         sdk.shutdown()
     if report.executed == 0:
@@ -128,8 +121,12 @@ async def run_demo(
     return 0
 
 
-def _retarget(config: TrafficConfig, url: str) -> TrafficConfig:
-    return replace(config, target=url)
+def pool_counts(app: ASGIApp) -> dict[str, int] | None:
+    """The demo pool's own bookkeeping, a check on the telemetry: every lease returned?"""
+    pool = getattr(getattr(app, "state", None), "pool", None)
+    if not isinstance(pool, ConnectionPool):
+        return None
+    return {"size": pool.size, "acquired": pool.acquired, "released": pool.released, "in_use": pool.in_use}
 
 
 async def run_serve(
@@ -151,9 +148,10 @@ async def run_serve(
                 await interrupt.watch(scope)
             _log("stopping: waiting for in-flight requests and their cleanup")
         report = read_report(sdk.reader)
-        print_report(report, None, options.app, interrupt.signal, out)
+        pool = pool_counts(app)
+        print_report(report, None, options.app, interrupt.signal, out, pool)
         if json_report is not None:
-            write_json(json_report, report_document(report, None, options.app, interrupt.signal))
+            write_json(json_report, report_document(report, None, options.app, interrupt.signal, pool))
     finally:
         sdk.shutdown()
     return 0
@@ -177,19 +175,23 @@ async def run_traffic(
 
 
 def render_traffic(stats: TrafficStats) -> str:
-    lines = [f"{'kind':<10} {'sent':>6} {'ok':>6} {'errors':>6} {'told to fail':>12} {'told slow':>9}"]
+    lines: list[tuple[str, ...]] = [("kind", "sent", "ok", "errors", "cut off", "told to fail", "told slow")]
     for kind, counts in [*stats.kinds.items(), ("total", stats.total())]:
-        lines.append(
-            f"{kind:<10} {counts.sent:>6} {counts.completed:>6} {counts.errors:>6} "
-            f"{counts.meant_to_fail:>12} {counts.meant_slow:>9}"
-        )
+        numbers = (counts.sent, counts.completed, counts.errors, counts.interrupted)
+        lines.append((kind, *map(str, numbers), str(counts.meant_to_fail), str(counts.meant_slow)))
+    text = columns(lines, left_aligned=1)
     if stats.last_error:
-        lines.append(f"last error: {stats.last_error}")
-    return "\n".join(lines)
+        text.append(f"last error: {stats.last_error}")
+    return "\n".join(text)
 
 
 def print_report(
-    report: CleanupReport, stats: TrafficStats | None, app: str, interrupted: int | None, out: TextIO
+    report: CleanupReport,
+    stats: TrafficStats | None,
+    app: str,
+    interrupted: int | None,
+    out: TextIO,
+    pool: dict[str, int] | None = None,
 ) -> None:
     title = f"exitstack-otel demo ({app})"
     if interrupted is not None:
@@ -200,7 +202,7 @@ def print_report(
         elapsed = max(stats.elapsed(), 1e-9)
         parts += [
             f"Traffic: {total.sent} requests in {elapsed:.1f} s ({total.sent / elapsed:.1f}/s), "
-            f"{total.completed} ok, {total.errors} errors",
+            f"{total.completed} ok, {total.errors} errors, {total.interrupted} cut off by the stop",
             render_traffic(stats),
             "",
         ]
@@ -209,17 +211,26 @@ def print_report(
         f"{report.never_ran} pushed but never ran",
         render_table(report),
     ]
+    if pool is not None:
+        parts.append(
+            f"\nConnection pool: {pool['acquired']} leases, {pool['released']} returned, "
+            f"{pool['in_use']} still out (of {pool['size']})"
+        )
     if stats is not None:
         parts.append(
-            f"\nCleanup failures asked for by the traffic: {stats.total().meant_to_fail}; "
-            f"observed: {sum(row.failed for row in report.rows)}"
+            f"Cleanup failures asked for by the traffic: {stats.total().meant_to_fail}; "
+            f"observed: {report.failed}"
         )
     out.write("\n".join(parts) + "\n")
     out.flush()
 
 
 def report_document(
-    report: CleanupReport, stats: TrafficStats | None, app: str, interrupted: int | None
+    report: CleanupReport,
+    stats: TrafficStats | None,
+    app: str,
+    interrupted: int | None,
+    pool: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     return {
         "app": app,
@@ -227,6 +238,7 @@ def report_document(
         "interrupted_by": _signal_name(interrupted),
         "traffic": stats.as_dict() if stats is not None else None,
         "cleanup": report.as_dict(),
+        "pool": pool,
     }
 
 

@@ -76,11 +76,13 @@ class KindCounts:
     errors: int = 0  # transport errors and unexpected statuses
     meant_to_fail: int = 0  # completed requests whose cleanup was told to fail
     meant_slow: int = 0  # completed requests whose cleanup was told to be slow
+    interrupted: int = 0  # in flight when the run was stopped
 
 
 @dataclass
 class TrafficStats:
     started: float = field(default_factory=time.monotonic)
+    finished: float | None = None
     kinds: dict[str, KindCounts] = field(default_factory=lambda: {kind: KindCounts() for kind in KINDS})
     last_error: str | None = None
 
@@ -92,7 +94,7 @@ class TrafficStats:
         return total
 
     def elapsed(self) -> float:
-        return time.monotonic() - self.started
+        return (self.finished if self.finished is not None else time.monotonic()) - self.started
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -132,8 +134,15 @@ class TrafficGenerator:
         }
 
     async def run(self) -> TrafficStats:
-        """Send until the duration is over or the caller cancels; in-flight requests finish either way
-        only if the caller lets them (cancellation drops them)."""
+        """Send until the duration is over or the caller cancels (requests in flight are then dropped)."""
+        self.stats.started = time.monotonic()
+        try:
+            await self._send_all()
+        finally:
+            self.stats.finished = time.monotonic()
+        return self.stats
+
+    async def _send_all(self) -> None:
         config = self.config
         limits = httpx.Limits(
             max_connections=config.concurrency, max_keepalive_connections=config.concurrency
@@ -150,7 +159,6 @@ class TrafficGenerator:
             receive.close()
             async with send:
                 await self._schedule(send)
-        return self.stats
 
     async def _schedule(self, send: anyio.abc.ObjectSendStream[_Job]) -> None:
         # ticks are placed on an absolute timeline, so a late tick does not slow the ones after it;
@@ -184,6 +192,9 @@ class TrafficGenerator:
                 counts.sent += 1
                 try:
                     await self._senders[job.kind](client, job)
+                except anyio.get_cancelled_exc_class():
+                    counts.interrupted += 1
+                    raise
                 except Exception as exc:  # a refused connection or a 500 is counted, never fatal
                     counts.errors += 1
                     self.stats.last_error = f"{job.kind}: {type(exc).__name__}: {exc}"[:200]
