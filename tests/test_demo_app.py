@@ -93,7 +93,8 @@ async def test_websocket_session_releases_its_connection_when_it_ends() -> None:
 async def test_a_failing_audit_flush_is_recorded_and_the_other_cleanup_still_runs() -> None:
     with serve_in_thread(create_app) as demo:
         async with httpx.AsyncClient(base_url=demo.url) as client:
-            failing = await client.get("/pool", params={"fail": "1"})
+            # uvicorn drops the connection after a failing cleanup: do not reuse it
+            failing = await client.get("/pool", params={"fail": "1"}, headers={"Connection": "close"})
             fine = await client.get("/pool")
     assert (failing.status_code, fine.status_code) == (200, 200)  # the cleanup fails after the response
     flush = row(demo.report, "AuditLog.flush")
@@ -131,7 +132,7 @@ async def test_fastapi_variant_serves_every_route_and_cleans_up() -> None:
     with serve_in_thread(create_fastapi_app, settings=DemoSettings(stream_rows=50)) as demo:
         async with httpx.AsyncClient(base_url=demo.url) as client:
             upload = await client.post("/upload", data={"note": "n"}, files={"file": ("f.bin", b"z" * 10)})
-            query = await client.get("/pool", params={"fail": "1"})
+            query = await client.get("/pool", params={"fail": "1"}, headers={"Connection": "close"})
             stream = await client.get("/stream")
         replies = await anyio.to_thread.run_sync(websocket_session, demo.url, 2)
     assert upload.json() == {"files": 1, "bytes": 10}

@@ -114,6 +114,11 @@ class _Job:
     def params(self) -> dict[str, str]:
         return {"fail": "1" if self.fail else "0", "slow": "1" if self.slow else "0"}
 
+    def headers(self) -> dict[str, str]:
+        # A cleanup that raises after the response makes uvicorn close the connection; a request
+        # already on its way over that kept-alive connection would then fail without being served.
+        return {"Connection": "close"} if self.fail else {}
+
 
 class _UnexpectedStatus(Exception):
     pass
@@ -210,14 +215,16 @@ class TrafficGenerator:
 
     async def _upload(self, client: httpx.AsyncClient, job: _Job) -> None:
         files = {"file": ("readings.csv", self._random.randbytes(UPLOAD_BYTES), "text/csv")}
-        response = await client.post("/upload", params=job.params(), data={"note": "demo"}, files=files)
+        response = await client.post(
+            "/upload", params=job.params(), headers=job.headers(), data={"note": "demo"}, files=files
+        )
         self._check(response)
 
     async def _pool(self, client: httpx.AsyncClient, job: _Job) -> None:
-        self._check(await client.get("/pool", params=job.params()))
+        self._check(await client.get("/pool", params=job.params(), headers=job.headers()))
 
     async def _stream(self, client: httpx.AsyncClient, job: _Job) -> None:
-        async with client.stream("GET", "/stream", params=job.params()) as response:
+        async with client.stream("GET", "/stream", params=job.params(), headers=job.headers()) as response:
             self._check(response)
             async for _ in response.aiter_bytes():
                 pass
