@@ -121,25 +121,50 @@ def test_no_cleanup_observed_means_a_failing_exit(tmp_path: Path) -> None:
     assert "no cleanup was observed" in result.stderr
 
 
-@contextmanager
-def started(args: list[str]) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """Start the CLI; yield it and its service URL once it announces it on stderr."""
-    process = subprocess.Popen([*COMMAND, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert process.stderr is not None
-        url = None
-        for line in process.stderr:
-            if line.startswith("demo service ("):
-                url = line.split(" on ", 1)[1].split(";")[0].split()[0]
+class Started:
+    """The CLI in a subprocess, with its stderr collected line by line as it comes."""
+
+    def __init__(self, args: list[str]) -> None:
+        self.process = subprocess.Popen(
+            [*COMMAND, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.append(line)
+
+    def wait_for_line(self, start: str) -> str:
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if line.startswith(start):
+                    return line
+            if self.process.poll() is not None and not self._reader.is_alive():
                 break
-        assert url is not None, f"no service URL announced; exit code {process.poll()}"
-        # keep reading stderr so the process never blocks on a full pipe
-        threading.Thread(target=process.stderr.read, daemon=True).start()
-        yield process, url
+            time.sleep(0.05)
+        raise AssertionError(f"no line starting {start!r}; stderr: {''.join(self.lines)}")
+
+    def finish(self) -> str:
+        stdout, _ = self.process.communicate(timeout=TIMEOUT)
+        self._reader.join(TIMEOUT)
+        return stdout
+
+
+@contextmanager
+def started(args: list[str]) -> Iterator[tuple[Started, str]]:
+    """Start the CLI; yield it and its service URL once it announces it on stderr."""
+    cli = Started(args)
+    try:
+        line = cli.wait_for_line("demo service (")
+        yield cli, line.split(" on ", 1)[1].split(";")[0].split()[0]
     finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(TIMEOUT)
+        if cli.process.poll() is None:
+            cli.process.kill()
+        cli.process.communicate(timeout=TIMEOUT)
 
 
 def wait_for_series(url: str, series: str) -> str:
@@ -164,13 +189,13 @@ def test_ctrl_c_stops_the_demo_early_and_still_reports(tmp_path: Path) -> None:
         "--json-report",
         str(report_path),
     ]
-    with started(args) as (process, _):
+    with started(args) as (cli, _):
         wait_for_series(
             f"http://127.0.0.1:{metrics_port}/metrics", "exitstack_callback_duration_seconds_count"
         )
-        process.send_signal(signal.SIGINT)
-        stdout, _ = process.communicate(timeout=TIMEOUT)
-    assert process.returncode == 0
+        cli.process.send_signal(signal.SIGINT)
+        stdout = cli.finish()
+    assert cli.process.returncode == 0
     assert "stopped early by SIGINT" in stdout
     document = load(report_path)
     assert document["interrupted_by"] == "SIGINT"
@@ -197,7 +222,7 @@ def test_serve_with_prometheus_and_the_traffic_command(tmp_path: Path) -> None:
         "--json-report",
         str(serve_report),
     ]
-    with started(args) as (server, url):
+    with started(args) as (cli, url):
         assert httpx.get(f"{url}/healthz").json()["status"] == "ok"
         traffic = subprocess.run(
             [*COMMAND, "traffic", "--target", url, "--duration", "1.5", "--failure-share", "0.3",
@@ -219,13 +244,31 @@ def test_serve_with_prometheus_and_the_traffic_command(tmp_path: Path) -> None:
             and 'exitstack_callback_name="AuditLog.flush"' in line
         ]
         assert pushed == [sent["completed"]]
-        server.send_signal(signal.SIGTERM)
-        server.communicate(timeout=TIMEOUT)
-    assert server.returncode == 0
+        cli.process.send_signal(signal.SIGTERM)
+        cli.finish()
+    assert cli.process.returncode == 0
     cleanup = load(serve_report)["cleanup"]
     assert cleanup["failed"] == sent["meant_to_fail"]
     assert cleanup["unwinds"] == sent["completed"] + 1  # and the /healthz request, with an empty stack
     assert cleanup["never_ran"] == 0
+
+
+def test_a_second_ctrl_c_stops_waiting_for_a_cleanup_and_the_report_shows_it(tmp_path: Path) -> None:
+    report_path = tmp_path / "report.json"
+    args = ["demo", "--serve", "--port", "0", "--slow-seconds", "600", "--json-report", str(report_path)]
+    with started(args) as (cli, url), httpx.Client(base_url=url) as client:
+        # the response comes first; its audit flush then sleeps for ten minutes
+        assert client.get("/pool", params={"slow": "1"}).status_code == 200
+        cli.process.send_signal(signal.SIGINT)
+        cli.wait_for_line("stopping: waiting for in-flight requests")
+        cli.process.send_signal(signal.SIGINT)
+        stdout = cli.finish()
+    assert cli.process.returncode == 0
+    assert "stopped early by SIGINT" in stdout
+    cleanup = load(report_path)["cleanup"]
+    flush = by_callback({"cleanup": cleanup})["AuditLog.flush"]
+    assert (flush["pushed"], flush["executed"], flush["never_ran"]) == (1, 0, 1)
+    assert cleanup["unwinds_active"] == 1
 
 
 class _Collector(BaseHTTPRequestHandler):
