@@ -14,6 +14,7 @@ from exitstack_otel.demo.fastapi_app import DEMO_STACK_KEY, create_fastapi_app
 from exitstack_otel.demo.pool import ConnectionPool
 from exitstack_otel.demo.report import CallbackRow, CleanupReport
 from exitstack_otel.demo.settings import DemoSettings
+from exitstack_otel.demo.traffic import LARGE_UPLOAD_BYTES
 from exitstack_otel.middleware import DEFAULT_SCOPE_KEY
 
 from .demo_helpers import RunningDemo, serve_in_thread
@@ -46,10 +47,11 @@ def websocket_session(url: str, messages: int) -> list[dict[str, object]]:
 async def test_upload_form_is_closed_by_the_stack() -> None:
     with serve_in_thread(create_app) as demo:
         async with httpx.AsyncClient(base_url=demo.url) as client:
-            files = {"a": ("a.bin", b"x" * 1000), "b": ("b.bin", b"y" * 2345)}
+            # the second one is past Starlette's 1 MiB spool: a temporary file on disk
+            files = {"a": ("a.bin", b"x" * 1000), "b": ("b.bin", b"y" * LARGE_UPLOAD_BYTES)}
             response = await client.post("/upload", data={"note": "n"}, files=files)
     assert response.status_code == 200
-    assert response.json() == {"files": 2, "bytes": 3345}
+    assert response.json() == {"files": 2, "bytes": 1000 + LARGE_UPLOAD_BYTES}
     closed = row(demo.report, "FormData.close")
     assert (closed.pushed, closed.executed, closed.failed) == (1, 1, 0)
     assert closed.kinds == {semconv.KIND_ASYNC_CALLBACK}

@@ -20,6 +20,10 @@ KINDS = ("upload", "pool", "stream", "websocket")
 DEFAULT_MIX: Mapping[str, float] = {"upload": 3.0, "pool": 4.0, "stream": 2.0, "websocket": 1.0}
 REQUEST_TIMEOUT_SECONDS = 10.0
 UPLOAD_BYTES = 4096
+# Starlette spools an upload to a real temporary file past 1 MiB: some uploads are that large, so
+# FormData.close has files on disk to close as well
+LARGE_UPLOAD_BYTES = 1536 * 1024
+LARGE_UPLOAD_SHARE = 0.1
 WEBSOCKET_MESSAGES = 3
 
 
@@ -110,6 +114,7 @@ class _Job:
     kind: str
     fail: bool
     slow: bool
+    large: bool  # for an upload: past the size Starlette keeps in memory
 
     def params(self) -> dict[str, str]:
         return {"fail": "1" if self.fail else "0", "slow": "1" if self.slow else "0"}
@@ -188,6 +193,7 @@ class TrafficGenerator:
             kind,
             fail=self._random.random() < self.config.failure_share,
             slow=self._random.random() < self.config.slow_share,
+            large=self._random.random() < LARGE_UPLOAD_SHARE,
         )
 
     async def _worker(self, client: httpx.AsyncClient, receive: anyio.abc.ObjectReceiveStream[_Job]) -> None:
@@ -214,7 +220,8 @@ class TrafficGenerator:
             raise _UnexpectedStatus(f"{response.request.method} {response.url.path}: {response.status_code}")
 
     async def _upload(self, client: httpx.AsyncClient, job: _Job) -> None:
-        files = {"file": ("readings.csv", self._random.randbytes(UPLOAD_BYTES), "text/csv")}
+        size = LARGE_UPLOAD_BYTES if job.large else UPLOAD_BYTES
+        files = {"file": ("readings.csv", random.randbytes(size), "text/csv")}
         response = await client.post(
             "/upload", params=job.params(), headers=job.headers(), data={"note": "demo"}, files=files
         )
