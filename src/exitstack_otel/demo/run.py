@@ -24,8 +24,6 @@ from .server import RunningServer, bind, running_server
 from .settings import DemoSettings
 from .traffic import TrafficConfig, TrafficGenerator, TrafficStats
 
-APPS = ("starlette", "fastapi")
-
 
 @dataclass(frozen=True)
 class ServiceOptions:
