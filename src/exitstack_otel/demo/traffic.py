@@ -171,8 +171,9 @@ class TrafficGenerator:
                 await self._schedule(send)
 
     async def _schedule(self, send: anyio.abc.ObjectSendStream[_Job]) -> None:
-        # ticks are placed on an absolute timeline, so a late tick does not slow the ones after it;
-        # when every worker is busy, send() waits: the rate then drops rather than queueing up
+        # Ticks sit on a fixed timeline, so a late one does not push back the ones after it. When
+        # every worker is busy, send() waits; the ticks missed meanwhile are skipped, not sent in a
+        # burst: the rate drops and the run still ends at its deadline.
         interval = 1.0 / self.config.rate
         start = time.monotonic()
         deadline = None if self.config.duration is None else start + self.config.duration
@@ -181,9 +182,12 @@ class TrafficGenerator:
             due = start + tick * interval
             if deadline is not None and due >= deadline:
                 return
-            delay = due - time.monotonic()
-            if delay > 0:
-                await anyio.sleep(delay)
+            now = time.monotonic()
+            if due > now:
+                await anyio.sleep(due - now)
+            elif now - due > interval:
+                tick = int((now - start) / interval)
+                continue
             await send.send(self._next_job())
             tick += 1
 
