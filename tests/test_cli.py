@@ -370,3 +370,37 @@ def test_a_port_in_use_is_a_clear_error_not_a_traceback(flag: str, message: str)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith(f"exitstack-otel: error: {message}{port}: ")
     assert "Traceback" not in result.stderr
+
+
+def test_progress_is_redrawn_in_place_on_a_terminal_only() -> None:
+    import pty
+
+    leader, follower = pty.openpty()
+    with os.fdopen(leader, "rb", buffering=0) as terminal:
+        process = subprocess.Popen(
+            [*COMMAND, "demo", "--duration", "2.5"], stdout=subprocess.PIPE, stderr=follower
+        )
+        os.close(follower)
+        seen = b""
+        while True:
+            try:
+                chunk = terminal.read(4096)
+            except OSError:  # the terminal closes when the process is gone
+                break
+            if not chunk:
+                break
+            seen += chunk
+        stdout = process.communicate(timeout=TIMEOUT)[0].decode()
+        assert process.returncode == 0
+    redraws = seen.count(b"\r\x1b[2K")
+    assert redraws >= 2, seen  # one every half second
+    assert b"req/s  cleanups" in seen
+    assert "\x1b[2K" not in stdout  # the report itself stays plain
+
+
+def test_progress_without_a_terminal_is_plain_occasional_lines(tmp_path: Path) -> None:
+    result = run("demo", "--duration", "1")
+    assert result.returncode == 0
+    assert "\x1b" not in result.stderr
+    assert "\r" not in result.stderr
+    assert "sent " in result.stderr  # the final line, written once traffic stops
