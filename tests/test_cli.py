@@ -121,25 +121,50 @@ def test_no_cleanup_observed_means_a_failing_exit(tmp_path: Path) -> None:
     assert "no cleanup was observed" in result.stderr
 
 
-@contextmanager
-def started(args: list[str]) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """Start the CLI; yield it and its service URL once it announces it on stderr."""
-    process = subprocess.Popen([*COMMAND, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert process.stderr is not None
-        url = None
-        for line in process.stderr:
-            if line.startswith("demo service ("):
-                url = line.split(" on ", 1)[1].split(";")[0].split()[0]
+class Started:
+    """The CLI in a subprocess, with its stderr collected line by line as it comes."""
+
+    def __init__(self, args: list[str]) -> None:
+        self.process = subprocess.Popen(
+            [*COMMAND, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.append(line)
+
+    def wait_for_line(self, start: str) -> str:
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if line.startswith(start):
+                    return line
+            if self.process.poll() is not None and not self._reader.is_alive():
                 break
-        assert url is not None, f"no service URL announced; exit code {process.poll()}"
-        # keep reading stderr so the process never blocks on a full pipe
-        threading.Thread(target=process.stderr.read, daemon=True).start()
-        yield process, url
+            time.sleep(0.05)
+        raise AssertionError(f"no line starting {start!r}; stderr: {''.join(self.lines)}")
+
+    def finish(self) -> str:
+        stdout, _ = self.process.communicate(timeout=TIMEOUT)
+        self._reader.join(TIMEOUT)
+        return stdout
+
+
+@contextmanager
+def started(args: list[str]) -> Iterator[tuple[Started, str]]:
+    """Start the CLI; yield it and its service URL once it announces it on stderr."""
+    cli = Started(args)
+    try:
+        line = cli.wait_for_line("demo service (")
+        yield cli, line.split(" on ", 1)[1].split(";")[0].split()[0]
     finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(TIMEOUT)
+        if cli.process.poll() is None:
+            cli.process.kill()
+        cli.process.communicate(timeout=TIMEOUT)
 
 
 def wait_for_series(url: str, series: str) -> str:
@@ -164,16 +189,18 @@ def test_ctrl_c_stops_the_demo_early_and_still_reports(tmp_path: Path) -> None:
         "--json-report",
         str(report_path),
     ]
-    with started(args) as (process, _):
+    with started(args) as (cli, _):
         wait_for_series(
             f"http://127.0.0.1:{metrics_port}/metrics", "exitstack_callback_duration_seconds_count"
         )
-        process.send_signal(signal.SIGINT)
-        stdout, _ = process.communicate(timeout=TIMEOUT)
-    assert process.returncode == 0
+        cli.process.send_signal(signal.SIGINT)
+        stdout = cli.finish()
+    assert cli.process.returncode == 0
     assert "stopped early by SIGINT" in stdout
     document = load(report_path)
     assert document["interrupted_by"] == "SIGINT"
+    total = document["traffic"]["total"]
+    assert total["sent"] == total["completed"] + total["errors"] + total["interrupted"]
     cleanup = document["cleanup"]
     # requests cut off by the interrupt still had their cleanup run: nothing pushed was left behind
     assert cleanup["executed"] > 0
@@ -195,7 +222,7 @@ def test_serve_with_prometheus_and_the_traffic_command(tmp_path: Path) -> None:
         "--json-report",
         str(serve_report),
     ]
-    with started(args) as (server, url):
+    with started(args) as (cli, url):
         assert httpx.get(f"{url}/healthz").json()["status"] == "ok"
         traffic = subprocess.run(
             [*COMMAND, "traffic", "--target", url, "--duration", "1.5", "--failure-share", "0.3",
@@ -217,13 +244,31 @@ def test_serve_with_prometheus_and_the_traffic_command(tmp_path: Path) -> None:
             and 'exitstack_callback_name="AuditLog.flush"' in line
         ]
         assert pushed == [sent["completed"]]
-        server.send_signal(signal.SIGTERM)
-        server.communicate(timeout=TIMEOUT)
-    assert server.returncode == 0
+        cli.process.send_signal(signal.SIGTERM)
+        cli.finish()
+    assert cli.process.returncode == 0
     cleanup = load(serve_report)["cleanup"]
     assert cleanup["failed"] == sent["meant_to_fail"]
     assert cleanup["unwinds"] == sent["completed"] + 1  # and the /healthz request, with an empty stack
     assert cleanup["never_ran"] == 0
+
+
+def test_a_second_ctrl_c_stops_waiting_for_a_cleanup_and_the_report_shows_it(tmp_path: Path) -> None:
+    report_path = tmp_path / "report.json"
+    args = ["demo", "--serve", "--port", "0", "--slow-seconds", "600", "--json-report", str(report_path)]
+    with started(args) as (cli, url), httpx.Client(base_url=url) as client:
+        # the response comes first; its audit flush then sleeps for ten minutes
+        assert client.get("/pool", params={"slow": "1"}).status_code == 200
+        cli.process.send_signal(signal.SIGINT)
+        cli.wait_for_line("stopping: waiting for in-flight requests")
+        cli.process.send_signal(signal.SIGINT)
+        stdout = cli.finish()
+    assert cli.process.returncode == 0
+    assert "stopped early by SIGINT" in stdout
+    cleanup = load(report_path)["cleanup"]
+    flush = by_callback({"cleanup": cleanup})["AuditLog.flush"]
+    assert (flush["pushed"], flush["executed"], flush["never_ran"]) == (1, 0, 1)
+    assert cleanup["unwinds_active"] == 1
 
 
 class _Collector(BaseHTTPRequestHandler):
@@ -310,14 +355,52 @@ def test_bad_flags_get_a_one_line_error(
     assert message in last_line
 
 
-def test_a_port_in_use_is_a_clear_error_not_a_traceback() -> None:
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [
+        ("--port", "cannot listen on 127.0.0.1:"),
+        ("--prometheus-port", "cannot serve Prometheus metrics on 127.0.0.1:"),
+    ],
+)
+def test_a_port_in_use_is_a_clear_error_not_a_traceback(flag: str, message: str) -> None:
     with bind("127.0.0.1", 0) as taken:
         taken.listen()
-        result = run("demo", "--serve", "--port", str(taken.getsockname()[1]))
+        port = str(taken.getsockname()[1])
+        result = run("demo", "--serve", "--port", "0", flag, port)
     assert result.returncode == 2
-    assert (
-        result.stderr.strip()
-        .splitlines()[-1]
-        .startswith("exitstack-otel: error: cannot listen on 127.0.0.1:")
-    )
+    assert result.stderr.strip().splitlines()[-1].startswith(f"exitstack-otel: error: {message}{port}: ")
     assert "Traceback" not in result.stderr
+
+
+def test_progress_is_redrawn_in_place_on_a_terminal_only() -> None:
+    import pty
+
+    leader, follower = pty.openpty()
+    with os.fdopen(leader, "rb", buffering=0) as terminal:
+        process = subprocess.Popen(
+            [*COMMAND, "demo", "--duration", "2.5"], stdout=subprocess.PIPE, stderr=follower
+        )
+        os.close(follower)
+        seen = b""
+        while True:
+            try:
+                chunk = terminal.read(4096)
+            except OSError:  # the terminal closes when the process is gone
+                break
+            if not chunk:
+                break
+            seen += chunk
+        stdout = process.communicate(timeout=TIMEOUT)[0].decode()
+        assert process.returncode == 0
+    redraws = seen.count(b"\r\x1b[2K")
+    assert redraws >= 2, seen  # one every half second
+    assert b"req/s  cleanups" in seen
+    assert "\x1b[2K" not in stdout  # the report itself stays plain
+
+
+def test_progress_without_a_terminal_is_plain_occasional_lines(tmp_path: Path) -> None:
+    result = run("demo", "--duration", "1")
+    assert result.returncode == 0
+    assert "\x1b" not in result.stderr
+    assert "\r" not in result.stderr
+    assert "sent " in result.stderr  # the final line, written once traffic stops

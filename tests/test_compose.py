@@ -222,3 +222,18 @@ def test_tempo_receives_what_the_collector_sends() -> None:
     assert storage["backend"] == "local"
     assert storage["wal"]["path"].startswith(data_dir)
     assert storage["local"]["path"].startswith(data_dir)
+
+
+def test_the_service_commands_are_valid_for_the_cli(resolved: dict[str, Any]) -> None:
+    # the compose commands go to the image's entrypoint, `exitstack-otel`: its own parser must accept them
+    from exitstack_otel.cli import build_parser
+
+    parser = build_parser()
+    demo = parser.parse_args(resolved["services"]["demo"]["command"])
+    assert (demo.command, demo.serve, demo.host, demo.port) == ("demo", True, "0.0.0.0", 8000)
+    traffic = parser.parse_args(resolved["services"]["traffic"]["command"])
+    assert traffic.command == "traffic"
+    assert traffic.duration is None  # runs as long as the stack does
+    assert 0 < traffic.failure_share < 1
+    with pytest.raises(SystemExit):
+        parser.parse_args(["traffic", "--target", "demo:8000"])  # the parser does reject bad input

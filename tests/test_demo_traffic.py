@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import io
 import math
 
+import anyio
 import pytest
 
 from exitstack_otel.demo.app import create_app
+from exitstack_otel.demo.progress import show_progress
 from exitstack_otel.demo.report import CleanupReport
 from exitstack_otel.demo.server import bind
 from exitstack_otel.demo.settings import DemoSettings
@@ -69,6 +72,22 @@ async def test_a_server_that_is_not_there_is_counted_as_errors_not_raised() -> N
     assert total.sent > 0
     assert (total.errors, total.completed) == (total.sent, 0)
     assert stats.last_error is not None
+
+
+@pytest.mark.anyio
+async def test_progress_in_a_log_says_why_requests_fail() -> None:
+    with bind("127.0.0.1", 0) as sock:
+        config = TrafficConfig(f"http://127.0.0.1:{sock.getsockname()[1]}", rate=50, duration=0.5, seed=4)
+        generator = TrafficGenerator(config)
+        log = io.StringIO()  # not a terminal: whole lines
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(show_progress, generator.stats, None, log, 0.1)
+            await generator.run()
+            tg.cancel_scope.cancel()
+    lines = log.getvalue().splitlines()
+    assert lines
+    assert all(line.split()[1] == "sent" for line in lines)
+    assert any("last error: " in line and "ConnectError" in line for line in lines), lines
 
 
 def test_mix_parsing() -> None:

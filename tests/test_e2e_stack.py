@@ -321,6 +321,12 @@ def test_cleanup_alerts_reach_alertmanager_and_its_webhook(stack: Stack) -> None
                     return dict(alert)
         return None
 
+    # the dashboard marks firing cleanup alerts on its graphs
+    for board in dashboards().values():
+        for annotation in board["annotations"]["list"]:
+            marked = stack.query(annotation["expr"])
+            assert FAILURE_ALERT in {series["metric"]["alertname"] for series in marked}
+
     alert = stack.wait_for("the webhook notification", notified)
     assert alert["labels"]["exitstack_callback_name"] == "AuditLog.flush"
     assert alert["labels"]["job"] == SERVICE_JOB

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .demo.settings import APPS
 from .version import __version__
 
 DEFAULT_DEMO_SECONDS = 20.0
@@ -128,9 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--traffic-only", action="store_true", help="only send traffic to --target")
     demo.add_argument("--target", type=_url, help="base URL of a running demo service (with --traffic-only)")
     service = demo.add_argument_group("service")
-    service.add_argument(
-        "--app", choices=("starlette", "fastapi"), default="starlette", help="which demo app"
-    )
+    service.add_argument("--app", choices=APPS, default="starlette", help="which demo app")
     service.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     service.add_argument(
         "--port",

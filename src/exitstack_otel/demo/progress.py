@@ -29,13 +29,24 @@ def progress_line(stats: TrafficStats, reader: InMemoryMetricReader | None) -> s
 
 
 async def show_progress(
-    stats: TrafficStats, reader: InMemoryMetricReader | None, stream: TextIO = sys.stderr
+    stats: TrafficStats,
+    reader: InMemoryMetricReader | None,
+    stream: TextIO = sys.stderr,
+    interval: float | None = None,
 ) -> None:
     tty = stream.isatty()
+    if interval is None:
+        interval = TTY_INTERVAL_SECONDS if tty else LOG_INTERVAL_SECONDS
+    errors_shown = 0
     try:
         while True:
-            await anyio.sleep(TTY_INTERVAL_SECONDS if tty else LOG_INTERVAL_SECONDS)
+            await anyio.sleep(interval)
             line = progress_line(stats, reader)
+            errors = stats.total().errors
+            if not tty and errors > errors_shown:
+                # in a log (the compose stack's traffic service) say why, not only how many
+                line += f"  last error: {stats.last_error}"
+                errors_shown = errors
             stream.write(f"\r\x1b[2K{line}" if tty else f"{line}\n")
             stream.flush()
     finally:

@@ -204,15 +204,20 @@ def render_table(report: CleanupReport) -> str:
                 *(format_seconds(value) for value in quantiles.values()),
             )
         )
-    widths = [max(len(line[column]) for line in lines) for column in range(len(header))]
-    text = [
-        "  ".join(
-            cell.ljust(width) if column < 2 else cell.rjust(width)
-            for column, (cell, width) in enumerate(zip(line, widths, strict=True))
-        )
-        for line in lines
-    ]
+    text = columns(lines, left_aligned=2)
     for row in report.rows:
         for error, count in sorted(row.error_types.items()):
             text.append(f"  {row.callback} failed {count}x with {error}")
     return "\n".join(text)
+
+
+def columns(lines: Sequence[Sequence[str]], left_aligned: int) -> list[str]:
+    """Aligned text columns: names on the left, numbers on the right."""
+    widths = [max(len(line[column]) for line in lines) for column in range(len(lines[0]))]
+    return [
+        "  ".join(
+            cell.ljust(width) if column < left_aligned else cell.rjust(width)
+            for column, (cell, width) in enumerate(zip(line, widths, strict=True))
+        )
+        for line in lines
+    ]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import sys
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
@@ -13,14 +16,13 @@ from typing import Any, TextIO
 import anyio
 from starlette.types import ASGIApp
 
+from .pool import ConnectionPool
 from .progress import progress_line, show_progress
-from .report import CleanupReport, read_report, render_table
+from .report import CleanupReport, columns, read_report, render_table
 from .sdk import DemoSdk, build_sdk
-from .server import running_server
+from .server import RunningServer, bind, running_server
 from .settings import DemoSettings
 from .traffic import TrafficConfig, TrafficGenerator, TrafficStats
-
-APPS = ("starlette", "fastapi")
 
 
 @dataclass(frozen=True)
@@ -53,29 +55,52 @@ def build_app(options: ServiceOptions, sdk: DemoSdk) -> ASGIApp:
     )
 
 
-class _Interrupt:
+class _Stopper:
+    """SIGINT and SIGTERM. The first stops the run (the traffic, or ``--serve``'s wait); requests in
+    flight still finish their cleanup and the report is printed. A second one stops the waiting."""
+
     def __init__(self) -> None:
         self.signal: int | None = None
+        self.run_scope = anyio.CancelScope()
+        self.server: RunningServer | None = None
+        self.forced = False
 
-    async def watch(self, scope: anyio.CancelScope) -> None:
-        # The first Ctrl-C (or SIGTERM) stops the run and still reports; once this receiver is gone,
-        # a second one gets Python's default behaviour.
+    @contextlib.asynccontextmanager
+    async def watching(self) -> AsyncIterator[_Stopper]:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._watch)
+            try:
+                yield self
+            finally:
+                tg.cancel_scope.cancel()
+
+    async def _watch(self) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for received in signals:
-                self.signal = received
-                scope.cancel()
-                return
+                if self.signal is None:
+                    self.signal = received
+                    self.run_scope.cancel()
+                elif self.server is not None:
+                    _log("stopping without waiting for the requests still in flight")
+                    self.forced = True
+                    self.server.stop_waiting()
+
+    def exit_code(self, code: int) -> int:
+        if self.forced:
+            # Cleanup still running is shielded from cancellation, and the event loop's teardown
+            # would wait for it: after a second Ctrl-C, leave without that wait (the report is out).
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        return code
 
 
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-async def _drive(
-    config: TrafficConfig, stats: TrafficStats, sdk: DemoSdk | None, interrupt: _Interrupt
-) -> None:
+async def _drive(config: TrafficConfig, stats: TrafficStats, sdk: DemoSdk | None) -> None:
     async with anyio.create_task_group() as tg:
-        tg.start_soon(interrupt.watch, tg.cancel_scope)
         tg.start_soon(show_progress, stats, sdk.reader if sdk is not None else None)
         await TrafficGenerator(config, stats).run()
         tg.cancel_scope.cancel()
@@ -87,109 +112,114 @@ async def run_demo(
     json_report: Path | None = None,
     out: TextIO = sys.stdout,
 ) -> int:
-    sdk = build_sdk(
-        otlp_endpoint=options.otlp_endpoint,
-        prometheus_port=options.prometheus_port,
-        prometheus_host=options.prometheus_host,
-    )
-    interrupt = _Interrupt()
+    stopper = _Stopper()
     stats = TrafficStats()
-    try:
-        app = build_app(options, sdk)
-        async with running_server(app, options.host, options.port, log_level=options.log_level) as url:
-            for note in sdk.notes:
-                _log(note)
-            _log(
-                f"demo service ({options.app}) on {url}; traffic for {traffic.duration:g} s at "
-                f"{traffic.rate:g} req/s, concurrency {traffic.concurrency} (Ctrl-C stops early)"
-            )
-            await _drive(_retarget(traffic, url), stats, sdk, interrupt)
-            _log(progress_line(stats, sdk.reader))
-            _log("traffic stopped; waiting for in-flight requests and their cleanup")
-        # the server has shut down: every unwind has ended, the numbers are final
-        report = read_report(sdk.reader)
-        pool = getattr(getattr(app, "state", None), "pool", None)
-        print_report(report, stats, options.app, interrupt.signal, out)
-        if json_report is not None:
-            document = report_document(report, stats, options.app, interrupt.signal)
-            if pool is not None:
-                document["pool"] = {
-                    "size": pool.size,
-                    "acquired": pool.acquired,
-                    "released": pool.released,
-                    "in_use": pool.in_use,
-                }
-            write_json(json_report, document)
-    finally:
-        sdk.shutdown()
+    with bind(options.host, options.port) as sock:  # a port in use is a plain error, before anything starts
+        sdk = _sdk(options)
+        try:
+            app = build_app(options, sdk)
+            async with stopper.watching(), running_server(app, sock, log_level=options.log_level) as server:
+                stopper.server = server
+                _log(
+                    f"demo service ({options.app}) on {server.url}; traffic for {traffic.duration:g} s at "
+                    f"{traffic.rate:g} req/s, concurrency {traffic.concurrency} (Ctrl-C stops early)"
+                )
+                with stopper.run_scope:
+                    await _drive(replace(traffic, target=server.url), stats, sdk)
+                _log(progress_line(stats, sdk.reader))
+                _log("traffic stopped; waiting for in-flight requests and their cleanup")
+            # the server has shut down: every unwind has ended, the numbers are final
+            report = read_report(sdk.reader)
+            pool = pool_counts(app)
+            print_report(report, stats, options.app, stopper.signal, out, pool)
+            if json_report is not None:
+                write_json(json_report, report_document(report, stats, options.app, stopper.signal, pool))
+        finally:
+            sdk.shutdown()
     if report.executed == 0:
         _log("no cleanup was observed: the middleware recorded no executed callback")
-        return 1
-    return 0
-
-
-def _retarget(config: TrafficConfig, url: str) -> TrafficConfig:
-    return replace(config, target=url)
+        return stopper.exit_code(1)
+    return stopper.exit_code(0)
 
 
 async def run_serve(
     options: ServiceOptions, json_report: Path | None = None, out: TextIO = sys.stdout
 ) -> int:
-    sdk = build_sdk(
-        otlp_endpoint=options.otlp_endpoint,
-        prometheus_port=options.prometheus_port,
-        prometheus_host=options.prometheus_host,
-    )
-    interrupt = _Interrupt()
-    try:
-        app = build_app(options, sdk)
-        async with running_server(app, options.host, options.port, log_level=options.log_level) as url:
-            for note in sdk.notes:
-                _log(note)
-            _log(f"demo service ({options.app}) on {url} (Ctrl-C or SIGTERM stops it)")
-            with anyio.CancelScope() as scope:
-                await interrupt.watch(scope)
-            _log("stopping: waiting for in-flight requests and their cleanup")
-        report = read_report(sdk.reader)
-        print_report(report, None, options.app, interrupt.signal, out)
-        if json_report is not None:
-            write_json(json_report, report_document(report, None, options.app, interrupt.signal))
-    finally:
-        sdk.shutdown()
-    return 0
+    stopper = _Stopper()
+    with bind(options.host, options.port) as sock:
+        sdk = _sdk(options)
+        try:
+            app = build_app(options, sdk)
+            async with stopper.watching(), running_server(app, sock, log_level=options.log_level) as server:
+                stopper.server = server
+                _log(f"demo service ({options.app}) on {server.url} (Ctrl-C or SIGTERM stops it)")
+                with stopper.run_scope:
+                    await anyio.sleep_forever()
+                _log("stopping: waiting for in-flight requests and their cleanup")
+            report = read_report(sdk.reader)
+            pool = pool_counts(app)
+            print_report(report, None, options.app, stopper.signal, out, pool)
+            if json_report is not None:
+                write_json(json_report, report_document(report, None, options.app, stopper.signal, pool))
+        finally:
+            sdk.shutdown()
+    return stopper.exit_code(0)
 
 
 async def run_traffic(
     traffic: TrafficConfig, json_report: Path | None = None, out: TextIO = sys.stdout
 ) -> int:
-    interrupt = _Interrupt()
+    stopper = _Stopper()
     stats = TrafficStats()
     length = "until stopped" if traffic.duration is None else f"for {traffic.duration:g} s"
     _log(f"traffic to {traffic.target} {length} at {traffic.rate:g} req/s, concurrency {traffic.concurrency}")
-    await _drive(traffic, stats, None, interrupt)
+    async with stopper.watching():
+        with stopper.run_scope:
+            await _drive(traffic, stats, None)
     out.write(render_traffic(stats) + "\n")
     out.flush()
     if json_report is not None:
-        write_json(
-            json_report, {"traffic": stats.as_dict(), "interrupted_by": _signal_name(interrupt.signal)}
-        )
+        write_json(json_report, {"traffic": stats.as_dict(), "interrupted_by": _signal_name(stopper.signal)})
     return 0 if stats.total().completed else 1
 
 
+def pool_counts(app: ASGIApp) -> dict[str, int] | None:
+    """The demo pool's own bookkeeping, a check on the telemetry: every lease returned?"""
+    pool = getattr(getattr(app, "state", None), "pool", None)
+    if not isinstance(pool, ConnectionPool):
+        return None
+    return {"size": pool.size, "acquired": pool.acquired, "released": pool.released, "in_use": pool.in_use}
+
+
+def _sdk(options: ServiceOptions) -> DemoSdk:
+    sdk = build_sdk(
+        otlp_endpoint=options.otlp_endpoint,
+        prometheus_port=options.prometheus_port,
+        prometheus_host=options.prometheus_host,
+    )
+    for note in sdk.notes:
+        _log(note)
+    return sdk
+
+
 def render_traffic(stats: TrafficStats) -> str:
-    lines = [f"{'kind':<10} {'sent':>6} {'ok':>6} {'errors':>6} {'told to fail':>12} {'told slow':>9}"]
+    lines: list[tuple[str, ...]] = [("kind", "sent", "ok", "errors", "cut off", "told to fail", "told slow")]
     for kind, counts in [*stats.kinds.items(), ("total", stats.total())]:
-        lines.append(
-            f"{kind:<10} {counts.sent:>6} {counts.completed:>6} {counts.errors:>6} "
-            f"{counts.meant_to_fail:>12} {counts.meant_slow:>9}"
-        )
+        numbers = (counts.sent, counts.completed, counts.errors, counts.interrupted)
+        lines.append((kind, *map(str, numbers), str(counts.meant_to_fail), str(counts.meant_slow)))
+    text = columns(lines, left_aligned=1)
     if stats.last_error:
-        lines.append(f"last error: {stats.last_error}")
-    return "\n".join(lines)
+        text.append(f"last error: {stats.last_error}")
+    return "\n".join(text)
 
 
 def print_report(
-    report: CleanupReport, stats: TrafficStats | None, app: str, interrupted: int | None, out: TextIO
+    report: CleanupReport,
+    stats: TrafficStats | None,
+    app: str,
+    interrupted: int | None,
+    out: TextIO,
+    pool: dict[str, int] | None = None,
 ) -> None:
     title = f"exitstack-otel demo ({app})"
     if interrupted is not None:
@@ -200,7 +230,7 @@ def print_report(
         elapsed = max(stats.elapsed(), 1e-9)
         parts += [
             f"Traffic: {total.sent} requests in {elapsed:.1f} s ({total.sent / elapsed:.1f}/s), "
-            f"{total.completed} ok, {total.errors} errors",
+            f"{total.completed} ok, {total.errors} errors, {total.interrupted} cut off by the stop",
             render_traffic(stats),
             "",
         ]
@@ -209,17 +239,26 @@ def print_report(
         f"{report.never_ran} pushed but never ran",
         render_table(report),
     ]
+    if pool is not None:
+        parts.append(
+            f"\nConnection pool: {pool['acquired']} leases, {pool['released']} returned, "
+            f"{pool['in_use']} still out (of {pool['size']})"
+        )
     if stats is not None:
         parts.append(
-            f"\nCleanup failures asked for by the traffic: {stats.total().meant_to_fail}; "
-            f"observed: {sum(row.failed for row in report.rows)}"
+            f"Cleanup failures asked for by the traffic: {stats.total().meant_to_fail}; "
+            f"observed: {report.failed}"
         )
     out.write("\n".join(parts) + "\n")
     out.flush()
 
 
 def report_document(
-    report: CleanupReport, stats: TrafficStats | None, app: str, interrupted: int | None
+    report: CleanupReport,
+    stats: TrafficStats | None,
+    app: str,
+    interrupted: int | None,
+    pool: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     return {
         "app": app,
@@ -227,6 +266,7 @@ def report_document(
         "interrupted_by": _signal_name(interrupted),
         "traffic": stats.as_dict() if stats is not None else None,
         "cleanup": report.as_dict(),
+        "pool": pool,
     }
 
 

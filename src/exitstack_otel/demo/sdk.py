@@ -74,8 +74,12 @@ def build_sdk(
         from opentelemetry.exporter.prometheus import PrometheusMetricReader
         from prometheus_client import start_http_server
 
+        try:
+            prometheus_server, _ = start_http_server(prometheus_port, addr=prometheus_host)
+        except OSError as exc:
+            where = f"{prometheus_host}:{prometheus_port}"
+            raise OSError(f"cannot serve Prometheus metrics on {where}: {exc.strerror or exc}") from exc
         readers.append(PrometheusMetricReader())
-        prometheus_server, _ = start_http_server(prometheus_port, addr=prometheus_host)
         notes.append(f"Prometheus metrics on http://{prometheus_host}:{prometheus_port}/metrics")
     meter_provider = MeterProvider(metric_readers=readers, resource=resource)
     return DemoSdk(tracer_provider, meter_provider, reader, prometheus_server, notes)

@@ -38,13 +38,22 @@ def base_url(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
+class RunningServer:
+    def __init__(self, url: str, server: uvicorn.Server) -> None:
+        self.url = url
+        self._server = server
+
+    def stop_waiting(self) -> None:
+        """Shut down without waiting any longer for requests in flight (a second Ctrl-C)."""
+        self._server.force_exit = True
+
+
 @contextlib.asynccontextmanager
 async def running_server(
-    app: ASGIApp, host: str, port: int, *, log_level: str = "warning"
-) -> AsyncIterator[str]:
-    """Serve ``app`` while the block runs; yield its base URL. Exiting waits for in-flight requests
-    and their cleanup (uvicorn's graceful shutdown), so the metrics read afterwards are complete."""
-    sock = bind(host, port)
+    app: ASGIApp, sock: socket.socket, *, log_level: str = "warning"
+) -> AsyncIterator[RunningServer]:
+    """Serve ``app`` on ``sock`` (see ``bind``) while the block runs. Exiting waits for in-flight
+    requests and their cleanup (uvicorn's graceful shutdown), so metrics read afterwards are complete."""
     config = uvicorn.Config(
         app,
         log_level=log_level,
@@ -53,14 +62,13 @@ async def running_server(
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
     )
     server = _EmbeddedServer(config)
-    with sock:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(server.serve, [sock])
-            while not server.started:
-                if server.should_exit:  # startup failed; uvicorn logged why
-                    raise RuntimeError("the demo server did not start")
-                await anyio.sleep(0.02)
-            try:
-                yield base_url(sock)
-            finally:
-                server.should_exit = True
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(server.serve, [sock])
+        while not server.started:
+            if server.should_exit:  # startup failed; uvicorn logged why
+                raise RuntimeError("the demo server did not start")
+            await anyio.sleep(0.02)
+        try:
+            yield RunningServer(base_url(sock), server)
+        finally:
+            server.should_exit = True

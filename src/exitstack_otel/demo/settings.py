@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+APPS = ("starlette", "fastapi")  # the demo app in either framework
+
 
 @dataclass(frozen=True)
 class DemoSettings:

@@ -20,6 +20,10 @@ KINDS = ("upload", "pool", "stream", "websocket")
 DEFAULT_MIX: Mapping[str, float] = {"upload": 3.0, "pool": 4.0, "stream": 2.0, "websocket": 1.0}
 REQUEST_TIMEOUT_SECONDS = 10.0
 UPLOAD_BYTES = 4096
+# Starlette spools an upload to a real temporary file past 1 MiB: some uploads are that large, so
+# FormData.close has files on disk to close as well
+LARGE_UPLOAD_BYTES = 1536 * 1024
+LARGE_UPLOAD_SHARE = 0.1
 WEBSOCKET_MESSAGES = 3
 
 
@@ -76,11 +80,13 @@ class KindCounts:
     errors: int = 0  # transport errors and unexpected statuses
     meant_to_fail: int = 0  # completed requests whose cleanup was told to fail
     meant_slow: int = 0  # completed requests whose cleanup was told to be slow
+    interrupted: int = 0  # in flight when the run was stopped
 
 
 @dataclass
 class TrafficStats:
     started: float = field(default_factory=time.monotonic)
+    finished: float | None = None
     kinds: dict[str, KindCounts] = field(default_factory=lambda: {kind: KindCounts() for kind in KINDS})
     last_error: str | None = None
 
@@ -92,7 +98,7 @@ class TrafficStats:
         return total
 
     def elapsed(self) -> float:
-        return time.monotonic() - self.started
+        return (self.finished if self.finished is not None else time.monotonic()) - self.started
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -108,9 +114,15 @@ class _Job:
     kind: str
     fail: bool
     slow: bool
+    large: bool  # for an upload: past the size Starlette keeps in memory
 
     def params(self) -> dict[str, str]:
         return {"fail": "1" if self.fail else "0", "slow": "1" if self.slow else "0"}
+
+    def headers(self) -> dict[str, str]:
+        # A cleanup that raises after the response makes uvicorn close the connection; a request
+        # already on its way over that kept-alive connection would then fail without being served.
+        return {"Connection": "close"} if self.fail else {}
 
 
 class _UnexpectedStatus(Exception):
@@ -132,8 +144,15 @@ class TrafficGenerator:
         }
 
     async def run(self) -> TrafficStats:
-        """Send until the duration is over or the caller cancels; in-flight requests finish either way
-        only if the caller lets them (cancellation drops them)."""
+        """Send until the duration is over or the caller cancels (requests in flight are then dropped)."""
+        self.stats.started = time.monotonic()
+        try:
+            await self._send_all()
+        finally:
+            self.stats.finished = time.monotonic()
+        return self.stats
+
+    async def _send_all(self) -> None:
         config = self.config
         limits = httpx.Limits(
             max_connections=config.concurrency, max_keepalive_connections=config.concurrency
@@ -150,11 +169,11 @@ class TrafficGenerator:
             receive.close()
             async with send:
                 await self._schedule(send)
-        return self.stats
 
     async def _schedule(self, send: anyio.abc.ObjectSendStream[_Job]) -> None:
-        # ticks are placed on an absolute timeline, so a late tick does not slow the ones after it;
-        # when every worker is busy, send() waits: the rate then drops rather than queueing up
+        # Ticks sit on a fixed timeline, so a late one does not push back the ones after it. When
+        # every worker is busy, send() waits; the ticks missed meanwhile are skipped, not sent in a
+        # burst: the rate drops and the run still ends at its deadline.
         interval = 1.0 / self.config.rate
         start = time.monotonic()
         deadline = None if self.config.duration is None else start + self.config.duration
@@ -163,9 +182,12 @@ class TrafficGenerator:
             due = start + tick * interval
             if deadline is not None and due >= deadline:
                 return
-            delay = due - time.monotonic()
-            if delay > 0:
-                await anyio.sleep(delay)
+            now = time.monotonic()
+            if due > now:
+                await anyio.sleep(due - now)
+            elif now - due > interval:
+                tick = int((now - start) / interval)
+                continue
             await send.send(self._next_job())
             tick += 1
 
@@ -175,6 +197,7 @@ class TrafficGenerator:
             kind,
             fail=self._random.random() < self.config.failure_share,
             slow=self._random.random() < self.config.slow_share,
+            large=self._random.random() < LARGE_UPLOAD_SHARE,
         )
 
     async def _worker(self, client: httpx.AsyncClient, receive: anyio.abc.ObjectReceiveStream[_Job]) -> None:
@@ -184,6 +207,9 @@ class TrafficGenerator:
                 counts.sent += 1
                 try:
                     await self._senders[job.kind](client, job)
+                except anyio.get_cancelled_exc_class():
+                    counts.interrupted += 1
+                    raise
                 except Exception as exc:  # a refused connection or a 500 is counted, never fatal
                     counts.errors += 1
                     self.stats.last_error = f"{job.kind}: {type(exc).__name__}: {exc}"[:200]
@@ -198,15 +224,18 @@ class TrafficGenerator:
             raise _UnexpectedStatus(f"{response.request.method} {response.url.path}: {response.status_code}")
 
     async def _upload(self, client: httpx.AsyncClient, job: _Job) -> None:
-        files = {"file": ("readings.csv", self._random.randbytes(UPLOAD_BYTES), "text/csv")}
-        response = await client.post("/upload", params=job.params(), data={"note": "demo"}, files=files)
+        size = LARGE_UPLOAD_BYTES if job.large else UPLOAD_BYTES
+        files = {"file": ("readings.csv", random.randbytes(size), "text/csv")}
+        response = await client.post(
+            "/upload", params=job.params(), headers=job.headers(), data={"note": "demo"}, files=files
+        )
         self._check(response)
 
     async def _pool(self, client: httpx.AsyncClient, job: _Job) -> None:
-        self._check(await client.get("/pool", params=job.params()))
+        self._check(await client.get("/pool", params=job.params(), headers=job.headers()))
 
     async def _stream(self, client: httpx.AsyncClient, job: _Job) -> None:
-        async with client.stream("GET", "/stream", params=job.params()) as response:
+        async with client.stream("GET", "/stream", params=job.params(), headers=job.headers()) as response:
             self._check(response)
             async for _ in response.aiter_bytes():
                 pass
