@@ -1,0 +1,273 @@
+"""FastAPI's own request stacks, observed: ``instrument_fastapi(app)`` and ``uninstrument_fastapi(app)``.
+
+FastAPI (0.121 and later) makes three ``AsyncExitStack`` objects per request and stores each in
+the scope: ``fastapi_middleware_astack`` (closes uploaded files), ``fastapi_inner_astack``
+(dependencies with ``yield``) and ``fastapi_function_astack`` (the same with ``scope="function"``).
+It builds them from the name ``AsyncExitStack`` in ``fastapi.routing`` and
+``fastapi.middleware.asyncexitstack``, and asserts ``isinstance`` against that same name, so both
+modules get ``FastAPIExitStack`` while anything here is instrumented.
+
+Whether a stack records is decided when it is made: only while a request of an instrumented app
+is running, which a small wrapper around the app's middleware stack marks in a context variable.
+Every other app in the process gets plain contextlib behaviour from the same class.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import threading
+from abc import ABCMeta
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .providers import TelemetrySource
+from .stack import InstrumentedAsyncExitStack
+from .telemetry import CallbackNamer, CallbackSpans, TelemetryOptions
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from types import ModuleType, TracebackType
+
+    from opentelemetry import metrics, trace
+    from starlette.types import ASGIApp, Receive, Scope, Send
+
+# The scope keys FastAPI stores its stacks under; each becomes the stack's ``exitstack.stack.name``.
+STACK_KEYS = ("fastapi_middleware_astack", "fastapi_inner_astack", "fastapi_function_astack")
+UNRESOLVED_STACK_NAME = "fastapi"
+
+
+@dataclass(frozen=True)
+class _Request:
+    source: TelemetrySource
+    scope: Mapping[str, Any]
+
+
+_current_request: contextvars.ContextVar[_Request | None] = contextvars.ContextVar(
+    "exitstack_otel_fastapi_request", default=None
+)
+
+
+class _AnyAsyncExitStackMeta(ABCMeta):
+    # FastAPI asserts ``isinstance(stack, AsyncExitStack)`` against the patched name; a stack
+    # someone else put in the scope (a plain one, or one made before we patched) must still pass.
+    def __instancecheck__(cls, instance: object) -> bool:
+        return isinstance(instance, contextlib.AsyncExitStack)
+
+
+class FastAPIExitStack(InstrumentedAsyncExitStack, metaclass=_AnyAsyncExitStackMeta):
+    """What FastAPI builds as ``AsyncExitStack()`` while instrumented; plain outside our apps."""
+
+    def __init__(self) -> None:
+        request = _current_request.get()
+        if request is None:
+            super().__init__(UNRESOLVED_STACK_NAME, telemetry=None)
+            self._unresolved = False
+            return
+        super().__init__(UNRESOLVED_STACK_NAME, telemetry=request.source.current(), scope=request.scope)
+        # FastAPI stores the stack in the scope only after making it: the key is looked up later
+        self._unresolved = self._telemetry is not None
+
+    def _resolve_name(self) -> None:
+        self._unresolved = False
+        scope = self._scope
+        if scope is None:
+            return
+        for key in STACK_KEYS:
+            if scope.get(key) is self:
+                self._name = key
+                return
+
+    def _push_exit_callback(self, callback: Callable[..., Any], is_sync: bool = True) -> None:
+        if self._unresolved:
+            self._resolve_name()
+        super()._push_exit_callback(callback, is_sync)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        if self._unresolved:
+            self._resolve_name()
+        return await super().__aexit__(exc_type, exc, tb)
+
+
+class _RequestMarker:
+    """Pure-ASGI wrapper around an app's built middleware stack: marks its requests as ours."""
+
+    def __init__(self, app: ASGIApp, instrumentation: _Instrumentation) -> None:
+        self.app = app
+        self.instrumentation = instrumentation
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        instrumentation = self.instrumentation
+        if not instrumentation.active or scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        if instrumentation.class_wide:
+            outer = _current_request.get()
+            if outer is not None and outer.scope is scope:
+                # the app's own instrument_fastapi() settings, applied outside, take precedence
+                await self.app(scope, receive, send)
+                return
+        token = _current_request.set(_Request(self.instrumentation.source, scope))
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            _current_request.reset(token)
+
+
+class _Instrumentation:
+    """One ``instrument_fastapi`` call, or the instrumentor's instrumentation of every app."""
+
+    def __init__(self, source: TelemetrySource, *, class_wide: bool = False) -> None:
+        self.source = source
+        self.class_wide = class_wide
+        self.active = True
+
+    def wrap(self, middleware_stack: ASGIApp) -> ASGIApp:
+        return _RequestMarker(middleware_stack, self)
+
+
+# -- what is patched, shared by every instrumented app ---------------------------------------------
+
+_patch_lock = threading.Lock()
+_patch_users = 0
+_originals: dict[str, Any] = {}
+
+
+# The modules that create request stacks and check them with ``isinstance``.
+def _stack_modules() -> list[ModuleType]:
+    import fastapi.middleware.asyncexitstack
+    import fastapi.routing
+
+    return [fastapi.routing, fastapi.middleware.asyncexitstack]
+
+
+def acquire_patch() -> None:
+    """Patch the stack class in FastAPI's modules and the build hook on ``FastAPI``; counted."""
+    from fastapi import FastAPI
+
+    global _patch_users
+    with _patch_lock:
+        if _patch_users == 0:
+            for module in _stack_modules():
+                _originals[module.__name__] = module.AsyncExitStack
+                module.AsyncExitStack = FastAPIExitStack  # type: ignore[attr-defined]
+            _originals["own_build"] = "build_middleware_stack" in FastAPI.__dict__
+            _originals["build_middleware_stack"] = FastAPI.build_middleware_stack
+            FastAPI.build_middleware_stack = _build_middleware_stack  # type: ignore[method-assign,assignment]
+        _patch_users += 1
+
+
+def release_patch() -> None:
+    from fastapi import FastAPI
+
+    global _patch_users
+    with _patch_lock:
+        if _patch_users == 0:
+            return
+        _patch_users -= 1
+        if _patch_users > 0:
+            return
+        for module in _stack_modules():
+            # leave alone whatever someone else has put there since
+            if module.AsyncExitStack is FastAPIExitStack:
+                module.AsyncExitStack = _originals[module.__name__]  # type: ignore[attr-defined]
+        if FastAPI.__dict__.get("build_middleware_stack") is _build_middleware_stack:
+            if _originals["own_build"]:
+                FastAPI.build_middleware_stack = _originals["build_middleware_stack"]  # type: ignore[method-assign]
+            else:
+                del FastAPI.build_middleware_stack
+        _originals.clear()
+
+
+def _build_middleware_stack(app: Any) -> ASGIApp:
+    built: ASGIApp = _originals["build_middleware_stack"](app)
+    instrumentation = app_instrumentation(app) or _class_wide
+    if instrumentation is None or not instrumentation.active:
+        return built
+    return instrumentation.wrap(built)
+
+
+# -- one app ----------------------------------------------------------------------------------------
+
+_APP_ATTRIBUTE = "_exitstack_otel_instrumentation"
+
+
+def instrument_fastapi(
+    app: Any,
+    *,
+    tracer_provider: trace.TracerProvider | None = None,
+    meter_provider: metrics.MeterProvider | None = None,
+    callback_namer: CallbackNamer | None = None,
+    callback_spans: CallbackSpans = "problems",
+    slow_callback_threshold: float = 0.1,
+    max_callback_names: int = 200,
+) -> None:
+    """Report the cleanup of ``app``'s three request stacks: uploads closing, ``yield`` dependencies.
+
+    Providers default to the global ones, read per request. ``uninstrument_fastapi(app)`` undoes it.
+    """
+    from fastapi import FastAPI
+
+    if not isinstance(app, FastAPI):
+        raise TypeError(f"instrument_fastapi() needs a fastapi.FastAPI app, not {type(app).__qualname__}")
+    if getattr(app, _APP_ATTRIBUTE, None) is not None:
+        raise RuntimeError("this FastAPI app is already instrumented; call uninstrument_fastapi(app) first")
+    options = TelemetryOptions(
+        callback_spans=callback_spans,
+        slow_callback_threshold=slow_callback_threshold,
+        max_callback_names=max_callback_names,
+        callback_namer=callback_namer,
+    )
+    instrumentation = _Instrumentation(TelemetrySource(tracer_provider, meter_provider, options))
+    acquire_patch()
+    setattr(app, _APP_ATTRIBUTE, instrumentation)
+    if app.middleware_stack is not None:
+        # already serving: wrap what is built rather than rebuild the user's middleware
+        app.middleware_stack = instrumentation.wrap(app.middleware_stack)
+
+
+def uninstrument_fastapi(app: Any) -> None:
+    """Undo ``instrument_fastapi(app)``; requests already running finish as they started."""
+    instrumentation = getattr(app, _APP_ATTRIBUTE, None)
+    if not isinstance(instrumentation, _Instrumentation):
+        raise RuntimeError("this FastAPI app is not instrumented by instrument_fastapi()")
+    instrumentation.active = False
+    delattr(app, _APP_ATTRIBUTE)
+    stack = app.middleware_stack
+    if isinstance(stack, _RequestMarker) and stack.instrumentation is instrumentation:
+        app.middleware_stack = stack.app
+    release_patch()
+
+
+def app_instrumentation(app: object) -> _Instrumentation | None:
+    found = getattr(app, _APP_ATTRIBUTE, None)
+    return found if isinstance(found, _Instrumentation) else None
+
+
+# -- every app: the instrumentor's ------------------------------------------------------------------
+
+_class_wide: _Instrumentation | None = None
+
+
+def instrument_all_apps(source: TelemetrySource) -> None:
+    """Instrument every FastAPI app whose middleware is built from now on (``ExitStackInstrumentor``)."""
+    global _class_wide
+    if _class_wide is not None:
+        return
+    acquire_patch()
+    _class_wide = _Instrumentation(source, class_wide=True)
+
+
+def uninstrument_all_apps() -> None:
+    global _class_wide
+    if _class_wide is None:
+        return
+    # stacks already built keep the marker, which now passes requests straight through
+    _class_wide.active = False
+    _class_wide = None
+    release_patch()
