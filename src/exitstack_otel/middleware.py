@@ -22,9 +22,10 @@ DEFAULT_SCOPE_KEY = "fastapi_middleware_astack"
 class ExitStackMiddleware:
     """Opens an ``InstrumentedAsyncExitStack`` at ``scope[scope_key]`` and unwinds it afterwards.
 
-    Make it the innermost middleware (last in ``middleware=[...]``), as FastAPI does with its own stack: context variables set by the
-    endpoint are then visible to the callbacks, and the unwind runs after the response has been
-    sent in full (after the last chunk of a streaming response, after a websocket closes).
+    Make it the innermost middleware (last in ``middleware=[...]``), as FastAPI does with its own
+    stack: context variables set by the endpoint are then visible to the callbacks, and the unwind
+    runs after the response has been sent in full (after the last chunk of a streaming response,
+    after a websocket closes).
     The unwind is shielded from cancellation so that a disconnect or a shutdown cannot skip a
     cleanup; the cancellation propagates once every callback has run.
     """

@@ -88,7 +88,7 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool:
+    ) -> bool | None:
         telemetry = self._telemetry
         if telemetry is None:
             return await super().__aexit__(exc_type, exc, tb)

@@ -41,9 +41,7 @@ CallbackSpans = Literal["all", "problems"]
 
 Attributes = Mapping[str, AttributeValue]
 
-_FAILED_OUTCOMES = frozenset(
-    {semconv.OUTCOME_ERROR, semconv.OUTCOME_CANCELLED, semconv.OUTCOME_TIMEOUT}
-)
+_FAILED_OUTCOMES = frozenset({semconv.OUTCOME_ERROR, semconv.OUTCOME_CANCELLED, semconv.OUTCOME_TIMEOUT})
 
 
 @dataclass(frozen=True)
@@ -357,7 +355,9 @@ class Telemetry:
                     span.set_attribute(semconv.ERROR_TYPE, error_type(exc))
             span.end(end_time=unwind.epoch_ns(end))
 
-    def _unwind_attrs(self, stack_name: str, route: str | None, method: str | None, outcome: str) -> Attributes:
+    def _unwind_attrs(
+        self, stack_name: str, route: str | None, method: str | None, outcome: str
+    ) -> Attributes:
         key = (stack_name, route, method, outcome)
         found = self._unwind_attributes.get(key)
         if found is None:
