@@ -21,6 +21,8 @@ from abc import ABCMeta
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from starlette.middleware.errors import ServerErrorMiddleware
+
 from .providers import TelemetrySource
 from .stack import InstrumentedAsyncExitStack
 from .telemetry import CallbackNamer, CallbackSpans, TelemetryOptions
@@ -88,7 +90,7 @@ class FastAPIExitStack(InstrumentedAsyncExitStack, metaclass=_AnyAsyncExitStackM
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool:
+    ) -> bool | None:
         if self._unresolved:
             self._resolve_name()
         return await super().__aexit__(exc_type, exc, tb)
@@ -128,7 +130,22 @@ class _Instrumentation:
         self.active = True
 
     def wrap(self, middleware_stack: ASGIApp) -> ASGIApp:
+        # Inside the outermost ServerErrorMiddleware, keeping it outermost: other instrumentation
+        # (opentelemetry-instrumentation-fastapi) rebuilds the stack around it and gives up otherwise.
+        if isinstance(middleware_stack, ServerErrorMiddleware):
+            middleware_stack.app = _RequestMarker(middleware_stack.app, self)
+            return middleware_stack
         return _RequestMarker(middleware_stack, self)
+
+    def unwrap(self, middleware_stack: ASGIApp) -> ASGIApp:
+        if isinstance(middleware_stack, ServerErrorMiddleware):
+            inner = middleware_stack.app
+            if isinstance(inner, _RequestMarker) and inner.instrumentation is self:
+                middleware_stack.app = inner.app
+            return middleware_stack
+        if isinstance(middleware_stack, _RequestMarker) and middleware_stack.instrumentation is self:
+            return middleware_stack.app
+        return middleware_stack
 
 
 # -- what is patched, shared by every instrumented app ---------------------------------------------
@@ -148,7 +165,7 @@ def _stack_modules() -> list[ModuleType]:
 
 def acquire_patch() -> None:
     """Patch the stack class in FastAPI's modules and the build hook on ``FastAPI``; counted."""
-    from fastapi import FastAPI
+    from fastapi.applications import FastAPI
 
     global _patch_users
     with _patch_lock:
@@ -163,7 +180,7 @@ def acquire_patch() -> None:
 
 
 def release_patch() -> None:
-    from fastapi import FastAPI
+    from fastapi.applications import FastAPI
 
     global _patch_users
     with _patch_lock:
@@ -211,7 +228,7 @@ def instrument_fastapi(
 
     Providers default to the global ones, read per request. ``uninstrument_fastapi(app)`` undoes it.
     """
-    from fastapi import FastAPI
+    from fastapi.applications import FastAPI
 
     if not isinstance(app, FastAPI):
         raise TypeError(f"instrument_fastapi() needs a fastapi.FastAPI app, not {type(app).__qualname__}")
@@ -238,9 +255,8 @@ def uninstrument_fastapi(app: Any) -> None:
         raise RuntimeError("this FastAPI app is not instrumented by instrument_fastapi()")
     instrumentation.active = False
     delattr(app, _APP_ATTRIBUTE)
-    stack = app.middleware_stack
-    if isinstance(stack, _RequestMarker) and stack.instrumentation is instrumentation:
-        app.middleware_stack = stack.app
+    if app.middleware_stack is not None:
+        app.middleware_stack = instrumentation.unwrap(app.middleware_stack)
     release_patch()
 
 
