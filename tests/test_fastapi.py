@@ -286,6 +286,7 @@ async def test_uninstrument_restores_fastapi_and_is_counted_across_apps(recorder
 
     uninstrument_fastapi(first)
     assert patched_names() == [FastAPIExitStack, FastAPIExitStack]
+    assert "build_middleware_stack" not in vars(first)
     async with client(first) as http:
         assert (await http.get("/items/1")).status_code == 200
     assert recorder.dependency_names() == []

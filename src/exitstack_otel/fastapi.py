@@ -148,11 +148,11 @@ class _Instrumentation:
         return middleware_stack
 
 
-# -- what is patched, shared by every instrumented app ---------------------------------------------
+# -- the stack class in FastAPI's modules, shared by every instrumented app ------------------------
 
 _patch_lock = threading.Lock()
 _patch_users = 0
-_originals: dict[str, Any] = {}
+_original_stacks: dict[str, Any] = {}
 
 
 # The modules that create request stacks and check them with ``isinstance``.
@@ -163,25 +163,17 @@ def _stack_modules() -> list[ModuleType]:
     return [fastapi.routing, fastapi.middleware.asyncexitstack]
 
 
-def acquire_patch() -> None:
-    """Patch the stack class in FastAPI's modules and the build hook on ``FastAPI``; counted."""
-    from fastapi.applications import FastAPI
-
+def acquire_stack_patch() -> None:
     global _patch_users
     with _patch_lock:
         if _patch_users == 0:
             for module in _stack_modules():
-                _originals[module.__name__] = module.AsyncExitStack
+                _original_stacks[module.__name__] = module.AsyncExitStack
                 module.AsyncExitStack = FastAPIExitStack  # type: ignore[attr-defined]
-            _originals["own_build"] = "build_middleware_stack" in FastAPI.__dict__
-            _originals["build_middleware_stack"] = FastAPI.build_middleware_stack
-            FastAPI.build_middleware_stack = _build_middleware_stack  # type: ignore[method-assign,assignment]
         _patch_users += 1
 
 
-def release_patch() -> None:
-    from fastapi.applications import FastAPI
-
+def release_stack_patch() -> None:
     global _patch_users
     with _patch_lock:
         if _patch_users == 0:
@@ -192,26 +184,32 @@ def release_patch() -> None:
         for module in _stack_modules():
             # leave alone whatever someone else has put there since
             if module.AsyncExitStack is FastAPIExitStack:
-                module.AsyncExitStack = _originals[module.__name__]  # type: ignore[attr-defined]
-        if FastAPI.__dict__.get("build_middleware_stack") is _build_middleware_stack:
-            if _originals["own_build"]:
-                FastAPI.build_middleware_stack = _originals["build_middleware_stack"]  # type: ignore[method-assign]
-            else:
-                del FastAPI.build_middleware_stack
-        _originals.clear()
-
-
-def _build_middleware_stack(app: Any) -> ASGIApp:
-    built: ASGIApp = _originals["build_middleware_stack"](app)
-    instrumentation = app_instrumentation(app) or _class_wide
-    if instrumentation is None or not instrumentation.active:
-        return built
-    return instrumentation.wrap(built)
+                module.AsyncExitStack = _original_stacks[module.__name__]  # type: ignore[attr-defined]
+        _original_stacks.clear()
 
 
 # -- one app ----------------------------------------------------------------------------------------
 
 _APP_ATTRIBUTE = "_exitstack_otel_instrumentation"
+
+
+class _AppBuild:
+    """The app's ``build_middleware_stack`` while instrumented; wraps whatever was there before.
+
+    An instance attribute, so that it composes with others who wrap the same method on the app
+    (opentelemetry-instrumentation-fastapi's ``instrument_app``), before or after us.
+    """
+
+    def __init__(self, app: Any, instrumentation: _Instrumentation) -> None:
+        self.previous: Callable[[], ASGIApp] = app.build_middleware_stack
+        self.previous_on_instance = "build_middleware_stack" in vars(app)
+        self.instrumentation = instrumentation
+
+    def __call__(self) -> ASGIApp:
+        built = self.previous()
+        if not self.instrumentation.active:
+            return built
+        return self.instrumentation.wrap(built)
 
 
 def instrument_fastapi(
@@ -232,7 +230,7 @@ def instrument_fastapi(
 
     if not isinstance(app, FastAPI):
         raise TypeError(f"instrument_fastapi() needs a fastapi.FastAPI app, not {type(app).__qualname__}")
-    if getattr(app, _APP_ATTRIBUTE, None) is not None:
+    if app_instrumentation(app) is not None:
         raise RuntimeError("this FastAPI app is already instrumented; call uninstrument_fastapi(app) first")
     options = TelemetryOptions(
         callback_spans=callback_spans,
@@ -241,8 +239,9 @@ def instrument_fastapi(
         callback_namer=callback_namer,
     )
     instrumentation = _Instrumentation(TelemetrySource(tracer_provider, meter_provider, options))
-    acquire_patch()
+    acquire_stack_patch()
     setattr(app, _APP_ATTRIBUTE, instrumentation)
+    app.build_middleware_stack = _AppBuild(app, instrumentation)  # type: ignore[method-assign]
     if app.middleware_stack is not None:
         # already serving: wrap what is built rather than rebuild the user's middleware
         app.middleware_stack = instrumentation.wrap(app.middleware_stack)
@@ -250,14 +249,21 @@ def instrument_fastapi(
 
 def uninstrument_fastapi(app: Any) -> None:
     """Undo ``instrument_fastapi(app)``; requests already running finish as they started."""
-    instrumentation = getattr(app, _APP_ATTRIBUTE, None)
-    if not isinstance(instrumentation, _Instrumentation):
+    instrumentation = app_instrumentation(app)
+    if instrumentation is None:
         raise RuntimeError("this FastAPI app is not instrumented by instrument_fastapi()")
     instrumentation.active = False
     delattr(app, _APP_ATTRIBUTE)
+    build = vars(app).get("build_middleware_stack")
+    if isinstance(build, _AppBuild) and build.instrumentation is instrumentation:
+        if build.previous_on_instance:
+            app.build_middleware_stack = build.previous
+        else:
+            del app.build_middleware_stack
+    # else someone wrapped it after us: our part stays, inactive, and passes everything through
     if app.middleware_stack is not None:
         app.middleware_stack = instrumentation.unwrap(app.middleware_stack)
-    release_patch()
+    release_stack_patch()
 
 
 def app_instrumentation(app: object) -> _Instrumentation | None:
@@ -268,22 +274,42 @@ def app_instrumentation(app: object) -> _Instrumentation | None:
 # -- every app: the instrumentor's ------------------------------------------------------------------
 
 _class_wide: _Instrumentation | None = None
+_original_build: Any = None
+
+
+def _build_middleware_stack(app: Any) -> ASGIApp:
+    built: ASGIApp = _original_build(app)
+    instrumentation = _class_wide
+    if instrumentation is None or app_instrumentation(app) is not None:
+        return built  # the app's own instrument_fastapi() wraps it
+    return instrumentation.wrap(built)
 
 
 def instrument_all_apps(source: TelemetrySource) -> None:
     """Instrument every FastAPI app whose middleware is built from now on (``ExitStackInstrumentor``)."""
-    global _class_wide
-    if _class_wide is not None:
-        return
-    acquire_patch()
-    _class_wide = _Instrumentation(source, class_wide=True)
+    from fastapi.applications import FastAPI
+
+    global _class_wide, _original_build
+    with _patch_lock:
+        if _class_wide is not None:
+            return
+        _class_wide = _Instrumentation(source, class_wide=True)
+        _original_build = FastAPI.__dict__["build_middleware_stack"]
+        FastAPI.build_middleware_stack = _build_middleware_stack  # type: ignore[method-assign,assignment]
+    acquire_stack_patch()
 
 
 def uninstrument_all_apps() -> None:
-    global _class_wide
-    if _class_wide is None:
-        return
-    # stacks already built keep the marker, which now passes requests straight through
-    _class_wide.active = False
-    _class_wide = None
-    release_patch()
+    from fastapi.applications import FastAPI
+
+    global _class_wide, _original_build
+    with _patch_lock:
+        if _class_wide is None:
+            return
+        # stacks already built keep the marker, which now passes requests straight through
+        _class_wide.active = False
+        _class_wide = None
+        if FastAPI.__dict__.get("build_middleware_stack") is _build_middleware_stack:
+            FastAPI.build_middleware_stack = _original_build  # type: ignore[method-assign]
+        _original_build = None
+    release_stack_patch()
