@@ -127,8 +127,15 @@ def test_spans_and_metrics_arrive_for_fastapi_and_starlette(
         ("fastapi_middleware_astack", "/upload"),
         ("fastapi_inner_astack", "/upload"),
         ("fastapi_function_astack", "/upload"),
-        ("starlette_astack", "/starlette/upload"),
     } <= unwound, stderr
+    # Starlette before 1.0 puts no matched route in the scope, so no http.route to look for here
+    starlette_unwinds = [
+        span
+        for span in unwinds
+        if span["attributes"][semconv.STACK_NAME] == "starlette_astack"
+        and span["attributes"][semconv.CALLBACK_COUNT] == 1
+    ]
+    assert len(starlette_unwinds) == 1, stderr
 
     failed = [span for span in ours(spans) if span["name"] == f"{semconv.SPAN_CALLBACK} get_failing_teardown"]
     assert len(failed) == 1, stderr
