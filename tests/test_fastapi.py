@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import anyio
 import fastapi.middleware.asyncexitstack
 import fastapi.routing
 import httpx
 import pytest
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI, File, UploadFile
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
 
-from exitstack_otel import semconv
+from exitstack_otel import ExitStackMiddleware, semconv
 from exitstack_otel.fastapi import FastAPIExitStack, instrument_fastapi, uninstrument_fastapi
 
 from . import fastapi_app
@@ -338,3 +340,22 @@ def test_bad_input_gets_a_clear_error(recorder: Recorder) -> None:
     finally:
         uninstrument_fastapi(app)
     assert patched_names() == [contextlib.AsyncExitStack, contextlib.AsyncExitStack]
+
+
+@pytest.mark.anyio
+async def test_fastapi_router_in_a_starlette_app_keeps_working_while_patched(app: FastAPI) -> None:
+    # FastAPI's routing asserts isinstance(scope["fastapi_middleware_astack"], <patched name>); here
+    # the stack is ExitStackMiddleware's, an InstrumentedAsyncExitStack but no FastAPIExitStack
+    router = APIRouter()
+
+    @router.post("/upload")
+    async def upload(file: Annotated[UploadFile, File()]) -> dict[str, int]:
+        return {"size": len(await file.read())}
+
+    starlette_app = Starlette(routes=router.routes, middleware=[Middleware(ExitStackMiddleware)])
+    transport = httpx.ASGITransport(app=starlette_app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        response = await http.post("/upload", files={"file": ("a.txt", b"abc", "text/plain")})
+
+    assert patched_names() == [FastAPIExitStack, FastAPIExitStack]
+    assert response.json() == {"size": 3}
