@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+import fastapi
 import httpx
 import pytest
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
@@ -20,6 +23,7 @@ from exitstack_otel import semconv
 from exitstack_otel.fastapi import instrument_fastapi, uninstrument_fastapi
 
 from .fastapi_app import build_app
+from .span_tree import render, without_timings
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -131,3 +135,37 @@ async def test_under_the_fastapi_instrumentation(providers: Providers, ours_firs
         uninstrument_fastapi(app)
 
     check_unwinds_are_children_of_the_server_span(providers.exporter.get_finished_spans())
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def readme_trace() -> tuple[str, str]:
+    text = README.read_text(encoding="utf-8")
+    found = re.search(r"<!-- trace: fastapi (\S+) -->\n```text\n(.*?)\n```", text, re.DOTALL)
+    assert found is not None, "README.md has no trace block"
+    return found.group(1), found.group(2)
+
+
+@pytest.mark.anyio
+async def test_readme_trace_is_what_a_real_run_gives(providers: Providers) -> None:
+    version, tree = readme_trace()
+    if version != fastapi.__version__:
+        pytest.skip(f"README's trace was rendered with FastAPI {version}, this is {fastapi.__version__}")
+    app = build_app()
+    instrument_fastapi(
+        app,
+        tracer_provider=providers.tracer_provider,
+        meter_provider=providers.meter_provider,
+        callback_spans="all",
+    )
+    try:
+        await post_upload(
+            OpenTelemetryMiddleware(
+                app, tracer_provider=providers.tracer_provider, meter_provider=providers.meter_provider
+            )
+        )
+    finally:
+        uninstrument_fastapi(app)
+
+    assert without_timings(tree) == render(providers.exporter.get_finished_spans(), timings=False)
