@@ -359,3 +359,27 @@ async def test_fastapi_router_in_a_starlette_app_keeps_working_while_patched(app
 
     assert patched_names() == [FastAPIExitStack, FastAPIExitStack]
     assert response.json() == {"size": 3}
+
+
+class BrokenTracerProvider(TracerProvider):
+    def get_tracer(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("tracer provider broken")
+
+
+@pytest.mark.anyio
+async def test_broken_provider_never_breaks_a_request(caplog: pytest.LogCaptureFixture) -> None:
+    fastapi_app.events.clear()
+    app = build_app()
+    instrument_fastapi(app, tracer_provider=BrokenTracerProvider())
+    try:
+        async with client(app) as http:
+            first = await http.get("/items/1")
+            second = await http.get("/items/2")
+    finally:
+        uninstrument_fastapi(app)
+
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert fastapi_app.events == ["get_db open", "get_db close"] * 2
+    logged = [record for record in caplog.records if record.name == "exitstack_otel"]
+    assert len(logged) == 1  # once, not per request
+    assert "tracer provider broken" in str(logged[0].exc_info)

@@ -6,146 +6,25 @@ the scope: ``fastapi_middleware_astack`` (closes uploaded files), ``fastapi_inne
 It builds them from the name ``AsyncExitStack`` in ``fastapi.routing`` and
 ``fastapi.middleware.asyncexitstack``, and asserts ``isinstance`` against that same name, so both
 modules get ``FastAPIExitStack`` while anything here is instrumented.
-
-Whether a stack records is decided when it is made: only while a request of an instrumented app
-is running, which a small wrapper around the app's middleware stack marks in a context variable.
-Every other app in the process gets plain contextlib behaviour from the same class.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import threading
-from abc import ABCMeta
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from starlette.middleware.errors import ServerErrorMiddleware
-
+from .fastapi_stack import STACK_KEYS, FastAPIExitStack, Instrumentation
 from .providers import TelemetrySource
-from .stack import InstrumentedAsyncExitStack
 from .telemetry import CallbackNamer, CallbackSpans, TelemetryOptions
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
-    from types import ModuleType, TracebackType
+    from collections.abc import Callable
+    from types import ModuleType
 
     from opentelemetry import metrics, trace
-    from starlette.types import ASGIApp, Receive, Scope, Send
+    from starlette.types import ASGIApp
 
-# The scope keys FastAPI stores its stacks under; each becomes the stack's ``exitstack.stack.name``.
-STACK_KEYS = ("fastapi_middleware_astack", "fastapi_inner_astack", "fastapi_function_astack")
-UNRESOLVED_STACK_NAME = "fastapi"
-
-
-@dataclass(frozen=True)
-class _Request:
-    source: TelemetrySource
-    scope: Mapping[str, Any]
-
-
-_current_request: contextvars.ContextVar[_Request | None] = contextvars.ContextVar(
-    "exitstack_otel_fastapi_request", default=None
-)
-
-
-class _AnyAsyncExitStackMeta(ABCMeta):
-    # FastAPI asserts ``isinstance(stack, AsyncExitStack)`` against the patched name; a stack
-    # someone else put in the scope (a plain one, or one made before we patched) must still pass.
-    def __instancecheck__(cls, instance: object) -> bool:
-        return isinstance(instance, contextlib.AsyncExitStack)
-
-
-class FastAPIExitStack(InstrumentedAsyncExitStack, metaclass=_AnyAsyncExitStackMeta):
-    """What FastAPI builds as ``AsyncExitStack()`` while instrumented; plain outside our apps."""
-
-    def __init__(self) -> None:
-        request = _current_request.get()
-        if request is None:
-            super().__init__(UNRESOLVED_STACK_NAME, telemetry=None)
-            self._unresolved = False
-            return
-        super().__init__(UNRESOLVED_STACK_NAME, telemetry=request.source.current(), scope=request.scope)
-        # FastAPI stores the stack in the scope only after making it: the key is looked up later
-        self._unresolved = self._telemetry is not None
-
-    def _resolve_name(self) -> None:
-        self._unresolved = False
-        scope = self._scope
-        if scope is None:
-            return
-        for key in STACK_KEYS:
-            if scope.get(key) is self:
-                self._name = key
-                return
-
-    def _push_exit_callback(self, callback: Callable[..., Any], is_sync: bool = True) -> None:
-        if self._unresolved:
-            self._resolve_name()
-        super()._push_exit_callback(callback, is_sync)
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        if self._unresolved:
-            self._resolve_name()
-        return await super().__aexit__(exc_type, exc, tb)
-
-
-class _RequestMarker:
-    """Pure-ASGI wrapper around an app's built middleware stack: marks its requests as ours."""
-
-    def __init__(self, app: ASGIApp, instrumentation: _Instrumentation) -> None:
-        self.app = app
-        self.instrumentation = instrumentation
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        instrumentation = self.instrumentation
-        if not instrumentation.active or scope["type"] not in ("http", "websocket"):
-            await self.app(scope, receive, send)
-            return
-        if instrumentation.class_wide:
-            outer = _current_request.get()
-            if outer is not None and outer.scope is scope:
-                # the app's own instrument_fastapi() settings, applied outside, take precedence
-                await self.app(scope, receive, send)
-                return
-        token = _current_request.set(_Request(self.instrumentation.source, scope))
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            _current_request.reset(token)
-
-
-class _Instrumentation:
-    """One ``instrument_fastapi`` call, or the instrumentor's instrumentation of every app."""
-
-    def __init__(self, source: TelemetrySource, *, class_wide: bool = False) -> None:
-        self.source = source
-        self.class_wide = class_wide
-        self.active = True
-
-    def wrap(self, middleware_stack: ASGIApp) -> ASGIApp:
-        # Inside the outermost ServerErrorMiddleware, keeping it outermost: other instrumentation
-        # (opentelemetry-instrumentation-fastapi) rebuilds the stack around it and gives up otherwise.
-        if isinstance(middleware_stack, ServerErrorMiddleware):
-            middleware_stack.app = _RequestMarker(middleware_stack.app, self)
-            return middleware_stack
-        return _RequestMarker(middleware_stack, self)
-
-    def unwrap(self, middleware_stack: ASGIApp) -> ASGIApp:
-        if isinstance(middleware_stack, ServerErrorMiddleware):
-            inner = middleware_stack.app
-            if isinstance(inner, _RequestMarker) and inner.instrumentation is self:
-                middleware_stack.app = inner.app
-            return middleware_stack
-        if isinstance(middleware_stack, _RequestMarker) and middleware_stack.instrumentation is self:
-            return middleware_stack.app
-        return middleware_stack
+__all__ = ["STACK_KEYS", "FastAPIExitStack", "instrument_fastapi", "uninstrument_fastapi"]
 
 
 # -- the stack class in FastAPI's modules, shared by every instrumented app ------------------------
@@ -200,7 +79,7 @@ class _AppBuild:
     (opentelemetry-instrumentation-fastapi's ``instrument_app``), before or after us.
     """
 
-    def __init__(self, app: Any, instrumentation: _Instrumentation) -> None:
+    def __init__(self, app: Any, instrumentation: Instrumentation) -> None:
         self.previous: Callable[[], ASGIApp] = app.build_middleware_stack
         self.previous_on_instance = "build_middleware_stack" in vars(app)
         self.instrumentation = instrumentation
@@ -238,7 +117,7 @@ def instrument_fastapi(
         max_callback_names=max_callback_names,
         callback_namer=callback_namer,
     )
-    instrumentation = _Instrumentation(TelemetrySource(tracer_provider, meter_provider, options))
+    instrumentation = Instrumentation(TelemetrySource(tracer_provider, meter_provider, options))
     acquire_stack_patch()
     setattr(app, _APP_ATTRIBUTE, instrumentation)
     app.build_middleware_stack = _AppBuild(app, instrumentation)  # type: ignore[method-assign]
@@ -266,14 +145,14 @@ def uninstrument_fastapi(app: Any) -> None:
     release_stack_patch()
 
 
-def app_instrumentation(app: object) -> _Instrumentation | None:
+def app_instrumentation(app: object) -> Instrumentation | None:
     found = getattr(app, _APP_ATTRIBUTE, None)
-    return found if isinstance(found, _Instrumentation) else None
+    return found if isinstance(found, Instrumentation) else None
 
 
 # -- every app: the instrumentor's ------------------------------------------------------------------
 
-_class_wide: _Instrumentation | None = None
+_class_wide: Instrumentation | None = None
 _original_build: Any = None
 
 
@@ -293,7 +172,7 @@ def instrument_all_apps(source: TelemetrySource) -> None:
     with _patch_lock:
         if _class_wide is not None:
             return
-        _class_wide = _Instrumentation(source, class_wide=True)
+        _class_wide = Instrumentation(source, class_wide=True)
         _original_build = FastAPI.__dict__["build_middleware_stack"]
         FastAPI.build_middleware_stack = _build_middleware_stack  # type: ignore[method-assign,assignment]
     acquire_stack_patch()
