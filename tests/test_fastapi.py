@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 from typing import TYPE_CHECKING, Annotated, Any
 
 import anyio
+import fastapi
 import fastapi.middleware.asyncexitstack
 import fastapi.routing
 import httpx
 import pytest
-from fastapi import APIRouter, FastAPI, File, UploadFile
+from fastapi import APIRouter, Depends, FastAPI, File, UploadFile
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -383,3 +385,23 @@ async def test_broken_provider_never_breaks_a_request(caplog: pytest.LogCaptureF
     logged = [record for record in caplog.records if record.name == "exitstack_otel"]
     assert len(logged) == 1  # once, not per request
     assert "tracer provider broken" in str(logged[0].exc_info)
+
+
+@pytest.mark.anyio
+async def test_concurrency_limited_dependency_is_named_after_its_function(recorder: Recorder) -> None:
+    if "max_concurrency" not in inspect.signature(Depends).parameters:
+        pytest.skip(f"FastAPI {fastapi.__version__} has no Depends(max_concurrency=...)")
+    app = FastAPI()
+
+    @app.get("/limited")
+    async def limited(db: Annotated[str, Depends(fastapi_app.get_db, max_concurrency=2)]) -> str:
+        return db
+
+    recorder.instrument(app)
+    try:
+        async with client(app) as http:
+            assert (await http.get("/limited")).json() == "db"
+    finally:
+        uninstrument_fastapi(app)
+
+    assert recorder.dependency_names() == ["get_db"]
