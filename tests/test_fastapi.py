@@ -14,7 +14,7 @@ import httpx
 import pytest
 from fastapi import APIRouter, Depends, FastAPI, File, UploadFile
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
+from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader, NumberDataPoint
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -69,17 +69,28 @@ class Recorder:
         assert len(found) == 1, f"{name}: {self.callbacks()}"
         return found[0]
 
-    def duration_points(self, name: str) -> list[HistogramDataPoint]:
+    def points(self, name: str) -> list[Any]:
         data = self.reader.get_metrics_data()
-        points: list[HistogramDataPoint] = []
         if data is None:  # nothing recorded at all
-            return points
-        for resource_metrics in data.resource_metrics:
-            for scope_metrics in resource_metrics.scope_metrics:
-                for metric in scope_metrics.metrics:
-                    if metric.name == name:
-                        points.extend(p for p in metric.data.data_points if isinstance(p, HistogramDataPoint))
-        return points
+            return []
+        return [
+            point
+            for resource_metrics in data.resource_metrics
+            for scope_metrics in resource_metrics.scope_metrics
+            for metric in scope_metrics.metrics
+            if metric.name == name
+            for point in metric.data.data_points
+        ]
+
+    def duration_points(self, name: str) -> list[HistogramDataPoint]:
+        return [point for point in self.points(name) if isinstance(point, HistogramDataPoint)]
+
+    def pushed(self) -> dict[tuple[str, str], int]:
+        return {
+            (str(p.attributes[semconv.STACK_NAME]), str(p.attributes[semconv.CALLBACK_NAME])): int(p.value)
+            for p in self.points(semconv.CALLBACK_PUSHED)
+            if isinstance(p, NumberDataPoint) and p.attributes
+        }
 
 
 @pytest.fixture
@@ -150,6 +161,10 @@ async def test_upload_with_dependencies_reports_all_three_stacks(app: FastAPI, r
         ("fastapi_inner_astack", "get_db"),
         ("fastapi_function_astack", "get_sync_resource"),
     } <= recorded
+    pushed = recorder.pushed()
+    assert pushed[("fastapi_middleware_astack", "FormData.close")] == 1
+    assert pushed[("fastapi_inner_astack", "get_db")] == 1
+    assert pushed[("fastapi_function_astack", "get_sync_resource")] == 1
 
 
 @pytest.mark.anyio
