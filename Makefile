@@ -2,10 +2,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# benchmarks/ may not exist on every branch
-CODE := $(wildcard src tests benchmarks monitoring)
+CODE := src tests benchmarks monitoring
 
-.PHONY: demo test lint typecheck unit test-pythons bench clean
+.PHONY: demo test lint typecheck unit test-pythons test-fastapi-oldest bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,10 +29,26 @@ unit: $(BIN)/.installed
 test-pythons:
 	scripts/test-pythons
 
-test: lint typecheck unit test-pythons
+# The oldest FastAPI with all three request stacks (pyproject's fastapi extra has the same bound);
+# the FastAPI tests run against it in a venv of their own, the newest release runs in .venv.
+OLDEST_FASTAPI := 0.121.0
+OLDEST_VENV := .venv-fastapi-oldest
+FASTAPI_TESTS := tests/test_fastapi.py tests/test_traces.py tests/test_instrumentor.py tests/test_instrumentor_otlp.py
+
+$(OLDEST_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(OLDEST_VENV)
+	$(OLDEST_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(OLDEST_VENV)/bin/python -m pip install --quiet -e '.[dev]' 'fastapi==$(OLDEST_FASTAPI)'
+	touch $@
+
+test-fastapi-oldest: $(OLDEST_VENV)/.installed
+	$(OLDEST_VENV)/bin/python -c 'import fastapi; assert fastapi.__version__ == "$(OLDEST_FASTAPI)", fastapi.__version__'
+	$(OLDEST_VENV)/bin/pytest $(FASTAPI_TESTS)
+
+test: lint typecheck unit test-pythons test-fastapi-oldest
 
 bench: $(BIN)/.installed
 	$(BIN)/python -m benchmarks.run
 
 clean:
-	rm -rf $(VENV) .venv-3.* .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) $(OLDEST_VENV) .venv-3.* .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -19,12 +19,14 @@ from . import semconv
 _SYNC_CB_CODE = AsyncExitStack._create_cb_wrapper(print).__code__  # type: ignore[attr-defined]  # private in typeshed
 _ASYNC_CB_CODE = AsyncExitStack._create_async_cb_wrapper(print).__code__  # type: ignore[attr-defined]
 
-# FastAPI runs sync dependencies and shielded exits through these generator-based wrappers; the
-# user's own dependency is the context manager each wrapper holds in its ``cm`` argument.
+# FastAPI runs sync dependencies, shielded exits and concurrency-limited dependencies through
+# these generator-based wrappers; the user's own dependency is the context manager each wrapper
+# holds in its ``cm`` argument.
 _TRANSPARENT_WRAPPERS = frozenset(
     {
         ("fastapi.concurrency", "contextmanager_in_threadpool"),
         ("fastapi.concurrency", "_asynccontextmanager_with_shielded_exit"),
+        ("fastapi.concurrency", "_contextmanager_with_concurrency_limit"),
     }
 )
 
