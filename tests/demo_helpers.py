@@ -21,6 +21,7 @@ from starlette.types import ASGIApp
 
 from exitstack_otel.demo.report import CleanupReport, read_report
 from exitstack_otel.demo.server import base_url, bind
+from exitstack_otel.fastapi import app_instrumentation, uninstrument_fastapi
 
 AppFactory = Callable[..., ASGIApp]
 
@@ -59,5 +60,7 @@ def serve_in_thread(factory: AppFactory, **app_options: object) -> Iterator[Runn
         thread.join(30)
         sock.close()
         demo.report = read_report(reader)
+        if app_instrumentation(app) is not None:
+            uninstrument_fastapi(app)  # puts back FastAPI's own AsyncExitStack for the next tests
         tracer_provider.shutdown()
         meter_provider.shutdown()

@@ -147,3 +147,10 @@ async def test_fastapi_variant_serves_every_route_and_cleans_up() -> None:
     pool = pool_of(demo)
     assert pool.acquired == pool.released == 3  # /pool, /stream and /ws leased one each through `yield`
     assert pool.in_use == 0
+    # instrument_fastapi makes FastAPI's own stacks visible: the upload's close, the `yield` teardowns
+    files = row(demo.report, "FormData.close", stack="fastapi_middleware_astack")
+    assert (files.pushed, files.executed, files.failed) == (1, 1, 0)
+    leases = row(demo.report, "create_fastapi_app.<locals>.leased_connection", stack="fastapi_inner_astack")
+    assert (leases.pushed, leases.executed, leases.failed) == (2, 2, 0)  # /pool and /ws
+    cursors = row(demo.report, "create_fastapi_app.<locals>.open_cursor", stack="fastapi_inner_astack")
+    assert (cursors.pushed, cursors.executed, cursors.failed) == (1, 1, 0)

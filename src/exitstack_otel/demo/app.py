@@ -11,6 +11,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from ..forms import read_form
 from ..middleware import ExitStackMiddleware, get_exit_stack
 from .audit import AuditLog
 from .pool import ConnectionPool
@@ -44,8 +45,7 @@ def create_app(
 
     async def upload(request: Request) -> Response:
         audit(request, "/upload")
-        form = await request.form()
-        get_exit_stack(request).push_async_callback(form.close)
+        form = await read_form(request)  # closed by the stack once the response has been sent
         sizes = [len(await item.read()) for item in form.values() if isinstance(item, UploadFile)]
         return JSONResponse({"files": len(sizes), "bytes": sum(sizes)})
 

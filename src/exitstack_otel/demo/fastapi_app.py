@@ -2,7 +2,7 @@
 
 FastAPI keeps its own stacks (``fastapi_middleware_astack`` for uploads, ``fastapi_inner_astack``
 for dependencies) innermost, so our middleware sits outside them under a key of its own and
-carries the audit flush; FastAPI's stacks become visible with ``instrument_fastapi``.
+carries the audit flush; ``instrument_fastapi`` reports FastAPI's own stacks beside it.
 """
 
 # no `from __future__ import annotations`: FastAPI reads these annotations at runtime, and the
@@ -15,6 +15,7 @@ from fastapi.responses import StreamingResponse
 from opentelemetry import metrics, trace
 from starlette.requests import HTTPConnection
 
+from ..fastapi import instrument_fastapi
 from ..middleware import ExitStackMiddleware, get_exit_stack
 from .audit import AuditLog
 from .pool import Connection, ConnectionPool, ResultCursor
@@ -57,6 +58,7 @@ def create_fastapi_app(
         tracer_provider=tracer_provider,
         meter_provider=meter_provider,
     )
+    instrument_fastapi(app, tracer_provider=tracer_provider, meter_provider=meter_provider)
     app.state.pool = pool
 
     @app.get("/healthz")
