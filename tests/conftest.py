@@ -2,13 +2,24 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 
 import pytest
+
+from .otel_helpers import Sdk
 
 
 @pytest.fixture
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
+
+
+@pytest.fixture
+def sdk() -> Iterator[Sdk]:
+    """A live SDK with in-memory span exporter and metric reader, shut down after the test."""
+    sdk = Sdk()
+    yield sdk
+    sdk.shutdown()
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -20,16 +20,7 @@ from .cleanup_app import CleanupFailed, EndpointFailed, make_app
 from .otel_helpers import Sdk, attrs, histogram_points, number_points
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from starlette.types import Message, Receive, Scope, Send
-
-
-@pytest.fixture
-def sdk() -> Iterator[Sdk]:
-    sdk = Sdk()
-    yield sdk
-    sdk.shutdown()
 
 
 def _http_scope(path: str = "/") -> dict[str, Any]:

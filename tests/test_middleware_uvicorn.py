@@ -29,13 +29,6 @@ CLEANUP_WAIT = 15.0
 
 
 @pytest.fixture
-def sdk() -> Iterator[Sdk]:
-    sdk = Sdk()
-    yield sdk
-    sdk.shutdown()
-
-
-@pytest.fixture
 def app(sdk: Sdk) -> Starlette:
     return make_app(sdk)
 

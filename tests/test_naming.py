@@ -74,13 +74,6 @@ async def async_exit_function(*exc_details: object) -> None:
     pass
 
 
-@pytest.fixture
-def sdk() -> Iterator[Sdk]:
-    sdk = Sdk()
-    yield sdk
-    sdk.shutdown()
-
-
 async def _names(
     sdk: Sdk, push: Callable[[InstrumentedAsyncExitStack], Any], **options: Any
 ) -> list[tuple[str, str]]:

@@ -17,13 +17,6 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator
 
 
-@pytest.fixture
-def sdk() -> Iterator[Sdk]:
-    sdk = Sdk()
-    yield sdk
-    sdk.shutdown()
-
-
 def test_is_an_async_exit_stack() -> None:
     assert issubclass(InstrumentedAsyncExitStack, AsyncExitStack)
 

@@ -20,16 +20,7 @@ from exitstack_otel.version import __version__
 from .otel_helpers import Sdk, attrs, histogram_points, number_points
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from opentelemetry.sdk.trace import ReadableSpan
-
-
-@pytest.fixture
-def sdk() -> Iterator[Sdk]:
-    sdk = Sdk()
-    yield sdk
-    sdk.shutdown()
 
 
 class Pool:

@@ -21,7 +21,7 @@ from .otel_helpers import Sdk, number_points
 from .stack_scenarios import Push, Scenario, run
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    pass
 
 
 class TelemetryBroke(Exception):
@@ -81,13 +81,6 @@ class BrokenMeterProvider(metrics.MeterProvider):
         if self.fail_in_get_meter:
             _broken()
         return RaisingMeter(name)
-
-
-@pytest.fixture
-def sdk() -> Iterator[Sdk]:
-    sdk = Sdk()
-    yield sdk
-    sdk.shutdown()
 
 
 # failures, a suppression and a BaseException: every path through the wrappers
