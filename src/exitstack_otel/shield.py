@@ -22,7 +22,9 @@ included. uvicorn ends its loop right after cancelling the requests that outlive
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+import sys
+from collections.abc import Awaitable, Coroutine
+from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -39,8 +41,27 @@ try:
 except ImportError:  # another anyio layout: always shield
     _task_states = None
 
+_Unwound = tuple[bool | None, BaseException | None]
+
+if sys.version_info >= (3, 12):
+
+    def _start_task(
+        loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, _Unwound]
+    ) -> asyncio.Task[_Unwound]:
+        # runs at once, up to its first suspension: an unwind that never suspends (most cleanups
+        # do not) is over before this returns, with no task switch and nothing to wait for
+        return asyncio.Task(coro, loop=loop, eager_start=True)
+
+else:
+
+    def _start_task(
+        loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, _Unwound]
+    ) -> asyncio.Task[_Unwound]:
+        return loop.create_task(coro)
+
+
 # strong references too: the event loop keeps only weak ones to running tasks
-_unwind_tasks: set[asyncio.Task[tuple[bool | None, BaseException | None]]] = set()
+_unwind_tasks: set[asyncio.Task[_Unwound]] = set()
 
 
 def unwind(
@@ -97,20 +118,25 @@ async def _outlast_cancellation(
     exc: BaseException | None,
     tb: TracebackType | None,
 ) -> bool | None:
-    async def unwind_in_own_task() -> tuple[bool | None, BaseException | None]:
+    async def unwind_in_own_task() -> _Unwound:
         try:
             return await stack.__aexit__(exc_type, exc, tb), None
         except BaseException as escaped:  # handed to the caller, who re-raises it
             return False, escaped
 
-    task = asyncio.create_task(unwind_in_own_task())
-    _unwind_tasks.add(task)
-    task.add_done_callback(_unwind_tasks.discard)
+    loop = asyncio.get_running_loop()
+    task = _start_task(loop, unwind_in_own_task())
     cancellation: asyncio.CancelledError | None = None
+    if not task.done():
+        _unwind_tasks.add(task)
+        task.add_done_callback(_unwind_tasks.discard)
     while not task.done():
+        # a future of our own to wait on: cancelling this task cancels it, never the unwind's task
+        # (what asyncio.shield does, with one future fewer per wait)
+        waiter = loop.create_future()
+        task.add_done_callback(partial(_wake, waiter))
         try:
-            # shield(): a cancellation of this task must not be passed on to the unwind's
-            await asyncio.shield(task)
+            await waiter
         except asyncio.CancelledError as cancelled:
             cancellation = cancellation or cancelled
     suppressed, escaped = task.result()  # raises only if the event loop itself cancelled the unwind
@@ -119,6 +145,11 @@ async def _outlast_cancellation(
     if cancellation is not None:
         _reraise(cancellation)
     return suppressed
+
+
+def _wake(waiter: asyncio.Future[None], _task: object) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def _reraise(exc: BaseException) -> NoReturn:
