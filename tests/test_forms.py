@@ -9,6 +9,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -183,30 +184,29 @@ async def test_plain_starlette_leaves_the_form_open_and_read_form_closes_it(temp
     assert temp_files(tempdir) == []
 
 
+def observed_app(route: Route, reader: InMemoryMetricReader, spans: InMemorySpanExporter) -> Starlette:
+    """One route behind ExitStackMiddleware with a live SDK and a span for every callback."""
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    middleware = Middleware(
+        ExitStackMiddleware,
+        tracer_provider=tracer_provider,
+        meter_provider=MeterProvider(metric_readers=[reader]),
+        callback_spans="all",
+    )
+    return Starlette(routes=[route], middleware=[middleware])
+
+
 @pytest.mark.anyio
 async def test_form_close_is_a_callback_in_metrics_and_spans(
     reader: InMemoryMetricReader, spans: InMemorySpanExporter
 ) -> None:
-    tracer_provider = TracerProvider()
-    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
 
     async def endpoint(request: Request) -> JSONResponse:
         await read_form(request)
         return JSONResponse({})
 
-    from opentelemetry.sdk.metrics import MeterProvider
-
-    app = Starlette(
-        routes=[Route("/forms/{kind}", endpoint, methods=["POST"])],
-        middleware=[
-            Middleware(
-                ExitStackMiddleware,
-                tracer_provider=tracer_provider,
-                meter_provider=MeterProvider(metric_readers=[reader]),
-                callback_spans="all",
-            )
-        ],
-    )
+    app = observed_app(Route("/forms/{kind}", endpoint, methods=["POST"]), reader, spans)
     async with client_for(app) as client:
         await post(client, "/forms/a", b"a=1", URLENCODED)
         await post(client, "/forms/b", multipart(field_part("b", b"2")), MULTIPART)
@@ -236,26 +236,12 @@ TEN_KB_NAME = "Ω" * 5000
 async def test_upload_file_names_never_reach_telemetry(
     reader: InMemoryMetricReader, spans: InMemorySpanExporter
 ) -> None:
-    tracer_provider = TracerProvider()
-    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
-    from opentelemetry.sdk.metrics import MeterProvider
-
     async def endpoint(request: Request) -> JSONResponse:
         form = await read_form(request)
         names = [value.filename for value in form.values() if isinstance(value, UploadFile)]
         return JSONResponse({"names": names})
 
-    app = Starlette(
-        routes=[Route("/upload", endpoint, methods=["POST"])],
-        middleware=[
-            Middleware(
-                ExitStackMiddleware,
-                tracer_provider=tracer_provider,
-                meter_provider=MeterProvider(metric_readers=[reader]),
-                callback_spans="all",
-            )
-        ],
-    )
+    app = observed_app(Route("/upload", endpoint, methods=["POST"]), reader, spans)
     async with client_for(app) as client:
         for name in HOSTILE_NAMES:
             body = multipart(file_part("upload", name, b"data"))
@@ -283,8 +269,6 @@ async def test_upload_file_names_never_reach_telemetry(
 
 @pytest.mark.anyio
 async def test_second_read_returns_the_same_form_and_pushes_one_close(reader: InMemoryMetricReader) -> None:
-    from opentelemetry.sdk.metrics import MeterProvider
-
     async def endpoint(request: Request) -> JSONResponse:
         first = await read_form(request)
         again = await read_form(Request(request.scope, request.receive))
