@@ -129,17 +129,31 @@ async def run_demo(
                 _log(progress_line(stats, sdk.reader))
                 _log("traffic stopped; waiting for in-flight requests and their cleanup")
             # the server has shut down: every unwind has ended, the numbers are final
-            report = read_report(sdk.reader)
-            pool = pool_counts(app)
-            print_report(report, stats, options.app, stopper.signal, out, pool)
-            if json_report is not None:
-                write_json(json_report, report_document(report, stats, options.app, stopper.signal, pool))
+            report = _report(sdk, app, stats, options.app, stopper.signal, out, json_report)
         finally:
             sdk.shutdown()
     if report.executed == 0:
         _log("no cleanup was observed: the middleware recorded no executed callback")
         return stopper.exit_code(1)
     return stopper.exit_code(0)
+
+
+def _report(
+    sdk: DemoSdk,
+    app: ASGIApp,
+    stats: TrafficStats | None,
+    app_name: str,
+    stopped_by: int | None,
+    out: TextIO,
+    json_report: Path | None,
+) -> CleanupReport:
+    """Print the cleanup report (and write it as JSON); the server must have stopped."""
+    report = read_report(sdk.reader)
+    pool = pool_counts(app)
+    print_report(report, stats, app_name, stopped_by, out, pool)
+    if json_report is not None:
+        write_json(json_report, report_document(report, stats, app_name, stopped_by, pool))
+    return report
 
 
 async def run_serve(
@@ -156,11 +170,7 @@ async def run_serve(
                 with stopper.run_scope:
                     await anyio.sleep_forever()
                 _log("stopping: waiting for in-flight requests and their cleanup")
-            report = read_report(sdk.reader)
-            pool = pool_counts(app)
-            print_report(report, None, options.app, stopper.signal, out, pool)
-            if json_report is not None:
-                write_json(json_report, report_document(report, None, options.app, stopper.signal, pool))
+            _report(sdk, app, None, options.app, stopper.signal, out, json_report)
         finally:
             sdk.shutdown()
     return stopper.exit_code(0)
