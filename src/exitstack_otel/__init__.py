@@ -2,9 +2,9 @@
 
 from .forms import read_form
 from .middleware import DEFAULT_SCOPE_KEY, ExitStackMiddleware, get_exit_stack
+from .options import CallbackNamer, TelemetryOptions
 from .shield import wait_for_unwinds
 from .stack import CallbackTimeoutError, InstrumentedAsyncExitStack
-from .telemetry import CallbackNamer, TelemetryOptions
 from .version import __version__
 
 __all__ = [

@@ -14,8 +14,8 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from .fastapi_stack import STACK_KEYS, FastAPIExitStack, Instrumentation
+from .options import TelemetryOptions
 from .providers import TelemetrySource
-from .telemetry import CallbackNamer, CallbackSpans, TelemetryOptions
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 
     from opentelemetry import metrics, trace
     from starlette.types import ASGIApp
+    from typing_extensions import Unpack
+
+    from .options import OptionFields
 
 __all__ = ["STACK_KEYS", "FastAPIExitStack", "instrument_fastapi", "uninstrument_fastapi"]
 
@@ -96,14 +99,13 @@ def instrument_fastapi(
     *,
     tracer_provider: trace.TracerProvider | None = None,
     meter_provider: metrics.MeterProvider | None = None,
-    callback_namer: CallbackNamer | None = None,
-    callback_spans: CallbackSpans = "problems",
-    slow_callback_threshold: float = 0.1,
-    max_callback_names: int = 200,
+    options: TelemetryOptions | None = None,
+    **option_fields: Unpack[OptionFields],
 ) -> None:
     """Report the cleanup of ``app``'s three request stacks: uploads closing, ``yield`` dependencies.
 
-    Providers default to the global ones, read per request. ``uninstrument_fastapi(app)`` undoes it.
+    Providers default to the global ones, read per request. Settings as for ``ExitStackMiddleware``:
+    ``options`` and/or its fields as keyword arguments. ``uninstrument_fastapi(app)`` undoes it.
     """
     from fastapi.applications import FastAPI
 
@@ -111,13 +113,8 @@ def instrument_fastapi(
         raise TypeError(f"instrument_fastapi() needs a fastapi.FastAPI app, not {type(app).__qualname__}")
     if app_instrumentation(app) is not None:
         raise RuntimeError("this FastAPI app is already instrumented; call uninstrument_fastapi(app) first")
-    options = TelemetryOptions(
-        callback_spans=callback_spans,
-        slow_callback_threshold=slow_callback_threshold,
-        max_callback_names=max_callback_names,
-        callback_namer=callback_namer,
-    )
-    instrumentation = Instrumentation(TelemetrySource(tracer_provider, meter_provider, options))
+    resolved = TelemetryOptions.build(options, **option_fields)
+    instrumentation = Instrumentation(TelemetrySource(tracer_provider, meter_provider, resolved))
     acquire_stack_patch()
     setattr(app, _APP_ATTRIBUTE, instrumentation)
     app.build_middleware_stack = _AppBuild(app, instrumentation)  # type: ignore[method-assign]

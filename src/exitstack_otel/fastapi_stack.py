@@ -11,11 +11,13 @@ import contextlib
 import contextvars
 import logging
 from abc import ABCMeta
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import anyio
 from starlette.middleware.errors import ServerErrorMiddleware
 
+from .asgi import http_route, request_method
 from .stack import InstrumentedAsyncExitStack
 
 if TYPE_CHECKING:
@@ -38,6 +40,8 @@ UNRESOLVED_STACK_NAME = "fastapi"
 class _Request:
     telemetry: Telemetry
     scope: Mapping[str, Any]
+    unnamed: list[FastAPIExitStack] = field(default_factory=list)
+    """Stacks made for this request whose scope key is not known yet."""
 
 
 _current_request: contextvars.ContextVar[_Request | None] = contextvars.ContextVar(
@@ -58,17 +62,25 @@ class FastAPIExitStack(InstrumentedAsyncExitStack, metaclass=_AnyAsyncExitStackM
     def __init__(self) -> None:
         request = _current_request.get()
         if request is None:
-            super().__init__(UNRESOLVED_STACK_NAME, telemetry=None)
-            self._unresolved = False
+            super().__init__(UNRESOLVED_STACK_NAME, telemetry=None, callback_timeout=None)
+            self._scope: Mapping[str, Any] | None = None
             return
-        super().__init__(UNRESOLVED_STACK_NAME, telemetry=request.telemetry, scope=request.scope)
-        # FastAPI stores the stack in the scope only after making it: the key is looked up later
-        self._unresolved = True
+        telemetry = request.telemetry
+        super().__init__(UNRESOLVED_STACK_NAME, telemetry=telemetry)
+        self._scope = request.scope
+        self._report_all = telemetry.options.report_framework_callbacks
+        # FastAPI stores a stack in the scope right after making it, before it makes the next one
+        # or pushes anything: the stacks made before this one can be named now, by their key,
+        # before a FastAPI app mounted inside this one stores its own stacks under the same keys.
+        unnamed = request.unnamed
+        while unnamed:
+            unnamed.pop()._resolve_name()
+        unnamed.append(self)
+        self._unnamed = unnamed
 
     def _resolve_name(self) -> None:
-        self._unresolved = False
         scope = self._scope
-        if scope is None:
+        if scope is None or self._name != UNRESOLVED_STACK_NAME:
             return
         for key in STACK_KEYS:
             if scope.get(key) is self:
@@ -76,8 +88,15 @@ class FastAPIExitStack(InstrumentedAsyncExitStack, metaclass=_AnyAsyncExitStackM
                 return
 
     def _push_exit_callback(self, callback: Callable[..., Any], is_sync: bool = True) -> None:
-        if self._unresolved:
+        if self._telemetry is None:
+            super()._push_exit_callback(callback, is_sync)
+            return
+        if self._name == UNRESOLVED_STACK_NAME:
             self._resolve_name()
+        if not self._report_all and _is_bookkeeping(callback, self._scope):
+            # it runs as ever, it is just not one of the app's cleanups
+            self._exit_callbacks.append((is_sync, callback))  # type: ignore[attr-defined]
+            return
         super()._push_exit_callback(callback, is_sync)
 
     async def __aexit__(
@@ -86,9 +105,28 @@ class FastAPIExitStack(InstrumentedAsyncExitStack, metaclass=_AnyAsyncExitStackM
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
-        if self._unresolved:
-            self._resolve_name()
+        scope = self._scope
+        if scope is not None:
+            if self._name == UNRESOLVED_STACK_NAME:
+                self._resolve_name()
+            self.route, self.method = http_route(scope), request_method(scope)
         return await super().__aexit__(exc_type, exc, tb)
+
+
+def _is_bookkeeping(callback: Callable[..., Any], scope: Mapping[str, Any] | None) -> bool:
+    """FastAPI's own pushes around ``yield`` dependencies: the cancel scope that encloses their
+    exits, and the ``dict.pop`` that forgets it (``fastapi.dependencies.utils._solve_generator``)."""
+    owner = getattr(callback, "__self__", None)
+    if isinstance(owner, anyio.CancelScope):
+        return True
+    wrapped = getattr(callback, "__wrapped__", None)  # contextlib's wrapper of callback(f, ...)
+    owner = getattr(wrapped, "__self__", None)
+    return (
+        owner is not None
+        and scope is not None
+        and owner is scope.get("fastapi_async_cleanup_scopes")
+        and getattr(wrapped, "__name__", None) == "pop"
+    )
 
 
 class Instrumentation:
@@ -151,7 +189,9 @@ class RequestMarker:
         if telemetry is None:  # no SDK configured: FastAPI's stacks stay plain contextlib
             await self.app(scope, receive, send)
             return
-        token = _current_request.set(_Request(telemetry, scope))
+        # a FastAPI app mounted in this one shares the request's scope, and so its unnamed stacks
+        unnamed = outer.unnamed if outer is not None and outer.scope is scope else []
+        token = _current_request.set(_Request(telemetry, scope, unnamed))
         try:
             await self.app(scope, receive, send)
         finally:

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
+from .options import OPTION_NAMES, TelemetryOptions, unknown_options
 from .package import _instruments
 from .providers import TelemetrySource
-from .telemetry import TelemetryOptions
 
 if TYPE_CHECKING:
     from opentelemetry import metrics, trace
@@ -47,16 +47,13 @@ class ExitStackInstrumentor(BaseInstrumentor):  # type: ignore[misc]  # the base
             uninstrument_all_apps()
 
 
-_OPTION_NAMES = frozenset(TelemetryOptions.__dataclass_fields__)
-
-
 def _option_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     # opentelemetry-instrument passes nothing; a caller's unknown keyword is a mistake worth naming
-    unknown = set(kwargs) - _OPTION_NAMES
+    unknown = unknown_options(kwargs)
     if unknown:
         raise TypeError(
-            f"ExitStackInstrumentor.instrument() got unknown keyword(s) {sorted(unknown)}; "
-            f"accepted: tracer_provider, meter_provider, {', '.join(sorted(_OPTION_NAMES))}"
+            f"ExitStackInstrumentor.instrument() got unknown keyword(s) {unknown}; "
+            f"accepted: tracer_provider, meter_provider, {', '.join(sorted(OPTION_NAMES))}"
         )
     return kwargs
 

@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import metrics, trace
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .asgi import http_route, request_method
+from .options import TelemetryOptions
 from .providers import TelemetrySource
 from .shield import unwind
-from .stack import InstrumentedAsyncExitStack, checked_callback_timeout
-from .telemetry import CallbackNamer, CallbackSpans, TelemetryOptions
+from .stack import InstrumentedAsyncExitStack
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from .options import OptionFields
 
 # FastAPI's routing reads this key to close uploaded files, so a FastAPI router mounted in a plain
 # Starlette app works behind this middleware unchanged.
 DEFAULT_SCOPE_KEY = "fastapi_middleware_astack"
+# ... but the stack is ours, not FastAPI's, and says so in exitstack.stack.name
+DEFAULT_STACK_NAME = "exitstack_middleware"
 
 
 class ExitStackMiddleware:
@@ -28,6 +36,10 @@ class ExitStackMiddleware:
     after a websocket closes).
     The unwind is shielded from cancellation so that a disconnect or a shutdown cannot skip a
     cleanup; the cancellation propagates once every callback has run.
+
+    Settings: ``options`` (a ``TelemetryOptions``) and/or its fields as keyword arguments, which
+    win. ``stack_name`` defaults to ``exitstack_middleware`` for the default scope key and to the
+    scope key otherwise.
     """
 
     def __init__(
@@ -35,27 +47,20 @@ class ExitStackMiddleware:
         app: ASGIApp,
         *,
         scope_key: str = DEFAULT_SCOPE_KEY,
+        stack_name: str | None = None,
         tracer_provider: trace.TracerProvider | None = None,
         meter_provider: metrics.MeterProvider | None = None,
-        callback_namer: CallbackNamer | None = None,
-        callback_spans: CallbackSpans = "problems",
-        slow_callback_threshold: float = 0.1,
-        max_callback_names: int = 200,
-        callback_timeout: float | None = None,
+        options: TelemetryOptions | None = None,
+        **option_fields: Unpack[OptionFields],
     ) -> None:
         self.app = app
         self.scope_key = scope_key
-        self.callback_timeout = checked_callback_timeout(callback_timeout)
-        self.telemetry = TelemetrySource(
-            tracer_provider,
-            meter_provider,
-            TelemetryOptions(
-                callback_spans=callback_spans,
-                slow_callback_threshold=slow_callback_threshold,
-                max_callback_names=max_callback_names,
-                callback_namer=callback_namer,
-            ),
-        )
+        if stack_name is None:
+            stack_name = DEFAULT_STACK_NAME if scope_key == DEFAULT_SCOPE_KEY else scope_key
+        self.stack_name = stack_name
+        resolved = TelemetryOptions.build(options, **option_fields)
+        self.callback_timeout = resolved.callback_timeout
+        self.telemetry = TelemetrySource(tracer_provider, meter_provider, resolved)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -63,18 +68,17 @@ class ExitStackMiddleware:
             return
 
         stack = InstrumentedAsyncExitStack(
-            self.scope_key,
-            telemetry=self.telemetry.current(),
-            scope=scope,
-            callback_timeout=self.callback_timeout,
+            self.stack_name, telemetry=self.telemetry.current(), callback_timeout=self.callback_timeout
         )
         scope[self.scope_key] = stack
         try:
             await self.app(scope, receive, send)
         except BaseException as exc:
+            stack.route, stack.method = http_route(scope), request_method(scope)
             if not await unwind(stack, type(exc), exc, exc.__traceback__):
                 raise
         else:
+            stack.route, stack.method = http_route(scope), request_method(scope)
             await unwind(stack, None, None, None)
 
 

@@ -13,32 +13,39 @@ from opentelemetry import metrics, trace
 from opentelemetry.environment_variables import OTEL_PYTHON_METER_PROVIDER, OTEL_PYTHON_TRACER_PROVIDER
 from opentelemetry.metrics import _internal as metrics_internal
 
-from .telemetry import Telemetry, TelemetryOptions, logger
+from .options import TelemetryOptions
+from .telemetry import Telemetry, logger
 
 # The API's getters look the provider variables up in os.environ on every call while no provider
 # is set, which alone cost more than our whole no-SDK budget (0.6 us each). Reading the API's
 # module globals gives the same answer; the getters still run when a variable names a provider,
-# so that they load it as they would.
+# so that they load it as they would, and always when this API release keeps its globals elsewhere
+# (checked once, here).
 _TRACER_PROVIDER_FROM_ENV = OTEL_PYTHON_TRACER_PROVIDER in os.environ
 _METER_PROVIDER_FROM_ENV = OTEL_PYTHON_METER_PROVIDER in os.environ
+_PRIVATE_GLOBALS = all(
+    hasattr(module, name)
+    for module, name in (
+        (trace, "_TRACER_PROVIDER"),
+        (trace, "_PROXY_TRACER_PROVIDER"),
+        (metrics_internal, "_METER_PROVIDER"),
+        (metrics_internal, "_PROXY_METER_PROVIDER"),
+    )
+)
 
 
 def global_tracer_provider() -> trace.TracerProvider:
-    provider = trace._TRACER_PROVIDER  # private: see above
-    if provider is not None:
-        return provider
-    if _TRACER_PROVIDER_FROM_ENV:
+    if not _PRIVATE_GLOBALS or _TRACER_PROVIDER_FROM_ENV:
         return trace.get_tracer_provider()
-    return trace._PROXY_TRACER_PROVIDER
+    provider = trace._TRACER_PROVIDER  # private: see above
+    return provider if provider is not None else trace._PROXY_TRACER_PROVIDER
 
 
 def global_meter_provider() -> metrics.MeterProvider:
-    provider = metrics_internal._METER_PROVIDER  # private: see above
-    if provider is not None:
-        return provider
-    if _METER_PROVIDER_FROM_ENV:
+    if not _PRIVATE_GLOBALS or _METER_PROVIDER_FROM_ENV:
         return metrics.get_meter_provider()
-    return metrics_internal._PROXY_METER_PROVIDER
+    provider = metrics_internal._METER_PROVIDER  # private: see above
+    return provider if provider is not None else metrics_internal._PROXY_METER_PROVIDER
 
 
 class TelemetrySource:

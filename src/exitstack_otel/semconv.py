@@ -14,6 +14,10 @@ SCOPE_NAME: Final = "exitstack_otel"
 SPAN_UNWIND: Final = "exitstack.unwind"
 SPAN_CALLBACK: Final = "exitstack.callback"  # the span is named "exitstack.callback {name}"
 EVENT_PUSH: Final = "exitstack.push"
+# OpenTelemetry's own exception event, written by hand when the SDK cannot render an exception
+EVENT_EXCEPTION: Final = "exception"
+EXCEPTION_TYPE: Final = "exception.type"
+EXCEPTION_MESSAGE: Final = "exception.message"
 
 # Attributes
 STACK_NAME: Final = "exitstack.stack.name"

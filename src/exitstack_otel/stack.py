@@ -1,17 +1,21 @@
 """``InstrumentedAsyncExitStack``: ``contextlib.AsyncExitStack`` that reports what it runs.
 
-contextlib funnels every public push method (``callback``, ``push``, ``enter_context``,
-``push_async_callback``, ``push_async_exit``, ``enter_async_context``) into one private method,
-``_push_exit_callback``. Overriding it sees every push; wrapping the callback there is the only
-way to time it, since nothing hooks the unwind loop itself. The wrappers keep ``is_sync``,
-return the callback's result (a truthy one suppresses) and re-raise with a bare ``raise`` so
-contextlib's own ``__context__`` fix-ups see exactly what they would without us.
+contextlib funnels every public push method into one private method, ``_push_exit_callback``;
+overriding it sees every push. What it appends to ``_exit_callbacks`` is exactly what contextlib
+appends, since other code inspects that list: what we learn at push time (the callback's name
+and series) goes into a list of our own beside it. The unwind is contextlib's own loop, written
+out here so that each callback can be timed where it runs, with no wrapper around it: the same
+calls, the same ``__context__`` fix-ups, the same traceback lines.
+
+The core knows nothing of ASGI: whoever owns the stack sets ``route`` and ``method`` before it
+unwinds (``ExitStackMiddleware``, the FastAPI integration).
 """
 
 from __future__ import annotations
 
+import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any
@@ -19,42 +23,54 @@ from typing import Any
 import anyio
 from opentelemetry import context as otel_context
 
-from . import naming, semconv
+from . import semconv
+from .options import TelemetryOptions
 from .providers import current_telemetry
-from .telemetry import CallbackInfo, Telemetry, TelemetryOptions, Unwind, is_cancellation
+from .telemetry import CallbackInfo, Telemetry, Unwinding, is_cancellation
 
 DEFAULT_STACK_NAME = "exitstack"
 
 _UNSET: Any = object()
+
+_DETAILS_FROM_PENDING = sys.version_info >= (3, 13)
+"""3.13's contextlib hands each callback ``(type(exc), exc, exc.__traceback__)`` of the pending
+exception; earlier ones hand on the tuple ``__aexit__`` was given until a callback changes it."""
 
 
 class InstrumentedAsyncExitStack(AsyncExitStack):
     """An ``AsyncExitStack`` whose pushes, callbacks and unwinds appear as spans and metrics.
 
     ``name`` becomes ``exitstack.stack.name``. ``telemetry`` defaults to one built on the global
-    providers; with both of them the API's no-ops, the stack is plain contextlib. ``scope``, when
-    given, supplies ``http.route`` and ``http.request.method`` at unwind time.
+    providers; with both of them the API's no-ops, the stack is plain contextlib.
     ``callback_timeout``, when given, cancels an async exit callback still running after that many
     seconds; it then fails with ``CallbackTimeoutError`` (outcome ``timeout``) and the unwind goes
     on with the next callback. Sync callbacks cannot be interrupted and are never timed out.
     """
+
+    route: str | None
+    """``http.route`` of the unwind: set by the integration that owns the stack."""
+    method: str | None
+    """``http.request.method`` of the unwind, likewise."""
 
     def __init__(
         self,
         name: str = DEFAULT_STACK_NAME,
         *,
         telemetry: Telemetry | None = _UNSET,
-        scope: Mapping[str, Any] | None = None,
-        callback_timeout: float | None = None,
+        callback_timeout: float | None = _UNSET,
     ) -> None:
         super().__init__()
-        self._callback_timeout = checked_callback_timeout(callback_timeout)
         if telemetry is _UNSET:
             telemetry = global_telemetry()
+        if callback_timeout is _UNSET:
+            callback_timeout = telemetry.options.callback_timeout if telemetry is not None else None
+        else:
+            callback_timeout = checked_callback_timeout(callback_timeout)
+        self._callback_timeout = callback_timeout
         self._telemetry = telemetry
         self._name = name
-        self._scope = scope
-        self._unwind: Unwind | None = None
+        self._reported: list[tuple[Callable[..., Any], CallbackInfo]] = []
+        self.route = self.method = None
         self.awaits_on_exit = False
         """True once an async exit callback was pushed: only then can unwinding await anything."""
         # the unwind span's parent is the span current where the stack was made (the request's)
@@ -67,110 +83,212 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
         return self._name
 
     def _push_exit_callback(self, callback: Callable[..., Any], is_sync: bool = True) -> None:
-        run = callback
+        # contextlib's own _push_exit_callback is this one line on 3.10 to 3.13 (the equivalence
+        # tests run on each): appending here saves every push a second call
+        self._exit_callbacks.append((is_sync, callback))  # type: ignore[attr-defined]  # private in typeshed
         if not is_sync:
             self.awaits_on_exit = True
-            if self._callback_timeout is not None:
-                run = _TimeLimited(callback, self._callback_timeout)
         telemetry = self._telemetry
         if telemetry is not None:
             try:
-                kind, target = naming.classify(callback, is_sync)
-                info = telemetry.on_push(self._name, kind, target, len(self._exit_callbacks) + 1)  # type: ignore[attr-defined]
+                info = telemetry.on_push(self._name, callback, is_sync, len(self._exit_callbacks))  # type: ignore[attr-defined]
             except Exception as exc:
                 telemetry.fault("push", exc)
             else:
-                observed = _ObservedSync if is_sync else _ObservedAsync
-                run = observed(run, self, info, telemetry)
-        # contextlib's own _push_exit_callback is this one line on 3.10 to 3.13 (the equivalence
-        # tests run on each): appending here saves every push a second call
-        self._exit_callbacks.append((is_sync, run))  # type: ignore[attr-defined]  # private in typeshed
+                self._reported.append((callback, info))
 
     def pop_all(self) -> InstrumentedAsyncExitStack:
         new_stack = super().pop_all()
         new_stack._telemetry = self._telemetry
         new_stack._name = self._name
-        new_stack._scope = self._scope
+        new_stack.route = self.route
+        new_stack.method = self.method
         new_stack._parent_context = self._parent_context
         new_stack._callback_timeout = self._callback_timeout
         new_stack.awaits_on_exit = self.awaits_on_exit
         # moved callbacks report to the stack that now owns them and will run them
-        for _, callback in new_stack._exit_callbacks:  # type: ignore[attr-defined]
-            if isinstance(callback, _Observed) and callback.owner is self:
-                callback.owner = new_stack
+        new_stack._reported, self._reported = self._reported, []
         return new_stack
 
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,
-        exc: BaseException | None,
+        exc_value: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
         telemetry = self._telemetry
-        if telemetry is None:
-            return await super().__aexit__(exc_type, exc, tb)
-        outer = self._unwind  # not None when an exit callback closes this same stack again
-        unwind = self._begin_unwind(telemetry)
+        reported = self._reported
+        if (telemetry is None or not reported) and self._callback_timeout is None:
+            # nothing to report (or FastAPI's bookkeeping only): an empty unwind appears nowhere
+            return await super().__aexit__(exc_type, exc_value, tb)
+        exc_details: tuple[Any, Any, Any] = (exc_type, exc_value, tb)
+        exc = exc_value
+        received_exc = exc_type is not None
+        frame_exc = sys.exc_info()[1]
+        callbacks = self._exit_callbacks  # type: ignore[attr-defined]
+        timeout = self._callback_timeout
+        span_threshold = telemetry.span_threshold if telemetry is not None else 0.0
+        unwinding: Unwinding | None = None
+        count = 0
+        clock = time.perf_counter
+        start = clock()
+        active = None
+        if telemetry is not None and reported:
+            try:
+                active = telemetry.active(self._name)
+                if active is not None:
+                    active.value += 1
+                if telemetry.all_spans:
+                    unwinding = telemetry.unwinding(self._name, start, self._parent_context)
+            except Exception as fault:
+                telemetry.fault("unwind start", fault)
+        suppressed_exc = False
+        pending_raise = False
         try:
-            suppressed = await super().__aexit__(exc_type, exc, tb)
-        except BaseException as escaped:
-            self._end_unwind(telemetry, unwind, escaped, outer)
-            raise
-        # contextlib returns False rather than re-raising a pending exception nothing suppressed.
-        # The endpoint's own errors are not the unwind's, but a cancellation escapes the
-        # ``async with`` all the same: the request was cancelled, and the unwind reads so.
-        pending_cancellation = exc if exc is not None and not suppressed and is_cancellation(exc) else None
-        self._end_unwind(telemetry, unwind, pending_cancellation, outer)
-        return suppressed
+            # contextlib's loop: callbacks LIFO, as nested with statements would run them
+            while callbacks:
+                is_sync, cb = callbacks.pop()
+                info = None
+                if reported:
+                    info = _reported_info(reported, cb)
+                try:
+                    if _DETAILS_FROM_PENDING:
+                        exc_details = (
+                            (None, None, None) if exc is None else (type(exc), exc, exc.__traceback__)
+                        )
+                    cb_start = clock()
+                    if is_sync:
+                        cb_suppress = cb(*exc_details)
+                    elif timeout is None:
+                        cb_suppress = await cb(*exc_details)
+                    else:
+                        cb_suppress = await _time_limited(cb, exc_details, timeout)
+                    if info is not None:
+                        duration = clock() - cb_start
+                        count += 1
+                        outcome_suppressed = cb_suppress and exc_details[0] is not None
+                        if duration < span_threshold and unwinding is None:
+                            (info.suppressed if outcome_suppressed else info.ok).record(duration)
+                        else:
+                            unwinding = self._slow_path(
+                                unwinding, info, cb_start, cb_start + duration,
+                                semconv.OUTCOME_SUPPRESSED if outcome_suppressed else semconv.OUTCOME_OK,
+                                None,
+                            )  # fmt: skip
+                    if cb_suppress:
+                        suppressed_exc = True
+                        pending_raise = False
+                        exc_details = (None, None, None)
+                        exc = None
+                except BaseException as new_exc:
+                    if info is not None:
+                        count += 1
+                        unwinding = self._slow_path(
+                            unwinding, info, cb_start, clock(), _failure_outcome(new_exc), new_exc
+                        )
+                    # simulate the stack of exceptions by setting the context
+                    _fix_exception_context(new_exc, exc, frame_exc)
+                    pending_raise = True
+                    exc_details = (type(new_exc), new_exc, new_exc.__traceback__)
+                    exc = new_exc
+        finally:
+            if active is not None:
+                active.value -= 1
+        if telemetry is not None and count:
+            escaped = exc if pending_raise else None
+            if escaped is None and exc is not None and not suppressed_exc and is_cancellation(exc):
+                # The endpoint's own errors are not the unwind's, but a cancellation escapes the
+                # ``async with`` all the same: the request was cancelled, and the unwind reads so.
+                escaped = exc
+            self._record_unwind(telemetry, unwinding, start, clock(), count, escaped)
+        if pending_raise:
+            try:
+                # bare "raise exc" replaces our carefully
+                # set-up context
+                fixed_ctx = exc.__context__  # type: ignore[union-attr]
+                raise exc  # type: ignore[misc]
+            except BaseException:
+                exc.__context__ = fixed_ctx  # type: ignore[union-attr]
+                raise
+        return received_exc and suppressed_exc
 
-    def _begin_unwind(self, telemetry: Telemetry) -> Unwind | None:
-        try:
-            unwind = telemetry.begin_unwind(self._name, self._parent_context)
-        except Exception as exc:
-            telemetry.fault("unwind start", exc)
-            return None
-        self._unwind = unwind
-        return unwind
-
-    def _end_unwind(
-        self, telemetry: Telemetry, unwind: Unwind | None, exc: BaseException | None, outer: Unwind | None
-    ) -> None:
-        self._unwind = outer
-        if unwind is None:
-            return
-        try:
-            telemetry.end_unwind(self._name, unwind, exc, self._scope)
-        except Exception as fault:
-            telemetry.fault("unwind end", fault)
-
-
-class _Observed:
-    __slots__ = ("__wrapped__", "owner", "info", "telemetry")
-
-    def __init__(
+    def _slow_path(
         self,
-        callback: Callable[..., Any],
-        owner: InstrumentedAsyncExitStack,
+        unwinding: Unwinding | None,
         info: CallbackInfo,
-        telemetry: Telemetry,
-    ) -> None:
-        self.__wrapped__ = callback
-        self.owner = owner
-        self.info = info
-        self.telemetry = telemetry
-
-    def _done(self, start: float, outcome: str, exc: BaseException | None) -> None:
+        start: float,
+        end: float,
+        outcome: str,
+        exc: BaseException | None,
+    ) -> Unwinding | None:
+        telemetry: Telemetry = self._telemetry  # type: ignore[assignment]
         try:
-            self.telemetry.on_callback_done(self.info, self.owner._unwind, start, outcome, exc)
+            if unwinding is None:
+                unwinding = telemetry.unwinding(self._name, start, self._parent_context)
+            unwinding.callback_done(info, start, end, outcome, exc)
         except Exception as fault:
-            self.telemetry.fault("callback", fault)
+            telemetry.fault("callback", fault)
+        return unwinding
+
+    def _record_unwind(
+        self,
+        telemetry: Telemetry,
+        unwinding: Unwinding | None,
+        start: float,
+        end: float,
+        count: int,
+        escaped: BaseException | None,
+    ) -> None:
+        try:
+            outcome = semconv.OUTCOME_OK
+            if escaped is not None:
+                outcome = semconv.OUTCOME_CANCELLED if is_cancellation(escaped) else semconv.OUTCOME_ERROR
+            series = telemetry.unwind_series(self._name, self.route, self.method, outcome)
+            if unwinding is None:
+                series.duration.record(end - start)
+                series.callbacks.record(count)
+            else:
+                unwinding.start = start
+                unwinding.finish(series, end, count, escaped, self.route, self.method)
+        except Exception as fault:
+            telemetry.fault("unwind", fault)
+
+
+def _reported_info(
+    reported: list[tuple[Callable[..., Any], CallbackInfo]], cb: object
+) -> CallbackInfo | None:
+    if reported[-1][0] is cb:
+        return reported.pop()[1]
+    # a callback we do not report (FastAPI's bookkeeping), or entries someone took out of
+    # _exit_callbacks by hand: look further down, and drop what lies above a match
+    for index in range(len(reported) - 2, -1, -1):
+        if reported[index][0] is cb:
+            info = reported[index][1]
+            del reported[index:]
+            return info
+    return None
+
+
+def _fix_exception_context(
+    new_exc: BaseException, old_exc: BaseException | None, frame_exc: BaseException | None
+) -> None:
+    # contextlib's: the context may not be correct, so find the end of the chain
+    while True:
+        exc_context = new_exc.__context__
+        if exc_context is None or exc_context is old_exc:
+            # Context is already set correctly (see issue 20317)
+            return
+        if exc_context is frame_exc:
+            break
+        new_exc = exc_context
+    # Change the end of the chain to point to the exception we expect it to reference
+    new_exc.__context__ = old_exc
 
 
 def checked_callback_timeout(timeout: float | None) -> float | None:
     if timeout is None:
         return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-        raise ValueError(f"callback_timeout must be a positive number of seconds or None, not {timeout!r}")
+    TelemetryOptions(callback_timeout=timeout)  # the one place that says what is accepted
     return float(timeout)
 
 
@@ -182,59 +300,16 @@ class CallbackTimeoutError(TimeoutError):
     """
 
 
-class _TimeLimited:
-    __slots__ = ("__wrapped__", "timeout")
-
-    def __init__(self, callback: Callable[..., Any], timeout: float) -> None:
-        self.__wrapped__ = callback
-        self.timeout = timeout
-
-    async def __call__(self, *exc_details: Any) -> Any:
-        with anyio.move_on_after(self.timeout):
-            return await self.__wrapped__(*exc_details)
-        raise CallbackTimeoutError(f"exit callback abandoned after {self.timeout} s (callback_timeout)")
+async def _time_limited(cb: Callable[..., Any], exc_details: tuple[Any, Any, Any], seconds: float) -> Any:
+    with anyio.move_on_after(seconds):
+        return await cb(*exc_details)
+    raise CallbackTimeoutError(f"exit callback abandoned after {seconds} s (callback_timeout)")
 
 
 def _failure_outcome(exc: BaseException) -> str:
     if is_cancellation(exc):
         return semconv.OUTCOME_CANCELLED
     return semconv.OUTCOME_TIMEOUT if isinstance(exc, CallbackTimeoutError) else semconv.OUTCOME_ERROR
-
-
-class _ObservedSync(_Observed):
-    __slots__ = ()
-
-    def __call__(self, *exc_details: Any) -> Any:
-        start = time.perf_counter()
-        try:
-            result = self.__wrapped__(*exc_details)
-        except BaseException as exc:
-            self._done(start, _failure_outcome(exc), exc)
-            raise
-        self._done(
-            start,
-            semconv.OUTCOME_SUPPRESSED if result and exc_details[0] is not None else semconv.OUTCOME_OK,
-            None,
-        )
-        return result
-
-
-class _ObservedAsync(_Observed):
-    __slots__ = ()
-
-    async def __call__(self, *exc_details: Any) -> Any:
-        start = time.perf_counter()
-        try:
-            result = await self.__wrapped__(*exc_details)
-        except BaseException as exc:
-            self._done(start, _failure_outcome(exc), exc)
-            raise
-        self._done(
-            start,
-            semconv.OUTCOME_SUPPRESSED if result and exc_details[0] is not None else semconv.OUTCOME_OK,
-            None,
-        )
-        return result
 
 
 _DEFAULT_OPTIONS = TelemetryOptions()

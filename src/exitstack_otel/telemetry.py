@@ -1,9 +1,10 @@
 """Turns pushes, executed callbacks and unwinds into the spans and metrics of docs/telemetry.md.
 
-Cost matters: this runs per request and per callback. Attribute dictionaries are built once per
-(stack, callback name, kind, outcome); counts that need no distribution (pushed, in progress) are
-plain integers read by observable instruments at collection time; nothing is created for a
-provider that is the API's no-op.
+The stack calls in here at three speeds. Per push: ``on_push`` (a name lookup and an add). Per
+callback that went well: nothing but ``HistogramSeries.record`` on a series looked up at push
+time. Per unwind: ``unwind_series`` (one dict lookup) and two records. Everything that makes a
+span or an SDK call with a context (failed, cancelled, timed-out and slow callbacks, and every
+callback with ``callback_spans="all"``) goes through ``Unwinding``, which exists only then.
 """
 
 from __future__ import annotations
@@ -11,171 +12,91 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-import time
-import weakref
-from collections.abc import Callable, Iterable, Mapping, MutableMapping
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
-from opentelemetry.metrics import CallbackOptions, NoOpMeterProvider, Observation
-from opentelemetry.metrics._internal import _ProxyMeterProvider  # the API's not-yet-set global
-from opentelemetry.trace import NoOpTracerProvider, ProxyTracerProvider, SpanKind, Status, StatusCode
+from opentelemetry.metrics import NoOpMeterProvider
+from opentelemetry.trace import NoOpTracerProvider, ProxyTracerProvider
 from opentelemetry.util.types import AttributeValue
 
-from . import naming, semconv
+from . import naming, semconv, spans
+from .instruments import Count, Instruments, instruments_for
+from .options import CallbackNamer, CallbackSpans, TelemetryOptions
 from .version import __version__
 
-logger = logging.getLogger("exitstack_otel")
+try:  # the API's global before one is set: a no-op that is no NoOpMeterProvider
+    from opentelemetry.metrics._internal import _ProxyMeterProvider
+except ImportError:  # another API layout: a provider not set yet is looked up again per request
+    _ProxyMeterProvider = NoOpMeterProvider  # type: ignore[assignment,misc]
 
-CallbackNamer = Callable[[object, str], "str | None"]
-"""``namer(target, kind)``: a name for a callback, or None for the default.
+__all__ = ["CallbackNamer", "CallbackSpans", "Telemetry", "TelemetryOptions", "error_type"]
 
-``target`` is the function given to ``callback``/``push_async_callback``, the exit callable given
-to ``push``/``push_async_exit``, or the context manager object of ``enter_context``/
-``enter_async_context``; ``kind`` is its ``exitstack.callback.kind``.
-"""
-
-CallbackSpans = Literal["all", "problems"]
+logger = logging.getLogger(__name__.rpartition(".")[0])
 
 Attributes = Mapping[str, AttributeValue]
 
-_FAILED_OUTCOMES = frozenset({semconv.OUTCOME_ERROR, semconv.OUTCOME_CANCELLED, semconv.OUTCOME_TIMEOUT})
+FAILED_OUTCOMES = frozenset({semconv.OUTCOME_ERROR, semconv.OUTCOME_CANCELLED, semconv.OUTCOME_TIMEOUT})
+
+MAX_ERROR_TYPES = 100
+"""Distinct ``error.type`` values per ``Telemetry``; later ones are reported as ``_OTHER``."""
 
 
-@dataclass(frozen=True)
-class TelemetryOptions:
-    """How much to record. The defaults suit a production service."""
+class _NullSeries:
+    """Where measurements go without a meter provider."""
 
-    callback_spans: CallbackSpans = "problems"
-    """``"problems"``: a callback span only for callbacks that fail, are cancelled, time out or
-    take at least ``slow_callback_threshold``; ``"all"``: a span for every callback and a span
-    event for every push."""
-    slow_callback_threshold: float = 0.1
-    max_callback_names: int = 200
-    callback_namer: CallbackNamer | None = None
+    __slots__ = ()
 
-    def __post_init__(self) -> None:
-        if self.callback_spans not in ("all", "problems"):
-            raise ValueError(f"callback_spans must be 'all' or 'problems', not {self.callback_spans!r}")
-        if self.slow_callback_threshold < 0:
-            raise ValueError("slow_callback_threshold must be >= 0 seconds")
-        if self.max_callback_names < 1:
-            raise ValueError("max_callback_names must be at least 1")
+    def record(self, value: float) -> None:
+        pass
 
 
-class _Count:
-    __slots__ = ("value", "attributes")
-
-    def __init__(self, attributes: Attributes) -> None:
-        self.value = 0
-        self.attributes = attributes
+NULL_SERIES: Any = _NullSeries()
 
 
 class CallbackInfo:
     """What is known of one (stack, callback name, kind) when it is pushed; shared by pushes."""
 
-    __slots__ = ("name", "kind", "span_name", "pushed", "outcome_attributes", "push_event_attributes")
+    __slots__ = ("base", "kind", "name", "ok", "outcome_attributes", "pushed", "span_name", "suppressed")
 
-    def __init__(self, stack_name: str, name: str, kind: str, pushed: _Count) -> None:
+    def __init__(self, stack_name: str, name: str, kind: str, pushed: Count, instruments: Instruments | None):
         self.name = name
         self.kind = kind
         self.span_name = f"{semconv.SPAN_CALLBACK} {name}"
         self.pushed = pushed
-        base = {semconv.STACK_NAME: stack_name, semconv.CALLBACK_NAME: name, semconv.CALLBACK_KIND: kind}
-        self.outcome_attributes: dict[tuple[str, str | None], Attributes] = {
-            (outcome, None): {**base, semconv.CALLBACK_OUTCOME: outcome}
-            for outcome in (semconv.OUTCOME_OK, semconv.OUTCOME_SUPPRESSED)
-        }
-        self.push_event_attributes = {semconv.CALLBACK_NAME: name, semconv.CALLBACK_KIND: kind}
+        self.base = {semconv.STACK_NAME: stack_name, semconv.CALLBACK_NAME: name, semconv.CALLBACK_KIND: kind}
+        self.outcome_attributes: dict[tuple[str, str | None], Attributes] = {}
+        self.ok = self.suppressed = NULL_SERIES
+        if instruments is not None:
+            self.ok = instruments.callback_duration.series(self.attributes(semconv.OUTCOME_OK, None))
+            self.suppressed = instruments.callback_duration.series(
+                self.attributes(semconv.OUTCOME_SUPPRESSED, None)
+            )
 
     def attributes(self, outcome: str, error_type: str | None) -> Attributes:
         key = (outcome, error_type)
         found = self.outcome_attributes.get(key)
         if found is None:
-            found = dict(self.outcome_attributes[(semconv.OUTCOME_OK, None)])
-            found[semconv.CALLBACK_OUTCOME] = outcome
+            found = {**self.base, semconv.CALLBACK_OUTCOME: outcome}
             if error_type is not None:
                 found[semconv.ERROR_TYPE] = error_type
-            if len(self.outcome_attributes) < 64:  # error types come from code, but stay bounded
-                self.outcome_attributes[key] = found
+            self.outcome_attributes[key] = found  # bounded: error types are capped
         return found
 
 
-class Unwind:
-    """One run of a stack's exit callbacks."""
+class UnwindSeries:
+    """The two histogram series one (stack, route, method, outcome) records into."""
 
-    __slots__ = ("start", "start_ns", "span", "span_context", "token", "count", "failed")
+    __slots__ = ("callbacks", "callbacks_attributes", "duration", "duration_attributes")
 
-    def __init__(self) -> None:
-        self.start = time.perf_counter()
-        self.start_ns = time.time_ns()
-        self.span: trace.Span | None = None
-        self.span_context: otel_context.Context | None = None
-        self.token: object = None
-        self.count = 0
-        self.failed = 0
-
-    def epoch_ns(self, perf: float) -> int:
-        return self.start_ns + int((perf - self.start) * 1e9)
-
-
-class _Instruments:
-    """The instruments of one meter provider, and the local counts its observable ones report."""
-
-    def __init__(self, meter_provider: metrics.MeterProvider) -> None:
-        meter = meter_provider.get_meter(semconv.SCOPE_NAME, __version__)
-        self.pushed: dict[tuple[str, str, str], _Count] = {}
-        self.active: dict[str, _Count] = {}
-        self.callback_duration = meter.create_histogram(
-            semconv.CALLBACK_DURATION,
-            unit=semconv.UNIT_SECONDS,
-            description="Time one exit callback took to run.",
-            explicit_bucket_boundaries_advisory=semconv.DURATION_BUCKETS,
-        )
-        self.unwind_duration = meter.create_histogram(
-            semconv.UNWIND_DURATION,
-            unit=semconv.UNIT_SECONDS,
-            description="Time from the start of a stack's exit to the end of its last callback.",
-            explicit_bucket_boundaries_advisory=semconv.DURATION_BUCKETS,
-        )
-        self.unwind_callbacks = meter.create_histogram(
-            semconv.UNWIND_CALLBACKS,
-            unit=semconv.UNIT_CALLBACK,
-            description="Exit callbacks run by one unwind.",
-            explicit_bucket_boundaries_advisory=semconv.CALLBACK_COUNT_BUCKETS,
-        )
-        meter.create_observable_counter(
-            semconv.CALLBACK_PUSHED,
-            callbacks=[self._observe_pushed],
-            unit=semconv.UNIT_CALLBACK,
-            description="Exit callbacks pushed onto a stack.",
-        )
-        meter.create_observable_up_down_counter(
-            semconv.UNWIND_ACTIVE,
-            callbacks=[self._observe_active],
-            unit=semconv.UNIT_UNWIND,
-            description="Unwinds started and not yet finished.",
-        )
-
-    def _observe_pushed(self, options: CallbackOptions) -> Iterable[Observation]:
-        return [Observation(count.value, count.attributes) for count in list(self.pushed.values())]
-
-    def _observe_active(self, options: CallbackOptions) -> Iterable[Observation]:
-        return [Observation(count.value, count.attributes) for count in list(self.active.values())]
-
-
-# One set of instruments per meter provider: a second registration of an observable instrument
-# would be ignored by the SDK, and its counts lost.
-_instruments_by_provider: MutableMapping[Any, _Instruments] = weakref.WeakKeyDictionary()
-
-
-def _instruments_for(meter_provider: metrics.MeterProvider) -> _Instruments:
-    found = _instruments_by_provider.get(meter_provider)
-    if found is None:
-        found = _instruments_by_provider[meter_provider] = _Instruments(meter_provider)
-    return found
+    def __init__(self, instruments: Instruments | None, duration: Attributes, callbacks: Attributes) -> None:
+        self.duration_attributes = duration
+        self.callbacks_attributes = callbacks
+        self.duration = self.callbacks = NULL_SERIES
+        if instruments is not None:
+            self.duration = instruments.unwind_duration.series(duration)
+            self.callbacks = instruments.unwind_callbacks.series(callbacks)
 
 
 def is_noop_tracer_provider(provider: trace.TracerProvider) -> bool:
@@ -186,17 +107,18 @@ def is_noop_meter_provider(provider: metrics.MeterProvider) -> bool:
     return isinstance(provider, (_ProxyMeterProvider, NoOpMeterProvider))
 
 
-_error_types: dict[type[BaseException], str] = {}
+_qualified_error_names: dict[type[BaseException], str] = {}
 
 
 def error_type(exc: BaseException) -> str:
+    """The exception's class, qualified by module unless builtin."""
     cls = type(exc)
-    found = _error_types.get(cls)
+    found = _qualified_error_names.get(cls)
     if found is None:
         module = cls.__module__
         found = cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
-        if len(_error_types) < 1000:
-            _error_types[cls] = found
+        if len(_qualified_error_names) < 1000:
+            _qualified_error_names[cls] = found
     return found
 
 
@@ -213,16 +135,19 @@ class Telemetry:
     def __init__(
         self,
         tracer: trace.Tracer | None,
-        instruments: _Instruments | None,
+        instruments: Instruments | None,
         options: TelemetryOptions,
     ) -> None:
         self.tracer = tracer
         self.instruments = instruments
         self.options = options
         self.all_spans = tracer is not None and options.callback_spans == "all"
+        # a callback that took this long or more leaves the fast path; with "all", every one does
+        self.span_threshold = -1.0 if self.all_spans else options.slow_callback_threshold
         self._infos: dict[tuple[str, str, str], CallbackInfo] = {}
         self._names: set[str] = set()
-        self._unwind_attributes: dict[tuple[str, str | None, str | None, str], Attributes] = {}
+        self._error_types: set[str] = set()
+        self._unwind_series: dict[tuple[str, str | None, str | None, str], UnwindSeries] = {}
         self._faults: set[str] = set()
 
     @classmethod
@@ -238,12 +163,10 @@ class Telemetry:
             tracer = tracer_provider.get_tracer(semconv.SCOPE_NAME, __version__)
         instruments = None
         if not is_noop_meter_provider(meter_provider):
-            instruments = _instruments_for(meter_provider)
+            instruments = instruments_for(meter_provider)
         if tracer is None and instruments is None:
             return None
         return cls(tracer, instruments, options)
-
-    # -- faults ---------------------------------------------------------------------------------
 
     def fault(self, where: str, exc: BaseException) -> None:
         """Telemetry trouble is logged once per place and never reaches the request."""
@@ -254,7 +177,8 @@ class Telemetry:
 
     # -- pushes ---------------------------------------------------------------------------------
 
-    def on_push(self, stack_name: str, kind: str, target: object, depth: int) -> CallbackInfo:
+    def on_push(self, stack_name: str, callback: Callable[..., Any], is_sync: bool, depth: int) -> CallbackInfo:
+        kind, target = naming.classify(callback, is_sync)
         name = self._name(kind, target)
         key = (stack_name, name, kind)
         info = self._infos.get(key)
@@ -264,20 +188,17 @@ class Telemetry:
         if self.all_spans:
             span = trace.get_current_span()
             if span.is_recording():
-                span.add_event(semconv.EVENT_PUSH, {**info.push_event_attributes, semconv.STACK_DEPTH: depth})
+                span.add_event(
+                    semconv.EVENT_PUSH,
+                    {semconv.CALLBACK_NAME: name, semconv.CALLBACK_KIND: kind, semconv.STACK_DEPTH: depth},
+                )
         return info
 
     def _new_info(self, key: tuple[str, str, str]) -> CallbackInfo:
         stack_name, name, kind = key
-        if self.instruments is not None:
-            pushed = self.instruments.pushed.get(key)
-            if pushed is None:
-                pushed = self.instruments.pushed[key] = _Count(
-                    {semconv.STACK_NAME: stack_name, semconv.CALLBACK_NAME: name, semconv.CALLBACK_KIND: kind}
-                )
-        else:
-            pushed = _Count({})
-        info = self._infos[key] = CallbackInfo(stack_name, name, kind, pushed)
+        instruments = self.instruments
+        pushed = instruments.pushed_count(key) if instruments is not None else Count({})
+        info = self._infos[key] = CallbackInfo(stack_name, name, kind, pushed, instruments)
         return info
 
     def _name(self, kind: str, target: object) -> str:
@@ -288,7 +209,7 @@ class Telemetry:
                 name = namer(target, kind)
             except Exception as exc:
                 self.fault("callback_namer", exc)
-        if not name:
+        if not name or not isinstance(name, str):
             name = naming.default_name(kind, target)
         if name not in self._names:
             if len(self._names) >= self.options.max_callback_names:
@@ -296,158 +217,126 @@ class Telemetry:
             self._names.add(name)
         return name
 
+    def error_type(self, exc: BaseException) -> str:
+        found = error_type(exc)
+        if found not in self._error_types:
+            if len(self._error_types) >= MAX_ERROR_TYPES:
+                return semconv.OTHER_NAME
+            self._error_types.add(found)
+        return found
+
     # -- unwinds --------------------------------------------------------------------------------
 
-    def begin_unwind(self, stack_name: str, parent: otel_context.Context | None) -> Unwind:
-        unwind = Unwind()
-        if self.tracer is not None:
-            span = self.tracer.start_span(
-                semconv.SPAN_UNWIND, context=parent, kind=SpanKind.INTERNAL, start_time=unwind.start_ns
-            )
-            unwind.span = span
-            # user code run by callbacks nests its own spans under the unwind
-            unwind.span_context = trace.set_span_in_context(span, parent)
-            unwind.token = otel_context.attach(unwind.span_context)
-        # counted last: an unwind whose span failed to start never reaches end_unwind
-        if self.instruments is not None:
-            active = self.instruments.active.get(stack_name)
-            if active is None:
-                active = self.instruments.active[stack_name] = _Count({semconv.STACK_NAME: stack_name})
-            active.value += 1
-        return unwind
+    def active(self, stack_name: str) -> Count | None:
+        return self.instruments.active_count(stack_name) if self.instruments is not None else None
 
-    def end_unwind(
-        self,
-        stack_name: str,
-        unwind: Unwind,
-        exc: BaseException | None,
-        scope: Mapping[str, Any] | None,
+    def unwind_series(
+        self, stack_name: str, route: str | None, method: str | None, outcome: str
+    ) -> UnwindSeries:
+        key = (stack_name, route, method, outcome)
+        found = self._unwind_series.get(key)
+        if found is None:
+            duration: dict[str, AttributeValue] = {semconv.STACK_NAME: stack_name}
+            callbacks: dict[str, AttributeValue] = {semconv.STACK_NAME: stack_name}
+            if route is not None:
+                duration[semconv.HTTP_ROUTE] = callbacks[semconv.HTTP_ROUTE] = route
+            if method is not None:
+                duration[semconv.HTTP_REQUEST_METHOD] = method
+            duration[semconv.UNWIND_OUTCOME] = outcome
+            found = UnwindSeries(self.instruments, duration, callbacks)
+            if len(self._unwind_series) < 4096:  # routes are templates, but stay bounded
+                self._unwind_series[key] = found
+        return found
+
+    def unwinding(self, stack_name: str, start: float, parent: otel_context.Context | None) -> Unwinding:
+        """The slow path's state for one unwind: made at its start with "all", else at the first problem."""
+        return Unwinding(self, stack_name, start, parent)
+
+
+class Unwinding:
+    """One unwind that makes spans or records with exemplars: with ``"all"``, or once a problem happened."""
+
+    __slots__ = ("failed", "live", "parent", "problems", "stack_name", "start", "telemetry")
+
+    def __init__(
+        self, telemetry: Telemetry, stack_name: str, start: float, parent: otel_context.Context | None
     ) -> None:
-        end = time.perf_counter()
-        route = method = None
-        if scope is not None:
-            route = http_route(scope)
-            method = request_method(scope)
-        outcome = semconv.OUTCOME_OK
-        if exc is not None:
-            outcome = semconv.OUTCOME_CANCELLED if is_cancellation(exc) else semconv.OUTCOME_ERROR
-        instruments = self.instruments
-        try:
-            if instruments is not None:
-                instruments.active[stack_name].value -= 1
-                attributes = self._unwind_attrs(stack_name, route, method, outcome)
-                instruments.unwind_duration.record(end - unwind.start, attributes)
-                callbacks_attributes = self._unwind_attrs(stack_name, route, None, "")
-                instruments.unwind_callbacks.record(unwind.count, callbacks_attributes)
-        finally:
-            # a failing meter must not leave the unwind span attached to the request's context
-            self._end_unwind_span(stack_name, unwind, exc, route, method, end)
+        self.telemetry = telemetry
+        self.stack_name = stack_name
+        self.start = start
+        self.parent = parent
+        self.failed = 0
+        self.problems: list[spans.CallbackRun] = []
+        self.live: spans.LiveUnwind | None = None
+        if telemetry.all_spans and telemetry.tracer is not None:
+            self.live = spans.LiveUnwind.start(telemetry.tracer, parent)
 
-    def _end_unwind_span(
+    def callback_done(
+        self, info: CallbackInfo, start: float, end: float, outcome: str, exc: BaseException | None
+    ) -> None:
+        """A callback left the fast path: it failed, was slow, or every callback gets a span."""
+        telemetry = self.telemetry
+        failed = outcome in FAILED_OUTCOMES
+        if failed:
+            self.failed += 1
+        err_type = telemetry.error_type(exc) if failed and exc is not None else None
+        run = spans.CallbackRun(
+            info.span_name, info.attributes(outcome, err_type), start, end, exc if failed else None
+        )
+        problem = failed or end - start >= telemetry.options.slow_callback_threshold
+        live = self.live
+        if live is not None:
+            context = live.callback_span(telemetry.tracer, run)  # type: ignore[arg-type]
+            if not problem:
+                (info.suppressed if outcome == semconv.OUTCOME_SUPPRESSED else info.ok).record(end - start)
+                return
+            self._record_problem(run, context)
+            return
+        self.problems.append(run)
+
+    def _record_problem(self, run: spans.CallbackRun, context: otel_context.Context | None) -> None:
+        instruments = self.telemetry.instruments
+        if instruments is not None:
+            # through the SDK inside the callback's span: the exemplar a person clicks on
+            instruments.callback_duration.record(run.end - run.start, run.attributes, context)
+
+    def finish(
         self,
-        stack_name: str,
-        unwind: Unwind,
+        series: UnwindSeries,
+        end: float,
+        count: int,
         exc: BaseException | None,
         route: str | None,
         method: str | None,
-        end: float,
     ) -> None:
-        span = unwind.span
-        if span is not None:
-            otel_context.detach(unwind.token)  # type: ignore[arg-type]
-            if span.is_recording():
-                attributes: dict[str, AttributeValue] = {
-                    semconv.STACK_NAME: stack_name,
-                    semconv.CALLBACK_COUNT: unwind.count,
-                    semconv.CALLBACK_FAILED: unwind.failed,
-                }
-                if route is not None:
-                    attributes[semconv.HTTP_ROUTE] = route
-                if method is not None:
-                    attributes[semconv.HTTP_REQUEST_METHOD] = method
-                span.set_attributes(attributes)
-                if exc is not None:
-                    span.set_status(Status(StatusCode.ERROR, error_type(exc)))
-                    span.set_attribute(semconv.ERROR_TYPE, error_type(exc))
-            span.end(end_time=unwind.epoch_ns(end))
-
-    def _unwind_attrs(
-        self, stack_name: str, route: str | None, method: str | None, outcome: str
-    ) -> Attributes:
-        key = (stack_name, route, method, outcome)
-        found = self._unwind_attributes.get(key)
-        if found is None:
-            found = {semconv.STACK_NAME: stack_name}
-            if route is not None:
-                found[semconv.HTTP_ROUTE] = route
-            if method is not None:
-                found[semconv.HTTP_REQUEST_METHOD] = method
-            if outcome:
-                found[semconv.UNWIND_OUTCOME] = outcome
-            if len(self._unwind_attributes) < 4096:  # routes are templates, but stay bounded
-                self._unwind_attributes[key] = found
-        return found
-
-    # -- executed callbacks ---------------------------------------------------------------------
-
-    def on_callback_done(
-        self,
-        info: CallbackInfo,
-        unwind: Unwind | None,
-        start: float,
-        outcome: str,
-        exc: BaseException | None,
-    ) -> None:
-        end = time.perf_counter()
-        duration = end - start
-        err_type = error_type(exc) if exc is not None and outcome in _FAILED_OUTCOMES else None
-        if self.instruments is not None:
-            self.instruments.callback_duration.record(duration, info.attributes(outcome, err_type))
-        failed = outcome in _FAILED_OUTCOMES
-        if unwind is not None:
-            unwind.count += 1
-            if failed:
-                unwind.failed += 1
-        if self.tracer is None:
-            return
-        if not (self.all_spans or failed or duration >= self.options.slow_callback_threshold):
-            return
-        parent = unwind.span_context if unwind is not None else None
-        if unwind is not None and unwind.span is not None and not unwind.span.is_recording():
-            return  # unsampled trace: metrics only
-        span_start = unwind.epoch_ns(start) if unwind is not None else time.time_ns() - int(duration * 1e9)
-        span = self.tracer.start_span(
-            info.span_name,
-            context=parent,
-            kind=SpanKind.INTERNAL,
-            attributes=info.attributes(outcome, err_type),
-            start_time=span_start,
-        )
-        if failed and exc is not None:
-            span.record_exception(exc)
-            span.set_status(Status(StatusCode.ERROR, err_type))
-        span.end(end_time=span_start + int(duration * 1e9))
-
-
-# Servers pass any token as a method ("FOO", "X-SECRET-1"); only these become attribute values.
-_KNOWN_METHODS = frozenset(
-    {"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "QUERY", "TRACE"}
-)
-
-
-def request_method(scope: Mapping[str, Any]) -> str | None:
-    """The request's method if it is a standard one, ``_OTHER`` otherwise (as OpenTelemetry's
-    HTTP conventions do), None for a websocket."""
-    method = scope.get("method")
-    if method is None:
-        return None
-    return method if method in _KNOWN_METHODS else semconv.OTHER_NAME
-
-
-def http_route(scope: Mapping[str, Any]) -> str | None:
-    """The matched route's template (never the raw path), or None when no route matched."""
-    route = scope.get("route")
-    path = getattr(route, "path", None)
-    if isinstance(path, str):
-        return path
-    return None
+        telemetry = self.telemetry
+        tracer = telemetry.tracer
+        err_type = telemetry.error_type(exc) if exc is not None else None
+        attributes: dict[str, AttributeValue] = {
+            semconv.STACK_NAME: self.stack_name,
+            semconv.CALLBACK_COUNT: count,
+            semconv.CALLBACK_FAILED: self.failed,
+        }
+        if route is not None:
+            attributes[semconv.HTTP_ROUTE] = route
+        if method is not None:
+            attributes[semconv.HTTP_REQUEST_METHOD] = method
+        if err_type is not None:
+            attributes[semconv.ERROR_TYPE] = err_type
+        unwind_context = None
+        if self.live is not None:
+            unwind_context = self.live.end(attributes, err_type, end)
+        elif tracer is not None:
+            clock = spans.Clock.now()
+            unwind_context = spans.unwind_after_the_fact(
+                tracer, self.parent, clock, self.start, end, attributes, err_type
+            )
+            for run in self.problems:
+                self._record_problem(run, spans.callback_after_the_fact(tracer, unwind_context, clock, run))
+        else:
+            for run in self.problems:
+                self._record_problem(run, None)
+        instruments = telemetry.instruments
+        if instruments is not None:
+            instruments.unwind_duration.record(end - self.start, series.duration_attributes, unwind_context)
+        series.callbacks.record(count)

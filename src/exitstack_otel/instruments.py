@@ -1,0 +1,108 @@
+"""The five instruments of docs/telemetry.md for one meter provider, and the counts they read.
+
+Nothing here runs per request except the adds on ``Count.value`` and ``HistogramSeries.record``:
+pushes and unwinds in progress are plain integers that observable instruments read at collection
+time, and histogram points are aggregated by ``sdk_histograms`` and handed to the SDK then.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterable, Mapping, MutableMapping
+from typing import Any
+
+from opentelemetry import metrics
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.util.types import AttributeValue
+
+from . import semconv
+from .sdk_histograms import FastHistogram
+from .version import __version__
+
+Attributes = Mapping[str, AttributeValue]
+
+
+class Count:
+    __slots__ = ("attributes", "value")
+
+    def __init__(self, attributes: Attributes) -> None:
+        self.value = 0
+        self.attributes = attributes
+
+
+class Instruments:
+    """The instruments of one meter provider, shared by every ``Telemetry`` that uses it."""
+
+    def __init__(self, meter_provider: metrics.MeterProvider) -> None:
+        meter = meter_provider.get_meter(semconv.SCOPE_NAME, __version__)
+        self.pushed: dict[tuple[str, str, str], Count] = {}
+        self.active: dict[str, Count] = {}
+        self.callback_duration = FastHistogram(
+            meter_provider,
+            meter,
+            semconv.CALLBACK_DURATION,
+            unit=semconv.UNIT_SECONDS,
+            description="Time one exit callback took to run.",
+            boundaries=semconv.DURATION_BUCKETS,
+        )
+        self.unwind_duration = FastHistogram(
+            meter_provider,
+            meter,
+            semconv.UNWIND_DURATION,
+            unit=semconv.UNIT_SECONDS,
+            description="Time from the start of a stack's exit to the end of its last callback.",
+            boundaries=semconv.DURATION_BUCKETS,
+        )
+        self.unwind_callbacks = FastHistogram(
+            meter_provider,
+            meter,
+            semconv.UNWIND_CALLBACKS,
+            unit=semconv.UNIT_CALLBACK,
+            description="Exit callbacks run by one unwind.",
+            boundaries=semconv.CALLBACK_COUNT_BUCKETS,
+        )
+        meter.create_observable_counter(
+            semconv.CALLBACK_PUSHED,
+            callbacks=[self._observe_pushed],
+            unit=semconv.UNIT_CALLBACK,
+            description="Exit callbacks pushed onto a stack.",
+        )
+        meter.create_observable_up_down_counter(
+            semconv.UNWIND_ACTIVE,
+            callbacks=[self._observe_active],
+            unit=semconv.UNIT_UNWIND,
+            description="Unwinds started and not yet finished.",
+        )
+
+    def pushed_count(self, key: tuple[str, str, str]) -> Count:
+        found = self.pushed.get(key)
+        if found is None:
+            stack_name, name, kind = key
+            found = self.pushed[key] = Count(
+                {semconv.STACK_NAME: stack_name, semconv.CALLBACK_NAME: name, semconv.CALLBACK_KIND: kind}
+            )
+        return found
+
+    def active_count(self, stack_name: str) -> Count:
+        found = self.active.get(stack_name)
+        if found is None:
+            found = self.active[stack_name] = Count({semconv.STACK_NAME: stack_name})
+        return found
+
+    def _observe_pushed(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(count.value, count.attributes) for count in list(self.pushed.values())]
+
+    def _observe_active(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(count.value, count.attributes) for count in list(self.active.values())]
+
+
+# One set of instruments per meter provider: a second registration of an observable instrument
+# would be ignored by the SDK, and its counts lost.
+_by_provider: MutableMapping[Any, Instruments] = weakref.WeakKeyDictionary()
+
+
+def instruments_for(meter_provider: metrics.MeterProvider) -> Instruments:
+    found = _by_provider.get(meter_provider)
+    if found is None:
+        found = _by_provider[meter_provider] = Instruments(meter_provider)
+    return found
