@@ -243,7 +243,8 @@ def check(program: Program, backend: str) -> None:
         asyncio.run(compare())
     else:
         trio.run(compare)
-    assert ExplodingProcessor.raised > raised_before  # the bug really fired, at least on the unwind span
+    if program.entries:  # the bug really fired, at least on the unwind span (an empty one makes none)
+        assert ExplodingProcessor.raised > raised_before
     sdk.shutdown()
 
 

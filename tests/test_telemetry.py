@@ -14,6 +14,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from exitstack_otel import semconv
 from exitstack_otel.stack import InstrumentedAsyncExitStack
+from exitstack_otel.asgi import http_route, request_method
 from exitstack_otel.telemetry import error_type
 from exitstack_otel.version import __version__
 
@@ -165,12 +166,28 @@ async def test_spans_made_by_callbacks_nest_under_the_unwind(sdk: Sdk) -> None:
         with tracer.start_as_current_span("inner"):
             pass
 
-    async with InstrumentedAsyncExitStack("s", telemetry=sdk.telemetry()) as stack:
+    # "all" keeps a live unwind span; "problems" makes it afterwards, and only if there was a problem
+    async with InstrumentedAsyncExitStack("s", telemetry=sdk.telemetry(callback_spans="all")) as stack:
         stack.callback(close_with_span)
     (unwind,) = sdk.spans_named(semconv.SPAN_UNWIND)
     (inner,) = sdk.spans_named("inner")
     assert _parent_id(inner) == unwind.context.span_id
     assert unwind.parent is None  # no span was current when the stack was made
+
+
+@pytest.mark.anyio
+async def test_problems_mode_makes_no_span_for_an_unwind_that_went_well(sdk: Sdk) -> None:
+    tracer = sdk.tracer_provider.get_tracer("test")
+    with tracer.start_as_current_span("request"):
+        async with InstrumentedAsyncExitStack("s", telemetry=sdk.telemetry()) as stack:
+            stack.callback(print, end="")
+            stack.push_async_callback(anyio.sleep, 0)
+    assert [span.name for span in sdk.spans()] == ["request"]
+    points = histogram_points(sdk.metrics()[semconv.CALLBACK_DURATION])
+    assert sorted((attrs(point)[semconv.CALLBACK_KIND], point.count) for point in points) == [
+        (semconv.KIND_ASYNC_CALLBACK, 1),
+        (semconv.KIND_CALLBACK, 1),
+    ]
 
 
 @pytest.mark.anyio
@@ -203,9 +220,8 @@ async def test_metrics(sdk: Sdk) -> None:
         active_during_unwind.extend(int(point.value) for point in number_points(active))
 
     for _ in range(2):
-        async with InstrumentedAsyncExitStack(
-            "fastapi_middleware_astack", telemetry=telemetry, scope=scope
-        ) as stack:
+        async with InstrumentedAsyncExitStack("fastapi_middleware_astack", telemetry=telemetry) as stack:
+            stack.route, stack.method = http_route(scope), request_method(scope)
             stack.callback(read_active)
             stack.callback(pool.release, "a")
             stack.callback(functools.partial(pool.release, "b"))

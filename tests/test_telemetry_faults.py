@@ -186,7 +186,8 @@ async def test_a_raising_namer_falls_back_to_the_default_name(
 async def test_a_failing_meter_still_ends_and_detaches_the_unwind_span(
     sdk: Sdk, caplog: pytest.LogCaptureFixture
 ) -> None:
-    telemetry = Telemetry.create(sdk.tracer_provider, BrokenMeterProvider(False), TelemetryOptions())
+    options = TelemetryOptions(callback_spans="all")  # a live unwind span, attached while callbacks run
+    telemetry = Telemetry.create(sdk.tracer_provider, BrokenMeterProvider(False), options)
     log: list[str] = []
     with (
         caplog.at_level(logging.ERROR, logger="exitstack_otel"),

@@ -167,14 +167,17 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
                         duration = clock() - cb_start
                         count += 1
                         outcome_suppressed = cb_suppress and exc_details[0] is not None
-                        if duration < span_threshold and unwinding is None:
-                            (info.suppressed if outcome_suppressed else info.ok).record(duration)
-                        else:
-                            unwinding = self._slow_path(
-                                unwinding, info, cb_start, cb_start + duration,
-                                semconv.OUTCOME_SUPPRESSED if outcome_suppressed else semconv.OUTCOME_OK,
-                                None,
-                            )  # fmt: skip
+                        try:
+                            if duration < span_threshold:
+                                (info.suppressed if outcome_suppressed else info.ok).record(duration)
+                            else:
+                                unwinding = self._slow_path(
+                                    unwinding, info, cb_start, cb_start + duration,
+                                    semconv.OUTCOME_SUPPRESSED if outcome_suppressed else semconv.OUTCOME_OK,
+                                    None,
+                                )  # fmt: skip
+                        except Exception as fault:  # never the callback's exception
+                            telemetry.fault("callback", fault)  # type: ignore[union-attr]
                     if cb_suppress:
                         suppressed_exc = True
                         pending_raise = False

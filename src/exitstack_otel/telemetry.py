@@ -285,14 +285,15 @@ class Unwinding:
         )
         problem = failed or end - start >= telemetry.options.slow_callback_threshold
         live = self.live
+        context = None
         if live is not None:
             context = live.callback_span(telemetry.tracer, run)  # type: ignore[arg-type]
-            if not problem:
-                (info.suppressed if outcome == semconv.OUTCOME_SUPPRESSED else info.ok).record(end - start)
-                return
+        if not problem:
+            (info.suppressed if outcome == semconv.OUTCOME_SUPPRESSED else info.ok).record(end - start)
+        elif live is not None:
             self._record_problem(run, context)
-            return
-        self.problems.append(run)
+        else:
+            self.problems.append(run)  # its span, and its measurement with it, once the unwind is over
 
     def _record_problem(self, run: spans.CallbackRun, context: otel_context.Context | None) -> None:
         instruments = self.telemetry.instruments
