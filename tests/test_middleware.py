@@ -10,10 +10,19 @@ import httpx
 import pytest
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 from opentelemetry.trace import SpanKind, StatusCode
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
 
 from exitstack_otel import semconv
-from exitstack_otel.middleware import DEFAULT_SCOPE_KEY, ExitStackMiddleware, get_exit_stack
+from exitstack_otel.middleware import (
+    DEFAULT_SCOPE_KEY,
+    DEFAULT_STACK_NAME,
+    ExitStackMiddleware,
+    get_exit_stack,
+)
 from exitstack_otel.stack import InstrumentedAsyncExitStack
 
 from .cleanup_app import CleanupFailed, EndpointFailed, make_app
@@ -145,7 +154,7 @@ async def test_endpoint_error_escapes_unchanged_after_cleanup(sdk: Sdk) -> None:
         pass
 
     with pytest.raises(EndpointFailed) as caught:
-        await _middleware(app, sdk)(_http_scope(), _receive_from([]), send)
+        await _middleware(app, sdk, callback_spans="all")(_http_scope(), _receive_from([]), send)
     assert caught.value is error
     assert events == ["cleanup"]
     # the unwind itself raised nothing: its cleanup went fine, whatever the endpoint did
@@ -215,7 +224,7 @@ def _client(app: Any) -> httpx.AsyncClient:
 
 @pytest.mark.anyio
 async def test_httpx_ok_and_streaming(sdk: Sdk) -> None:
-    app = make_app(sdk)
+    app = make_app(sdk, callback_spans="all")
     async with _client(app) as client:
         assert (await client.get("/ok")).text == "ok"
         response = await client.get("/stream")
@@ -228,16 +237,35 @@ async def test_httpx_ok_and_streaming(sdk: Sdk) -> None:
 
 @pytest.mark.anyio
 async def test_unmatched_paths_have_no_route_and_never_the_raw_path(sdk: Sdk) -> None:
-    async with _client(make_app(sdk)) as client:
+    def cleanup_anyway(scope: Scope, receive: Receive, send: Send) -> Any:
+        get_exit_stack(scope).callback(print, end="")
+        return PlainTextResponse("not here", status_code=404)(scope, receive, send)
+
+    app = Starlette(
+        routes=[Route("/only", cleanup_anyway)],
+        middleware=[Middleware(ExitStackMiddleware, tracer_provider=sdk.tracer_provider,
+                               meter_provider=sdk.meter_provider, callback_spans="all")],
+    )  # fmt: skip
+    app.router.default = cleanup_anyway  # type: ignore[method-assign]
+    async with _client(app) as client:
         assert (await client.get("/no-such-secret-path")).status_code == 404
     (unwind,) = sdk.spans_named(semconv.SPAN_UNWIND)
     assert dict(unwind.attributes or {}) == {
-        semconv.STACK_NAME: DEFAULT_SCOPE_KEY,
-        semconv.CALLBACK_COUNT: 0,
+        semconv.STACK_NAME: DEFAULT_STACK_NAME,
+        semconv.CALLBACK_COUNT: 1,
         semconv.CALLBACK_FAILED: 0,
         semconv.HTTP_REQUEST_METHOD: "GET",
     }
     assert "secret" not in repr(sdk.metrics())
+
+
+@pytest.mark.anyio
+async def test_a_request_that_pushes_nothing_appears_nowhere(sdk: Sdk) -> None:
+    async with _client(make_app(sdk, callback_spans="all")) as client:
+        assert (await client.get("/no-such-path")).status_code == 404
+    assert sdk.spans() == ()
+    assert semconv.UNWIND_DURATION not in sdk.metrics()
+    assert semconv.UNWIND_CALLBACKS not in sdk.metrics()
 
 
 @pytest.mark.anyio
@@ -297,7 +325,9 @@ async def test_concurrent_requests_each_get_their_own_stack_and_context(sdk: Sdk
     assert sorted(app.state.log) == sorted(
         f"{user}: cleanup sees {user} on its own stack True" for user in users
     )
-    assert len(sdk.spans_named(semconv.SPAN_UNWIND)) == len(users)
+    assert sdk.spans() == ()  # problems mode: nothing went wrong, so no span
+    (unwinds,) = histogram_points(sdk.metrics()[semconv.UNWIND_DURATION])
+    assert unwinds.count == len(users)
     active = number_points(sdk.metrics()[semconv.UNWIND_ACTIVE])
     assert [point.value for point in active] == [0]
 
@@ -322,7 +352,7 @@ async def test_httpx_form_is_closed_and_named_without_file_names(sdk: Sdk) -> No
 
 @pytest.mark.anyio
 async def test_websocket_through_starlette(sdk: Sdk) -> None:
-    app = make_app(sdk)
+    app = make_app(sdk, callback_spans="all")
     log: list[str] = app.state.log
     incoming: list[Message] = [{"type": "websocket.connect"}, {"type": "websocket.receive", "text": "hi"}]
 
@@ -368,7 +398,9 @@ async def test_cancellation_cannot_skip_cleanup(sdk: Sdk) -> None:
 @pytest.mark.anyio
 async def test_unwind_is_a_child_of_the_asgi_server_span(sdk: Sdk) -> None:
     app = OpenTelemetryMiddleware(
-        make_app(sdk), tracer_provider=sdk.tracer_provider, meter_provider=sdk.meter_provider
+        make_app(sdk, callback_spans="all"),
+        tracer_provider=sdk.tracer_provider,
+        meter_provider=sdk.meter_provider,
     )
     async with _client(app) as client:
         assert (await client.get("/ok")).status_code == 200
