@@ -105,9 +105,9 @@ async def test_sdk_output_matches_the_metrics_table() -> None:
     sdk = Sdk()
     try:
         telemetry = sdk.telemetry()
-        scope = {"type": "http", "method": "GET", "route": type("Route", (), {"path": "/x"})()}
         with pytest.raises(ZeroDivisionError):
-            async with InstrumentedAsyncExitStack("s", telemetry=telemetry, scope=scope) as stack:
+            async with InstrumentedAsyncExitStack("s", telemetry=telemetry) as stack:
+                stack.route, stack.method = "/x", "GET"
                 stack.callback(divmod, 1, 0)
         rows = _metric_rows()
         found = sdk.metrics()

@@ -30,7 +30,7 @@ CLEANUP_WAIT = 15.0
 
 @pytest.fixture
 def app(sdk: Sdk) -> Starlette:
-    return make_app(sdk)
+    return make_app(sdk, callback_spans="all")  # an unwind span for each request to wait for
 
 
 @pytest.fixture
