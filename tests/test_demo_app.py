@@ -15,14 +15,14 @@ from exitstack_otel.demo.pool import ConnectionPool
 from exitstack_otel.demo.report import CallbackRow, CleanupReport
 from exitstack_otel.demo.settings import DemoSettings
 from exitstack_otel.demo.traffic import LARGE_UPLOAD_BYTES
-from exitstack_otel.middleware import DEFAULT_SCOPE_KEY
+from exitstack_otel.middleware import DEFAULT_STACK_NAME
 
 from .demo_helpers import RunningDemo, serve_in_thread
 
 pytestmark = pytest.mark.anyio
 
 
-def row(report: CleanupReport | None, callback: str, stack: str = DEFAULT_SCOPE_KEY) -> CallbackRow:
+def row(report: CleanupReport | None, callback: str, stack: str = DEFAULT_STACK_NAME) -> CallbackRow:
     assert report is not None
     found = {(r.stack, r.callback): r for r in report.rows}
     assert (stack, callback) in found, f"no {callback} on {stack}; rows: {sorted(found)}"
