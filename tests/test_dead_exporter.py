@@ -192,7 +192,7 @@ def run_against(endpoint: str, hole: Blackhole | None = None) -> tuple[Figures, 
         sizes = {
             "span queue": len(queue),
             "callback infos": len(telemetry._infos),
-            "unwind attribute sets": len(telemetry._unwind_attributes),
+            "unwind series": len(telemetry._unwind_series),
             "pushed counters": len(telemetry.instruments.pushed) if telemetry.instruments else 0,
         }
         assert queue.maxlen == MAX_QUEUE
@@ -220,7 +220,7 @@ def test_a_dead_or_hanging_backend_costs_requests_nothing(capsys: pytest.Capture
     for sizes in (healthy_sizes, refused_sizes, hanging_sizes):
         assert sizes["callback infos"] == 2
         assert sizes["pushed counters"] == 2
-        assert sizes["unwind attribute sets"] <= 3
+        assert sizes["unwind series"] <= 3
         assert sizes["span queue"] <= MAX_QUEUE
 
     with capsys.disabled():

@@ -246,7 +246,7 @@ async def test_unmatched_paths_have_no_route_and_never_the_raw_path(sdk: Sdk) ->
         middleware=[Middleware(ExitStackMiddleware, tracer_provider=sdk.tracer_provider,
                                meter_provider=sdk.meter_provider, callback_spans="all")],
     )  # fmt: skip
-    app.router.default = cleanup_anyway  # type: ignore[method-assign]
+    app.router.default = cleanup_anyway
     async with _client(app) as client:
         assert (await client.get("/no-such-secret-path")).status_code == 404
     (unwind,) = sdk.spans_named(semconv.SPAN_UNWIND)

@@ -13,8 +13,8 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import SpanKind, StatusCode
 
 from exitstack_otel import semconv
-from exitstack_otel.stack import InstrumentedAsyncExitStack
 from exitstack_otel.asgi import http_route, request_method
+from exitstack_otel.stack import InstrumentedAsyncExitStack
 from exitstack_otel.telemetry import error_type
 from exitstack_otel.version import __version__
 

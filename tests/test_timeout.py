@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 from opentelemetry.trace import StatusCode
 from starlette.types import Message, Receive, Scope, Send
@@ -162,7 +163,7 @@ async def test_an_outer_cancellation_stays_a_cancellation() -> None:
 @pytest.mark.anyio
 async def test_a_timeout_leaves_the_callback_list_as_contextlib_has_it() -> None:
     async def pause() -> None:
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
 
     async with InstrumentedAsyncExitStack(telemetry=None, callback_timeout=5) as stack:
         stack.push_async_callback(pause)

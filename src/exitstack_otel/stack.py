@@ -247,6 +247,9 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
             if escaped is not None:
                 outcome = semconv.OUTCOME_CANCELLED if is_cancellation(escaped) else semconv.OUTCOME_ERROR
             series = telemetry.unwind_series(self._name, self.route, self.method, outcome)
+            if unwinding is None and escaped is not None and telemetry.tracer is not None:
+                # an unwind that ended in an error or a cancellation is a problem of its own
+                unwinding = telemetry.unwinding(self._name, start, self._parent_context)
             if unwinding is None:
                 series.duration.record(end - start)
                 series.callbacks.record(count)

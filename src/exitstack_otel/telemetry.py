@@ -177,7 +177,9 @@ class Telemetry:
 
     # -- pushes ---------------------------------------------------------------------------------
 
-    def on_push(self, stack_name: str, callback: Callable[..., Any], is_sync: bool, depth: int) -> CallbackInfo:
+    def on_push(
+        self, stack_name: str, callback: Callable[..., Any], is_sync: bool, depth: int
+    ) -> CallbackInfo:
         kind, target = naming.classify(callback, is_sync)
         name = self._name(kind, target)
         key = (stack_name, name, kind)
