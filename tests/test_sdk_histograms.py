@@ -264,7 +264,7 @@ def test_two_readers_each_export_every_value_once() -> None:
             collect_both(made, fast_readers[reader], plain_readers[reader])
 
 
-def test_collection_racing_with_records_from_another_thread() -> None:
+def test_collection_racing_with_records_from_other_threads() -> None:
     fast_reader = InMemoryMetricReader(preferred_temporality=DELTA)
     plain_reader = InMemoryMetricReader(preferred_temporality=CUMULATIVE)
     with pair([fast_reader], [plain_reader]) as made:
@@ -274,7 +274,7 @@ def test_collection_racing_with_records_from_another_thread() -> None:
 
         def record_until_stopped() -> None:
             index = 0
-            while not stop.is_set() or index < 100:
+            while not stop.is_set() or index < 1000:
                 value = exact_values(1, index)[0]
                 if index % 50 == 0:  # the SDK's own record() into the same series, racing too
                     made.histogram.record(value, ROUTES[0])
@@ -284,14 +284,17 @@ def test_collection_racing_with_records_from_another_thread() -> None:
                 index += 1
                 started.set()
 
-        recorder = threading.Thread(target=record_until_stopped)
-        recorder.start()
+        # two recorders on one series: their appends race each other's folds and the collections
+        recorders = [threading.Thread(target=record_until_stopped) for _ in range(2)]
+        for recorder in recorders:
+            recorder.start()
         started.wait()
         collected: list[Any] = []
-        for _ in range(10):  # the recorder runs until these collections are done
+        for _ in range(10):  # the recorders run until these collections are done
             collected.extend(points_or_none(fast_reader.get_metrics_data()))
         stop.set()
-        recorder.join()
+        for recorder in recorders:
+            recorder.join()
         collected.extend(points_or_none(fast_reader.get_metrics_data()))
         for value in recorded:
             made.plain.record(value, ROUTES[0])

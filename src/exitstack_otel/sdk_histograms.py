@@ -37,6 +37,8 @@ from opentelemetry.util.types import AttributeValue
 logger = logging.getLogger("exitstack_otel")
 
 _INFINITY = math.inf
+_FOLD_AT = 256
+"""values a series holds before folding them into its counts: bounds its memory"""
 _HOOK_NAME = "exitstack_otel.internal.collection_hook"
 _HOOK_DESCRIPTION = "Hands exitstack-otel's in-process histograms to the SDK at collection; never observes"
 
@@ -99,7 +101,7 @@ class _Unsupported(Exception):
         self.level = level
 
 
-@dataclass
+@dataclass(slots=True)
 class _Batch:
     """What one series accumulated between two collections."""
 
@@ -114,6 +116,10 @@ class _Batch:
 class HistogramSeries:
     """One (instrument, attributes) series; record() is the hot path: a bisect and a few adds."""
 
+    # record() only appends to a list: list.append is atomic on every CPython, free-threaded
+    # builds included (they lock the list itself). Every _FOLD_AT values, and at collection,
+    # the values are folded into bucket counts, sum, min and max under the series' lock, so no
+    # read-modify-write ever races. Taking that lock on every record() would cost twice as much.
     __slots__ = (
         "_attributes",
         "_boundaries",
@@ -123,6 +129,7 @@ class HistogramSeries:
         "_lock",
         "_max",
         "_min",
+        "_pending",
         "_since_ns",
         "_sum",
     )
@@ -139,6 +146,7 @@ class HistogramSeries:
         self._key = key
         self._boundaries = boundaries
         self._lock = threading.Lock()
+        self._pending: list[float] = []
         self._counts = [0] * (len(boundaries) + 1)
         self._sum: float = 0
         self._min = _INFINITY
@@ -146,34 +154,53 @@ class HistogramSeries:
         self._since_ns = time.time_ns()
 
     def record(self, value: float) -> None:
-        # the same values record() accepts: finite and not negative (NaN fails both comparisons)
-        if 0 <= value < _INFINITY:
-            index = bisect_left(self._boundaries, value)
-            # a lock, not the GIL: the collection thread takes the batch, and free-threaded
-            # Python makes `+=` on a shared object a race
+        pending = self._pending
+        pending.append(value)
+        if len(pending) >= _FOLD_AT:
             with self._lock:
-                self._counts[index] += 1
-                self._sum += value
-                # the SDK keeps min(old, new) and max(old, new): the earlier one on a tie, as here
-                if value < self._min:
-                    self._min = value
-                if value > self._max:
-                    self._max = value
-        else:
-            self._histogram.record(value, self._attributes)  # the SDK logs and drops it
+                self._fold()
 
-    def _take(self) -> _Batch | None:
-        if self._max == -_INFINITY:  # nothing recorded: every accepted value raises max
+    def _fold(self) -> None:
+        """Move the pending values into the counts. Called with _lock held."""
+        pending = self._pending
+        # only this method removes values, under the lock, and only from the front: values
+        # appended meanwhile stay for the next fold
+        taken = len(pending)
+        values = pending[:taken]
+        del pending[:taken]
+        counts, boundaries = self._counts, self._boundaries
+        total, low, high = self._sum, self._min, self._max
+        for value in values:
+            try:
+                accepted = 0 <= value < _INFINITY  # what record() accepts (NaN fails both)
+            except TypeError:
+                logger.warning("dropped %r recorded on a histogram series: not a number", value)
+                continue
+            if accepted:
+                counts[bisect_left(boundaries, value)] += 1
+                total += value
+                # the SDK keeps min(old, new) and max(old, new): the earlier one on a tie, as here
+                if value < low:
+                    low = value
+                if value > high:
+                    high = value
+            else:
+                self._histogram.record(value, self._attributes)  # the SDK logs and drops it
+        self._sum, self._min, self._max = total, low, high
+
+    def _take(self, now_ns: int) -> _Batch | None:
+        if not self._pending and self._max == -_INFINITY:  # every accepted value raises max
             return None
-        size = len(self._counts)
-        now = time.time_ns()
         with self._lock:
+            self._fold()
+            if self._max == -_INFINITY:
+                return None
             batch = _Batch(self._counts, self._sum, self._min, self._max, self._since_ns)
-            self._counts = [0] * size
+            self._counts = [0] * len(batch.counts)
             self._sum = 0
             self._min = _INFINITY
             self._max = -_INFINITY
-            self._since_ns = now
+            self._since_ns = now_ns
         return batch
 
 
@@ -336,8 +363,11 @@ class FastHistogram:
             except Exception as error:
                 self._fall_back(logging.WARNING, f"the merge failed: {error!r}", error)
                 return
+            now = time.time_ns()
             batches = [
-                (series, batch) for series in self._series.values() if (batch := series._take()) is not None
+                (series, batch)
+                for series in self._series.values()
+                if (batch := series._take(now)) is not None
             ]
             if not batches:
                 return
@@ -371,8 +401,9 @@ class FastHistogram:
 
     def _replay_leftovers(self) -> None:
         # a record() that began just before the switch may still have added to a series
+        now = time.time_ns()
         for series in self._series.values():
-            batch = series._take()
+            batch = series._take(now)
             if batch is not None:
                 _replay(series, batch)
 
@@ -393,16 +424,18 @@ def _merge(targets: list[list[Any]], batches: list[tuple[HistogramSeries, _Batch
         # the match's lock too: the SDK holds it when it aggregates into a delta series that a
         # collection may discard
         with match._lock, aggregation._lock:
-            if aggregation._value is None:
-                aggregation._value = list(batch.counts)
+            counts = aggregation._value
+            if counts is None:  # the usual case: the SDK empties an aggregation when it collects it
+                aggregation._value = batch.counts.copy()
             else:
-                aggregation._value = [
-                    old + new for old, new in zip(aggregation._value, batch.counts, strict=True)
-                ]
+                aggregation._value = [old + new for old, new in zip(counts, batch.counts, strict=True)]
             aggregation._sum += batch.sum
+            # min(old, new) and max(old, new), as the SDK keeps them
             if aggregation._record_min_max:
-                aggregation._min = min(aggregation._min, batch.min)
-                aggregation._max = max(aggregation._max, batch.max)
+                if batch.min < aggregation._min:
+                    aggregation._min = batch.min
+                if batch.max > aggregation._max:
+                    aggregation._max = batch.max
 
 
 def _aggregation_for(match: Any, series: HistogramSeries, batch: _Batch) -> Any:
