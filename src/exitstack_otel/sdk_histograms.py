@@ -19,6 +19,7 @@ says why once in the ``exitstack_otel`` log.
 from __future__ import annotations
 
 import contextvars
+import inspect
 import logging
 import math
 import threading
@@ -244,6 +245,8 @@ class FastHistogram:
             # opentelemetry-api/sdk before 1.30 take no advisory: their default buckets apply
             self._histogram = meter.create_histogram(name, unit=unit, description=description)
             self._bucket_advice_taken = False
+        # the API's record() takes the context (for exemplars) from 1.28 on
+        self._takes_context = "context" in inspect.signature(self._histogram.record).parameters
         try:
             consumer = self._check(meter_provider)
             _hook_for(consumer, meter).add(self)
@@ -282,7 +285,10 @@ class FastHistogram:
         self, value: float, attributes: Mapping[str, AttributeValue], context: Context | None = None
     ) -> None:
         """The SDK's own ``record()``: for measurements that should keep an exemplar."""
-        self._histogram.record(value, attributes, context)
+        if context is not None and self._takes_context:
+            self._histogram.record(value, attributes, context)
+        else:
+            self._histogram.record(value, attributes)
 
     def _how_recorded(self) -> str:
         return f"histogram {self._name!r} records each measurement through the SDK instead"
@@ -339,7 +345,7 @@ class FastHistogram:
             if type(aggregation) is not _SDK.explicit_bucket:
                 raise _Unsupported(f"a View or reader selects {type(aggregation).__name__.lstrip('_')}")
             if aggregation._boundaries != self._boundaries:
-                raise _Unsupported(f"a View sets the buckets {list(aggregation._boundaries)}")
+                raise _Unsupported(f"a View or the reader sets the buckets {list(aggregation._boundaries)}")
             if not isinstance(match._attributes_aggregation, dict):
                 raise _Unsupported(
                     "the SDK keeps its series in something else than a dict", level=logging.WARNING
