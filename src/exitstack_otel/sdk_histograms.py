@@ -1,12 +1,14 @@
 """Histograms aggregated in process and handed to the SDK's own aggregation at each collection.
 
-``Histogram.record`` costs several microseconds (the SDK cleans and hashes the attributes, takes
-locks and runs the exemplar filter on every call). A :class:`HistogramSeries` keeps the bucket
-counts, sum, min and max of one (instrument, attributes) series itself, so a measurement is a
-bisect and a few adds under a small lock. An observable instrument's callback runs at the start of
-every reader's collection; ours moves what accumulated into the SDK's aggregation for the same
-instrument and attributes in every reader's storage, where it is exported exactly as if each value
-had gone through ``record()``.
+``Histogram.record`` costs about 10 µs (the SDK cleans and hashes the attributes, takes locks and
+runs the exemplar filter on every call). A :class:`HistogramSeries` keeps the bucket counts, sum,
+min and max of one (instrument, attributes) series itself; a measurement costs about 0.25 µs. An
+observable instrument's callback runs at the start of every reader's collection; ours moves what
+accumulated into the SDK's aggregation for the same instrument and attributes in every reader's
+storage, where it is exported as if each value had gone through ``record()``: the same count,
+bucket counts, min, max and attributes, and the same sum (adds in another order can round the last
+bit differently when ``record()`` and a series feed one aggregation, or with several readers).
+Merged values carry no exemplars; ``FastHistogram.record`` is there for the ones that should.
 
 The Python SDK has no public way to do this (no MetricProducer), so this is the only module that
 reaches into opentelemetry-sdk's internals. Everything it relies on is checked once, at setup,
@@ -380,7 +382,9 @@ class FastHistogram:
             try:
                 _merge(targets, batches)
             except Exception as error:
-                # _merge changes nothing until every aggregation is found, so the batches are whole
+                # _merge adds nothing until every aggregation is found, which is where an SDK unlike
+                # the self-tested one would fail: the batches are then whole. (Should the adds
+                # themselves fail, a batch could count twice in the readers it already reached.)
                 self._fall_back(logging.WARNING, f"the merge failed: {error!r}", error)
                 for series, batch in batches:
                     _replay(series, batch)
