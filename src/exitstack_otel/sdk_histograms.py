@@ -15,7 +15,11 @@ reaches into opentelemetry-sdk's internals. Everything it relies on is checked o
 including a merge on a private provider compared with ``record()``; when anything is not as
 expected (no SDK, another provider, a View that changes the aggregation, the buckets or the
 attribute keys) a :class:`FastHistogram` records each measurement through ``record()`` instead and
-says why once in the ``exitstack_otel`` log.
+says why once per provider in the ``exitstack_otel`` log: at INFO when it follows from the
+application's own setup (no SDK, another provider, a View or reader that changes the stream),
+since the numbers stay exact and only cost more; at WARNING when the SDK is not what this module
+was written for or a merge failed, which a newer exitstack-otel may need to handle. A View that
+only renames or describes the stream keeps the fast path: the aggregation is the same.
 """
 
 from __future__ import annotations
@@ -320,7 +324,8 @@ class FastHistogram:
         problem = None if _IN_SELF_TEST.get() else _self_test()
         if problem is not None:
             raise _Unsupported(
-                f"opentelemetry-sdk {_SDK.version} differs from what the merge expects: {problem}"
+                f"opentelemetry-sdk {_SDK.version} differs from what the merge expects: {problem}",
+                level=logging.WARNING,
             )
         consumer = self._histogram._measurement_consumer
         if consumer is not getattr(provider, "_measurement_consumer", None) or not isinstance(
