@@ -23,6 +23,20 @@ def attributes_of(key_values: Any) -> dict[str, object]:
     return {pair.key: value_of(pair.value) for pair in pairs}
 
 
+def _histogram_fields(point: Any, data: str) -> dict[str, Any]:
+    if data != "histogram":
+        return {}
+    return {
+        "sum": point.sum,
+        "bucket_counts": tuple(point.bucket_counts),
+        "explicit_bounds": tuple(point.explicit_bounds),
+        "min": point.min,
+        "max": point.max,
+        "start_time_unix_nano": point.start_time_unix_nano,
+        "time_unix_nano": point.time_unix_nano,
+    }
+
+
 class Received:
     """What arrived, flattened: spans with their scope name, metric points with their metric name."""
 
@@ -66,6 +80,7 @@ class Received:
                                 "attributes": attributes_of(point.attributes),
                                 "count": getattr(point, "count", None),
                                 "value": getattr(point, "as_int", None),
+                                **_histogram_fields(point, data),
                             }
                         )
 
