@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from exitstack_otel import settings
@@ -77,3 +80,19 @@ def test_a_bad_value_names_the_variable_and_what_it_accepts(variable: str, value
     message = str(raised.value)
     assert message.startswith(f"{variable}={value!r}")
     assert accepted in message
+
+
+def test_the_readme_table_names_every_variable_and_its_keyword() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = readme.split("<!-- settings:", 1)[1].split("\n\n", 1)[0]
+    rows = re.findall(r"^\| `(OTEL_PYTHON_EXITSTACK_\w+)` \| `(\w+)` \|", table, re.MULTILINE)
+    assert dict(rows) == {variable: keyword for variable, (keyword, _, _) in settings._VARIABLES.items()}
+    # and each default shown is TelemetryOptions' (callback_timeout: none, the stack's default)
+    defaults = dict(re.findall(r"^\| `\w+` \| `(\w+)` \|.*\| `([^`]+)` \|$", table, re.MULTILINE))
+    options = TelemetryOptions()
+    assert defaults == {
+        "callback_spans": options.callback_spans,
+        "slow_callback_threshold": str(options.slow_callback_threshold),
+        "callback_timeout": "none",
+        "max_callback_names": str(options.max_callback_names),
+    }
