@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
+import anyio
 from fastapi import Depends, FastAPI
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -37,8 +38,18 @@ def readme_block(marker: str) -> str:
     return found.group(1)
 
 
-async def get_session() -> AsyncIterator[str]:
+# a slow cleanup (past the default slow_callback_threshold of 0.1 s) is a problem, and so has spans
+SLOW_CLEANUP_SECONDS = 0.15
+
+
+async def close_session(request: Request) -> None:
+    if request.query_params.get("slow"):
+        await anyio.sleep(SLOW_CLEANUP_SECONDS)
+
+
+async def get_session(request: Request) -> AsyncIterator[str]:
     yield "session"
+    await close_session(request)
 
 
 fastapi_app = FastAPI()
@@ -49,12 +60,8 @@ async def read_order(order_id: int, session: Annotated[str, Depends(get_session)
     return {"order_id": order_id, "session": session}
 
 
-def release_session() -> None:
-    pass
-
-
 async def order(request: Request) -> PlainTextResponse:
-    get_exit_stack(request).callback(release_session)
+    get_exit_stack(request).push_async_callback(close_session, request)
     return PlainTextResponse(f"order {request.path_params['order_id']}")
 
 

@@ -131,32 +131,34 @@ def wait_until_serving(process: subprocess.Popen[bytes], url: str) -> None:
     raise AssertionError("the server did not start")
 
 
-def our_metric_lines(metrics_url: str, pattern: str, callback: str) -> list[str]:
-    """What the README's ``curl | grep`` shows, once the callback's duration count is there."""
+def executed(lines: list[str], callback: str) -> float:
+    """How often ``callback`` ran, by the duration histogram's count series."""
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in lines
+        if line.startswith("exitstack_callback_duration_seconds_count{")
+        and f'exitstack_callback_name="{callback}"' in line
+    )
+
+
+def our_metric_lines(metrics_url: str, pattern: str, callback: str, count: int) -> list[str]:
+    """What the README's ``curl | grep`` shows, once ``callback`` has run ``count`` times."""
     deadline = time.monotonic() + EXPORT_DEADLINE
     lines: list[str] = []
     while time.monotonic() < deadline:
         text = httpx.get(metrics_url, timeout=5).text
         lines = [line for line in text.splitlines() if re.search(pattern, line)]
-        if any(f'exitstack_callback_name="{callback}"' in line for line in lines):
+        if executed(lines, callback) >= count:
             return lines
         time.sleep(0.2)
-    raise AssertionError(f"no metrics for {callback} at {metrics_url}: {lines}")
+    raise AssertionError(f"{callback} did not run {count} times by {metrics_url}: {lines}")
 
 
-def unwinds_with_callbacks(spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [
-        span
-        for span in spans
-        if span["name"] == semconv.SPAN_UNWIND and span["attributes"].get(semconv.CALLBACK_COUNT)
-    ]
-
-
-def wait_for_unwinds(receiver: OtlpReceiver, count: int) -> list[dict[str, Any]]:
+def wait_for_spans(receiver: OtlpReceiver, name: str, count: int) -> list[dict[str, Any]]:
     deadline = time.monotonic() + EXPORT_DEADLINE
     while True:
         spans, _ = receiver.received.snapshot()
-        if len(unwinds_with_callbacks(spans)) >= count or time.monotonic() > deadline:
+        if [span["name"] for span in spans].count(name) >= count or time.monotonic() > deadline:
             return spans
         time.sleep(0.1)
 
@@ -165,7 +167,7 @@ def wait_for_unwinds(receiver: OtlpReceiver, count: int) -> list[dict[str, Any]]
     ("target", "callback"),
     [
         ("tests.readme_apps:fastapi_app", "get_session"),
-        ("tests.readme_apps:starlette_app", "release_session"),
+        ("tests.readme_apps:starlette_app", "close_session"),
     ],
 )
 def test_the_readme_commands_serve_metrics_and_join_the_server_spans(target: str, callback: str) -> None:
@@ -174,10 +176,11 @@ def test_the_readme_commands_serve_metrics_and_join_the_server_spans(target: str
         process, url, metrics_url = serve(zero_code, target, receiver)
         try:
             wait_until_serving(process, url + "/orders/0")
-            for order_id in (1, 2, 3):
-                assert httpx.get(f"{url}/orders/{order_id}", timeout=30).status_code == 200
-            lines = our_metric_lines(metrics_url, zero_code.metrics_pattern, callback)
-            spans = wait_for_unwinds(receiver, 3)
+            for order_id in (1, 2, 3):  # slow cleanups: spans by default too
+                assert httpx.get(f"{url}/orders/{order_id}?slow=1", timeout=30).status_code == 200
+            # the readiness probe's request and the three slow ones
+            lines = our_metric_lines(metrics_url, zero_code.metrics_pattern, callback, 4)
+            spans = wait_for_spans(receiver, f"{semconv.SPAN_CALLBACK} {callback}", 3)
         finally:
             process.send_signal(signal.SIGTERM)
             try:
@@ -188,19 +191,14 @@ def test_the_readme_commands_serve_metrics_and_join_the_server_spans(target: str
         log = stderr.decode(errors="replace")[-3000:]
         assert receiver.received.errors == [], log
 
-    executed = [
-        line
-        for line in lines
-        if line.startswith("exitstack_callback_duration_seconds_count{")
-        and f'exitstack_callback_name="{callback}"' in line
-    ]
-    assert executed, log
-    assert sum(float(line.rsplit(" ", 1)[1]) for line in executed) >= 3  # the readiness probe may add one
+    assert executed(lines, callback) >= 4, log
     assert any(line.startswith("exitstack_unwind_duration_seconds_count{") for line in lines), log
 
     by_id = {span["span_id"]: span for span in spans}
-    unwinds = unwinds_with_callbacks(spans)
-    assert len(unwinds) >= 3, log
+    slow = [span for span in spans if span["name"] == f"{semconv.SPAN_CALLBACK} {callback}"]
+    assert len(slow) == 3, log
+    unwinds = [by_id[span["parent_span_id"]] for span in slow]
+    assert {unwind["name"] for unwind in unwinds} == {semconv.SPAN_UNWIND}
     for unwind in unwinds:
         parent = by_id.get(unwind["parent_span_id"])
         assert parent is not None, f"an unwind without its parent: {unwind}"

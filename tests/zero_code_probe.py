@@ -34,6 +34,7 @@ def main() -> None:
     exporter = InMemorySpanExporter()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     anyio.run(send_requests)
+    print(json.dumps({"requests": "done"}))  # so that no span at all still shows that the probe ran
     for span in exporter.get_finished_spans():
         if span.instrumentation_scope is not None and span.instrumentation_scope.name == semconv.SCOPE_NAME:
             print(json.dumps({"name": span.name, "attributes": dict(span.attributes or {})}))
