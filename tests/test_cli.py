@@ -123,10 +123,11 @@ def test_console_script_runs_the_fastapi_variant(tmp_path: Path) -> None:
     flush = by_callback(document)["AuditLog.flush"]
     assert flush["stack"] == "exitstack_demo_astack"
     assert flush["executed"] == document["traffic"]["total"]["completed"] > 0
-    # our middleware's stack and FastAPI's three, each unwound once per request
+    # our middleware's stack, once per request, and FastAPI's, at most once per request
     stacks = {stack["stack"]: stack["unwinds"] for stack in document["cleanup"]["stacks"]}
-    assert set(stacks) == {"exitstack_demo_astack", *STACK_KEYS}
-    assert set(stacks.values()) == {flush["executed"]}
+    assert {flush["stack"], "fastapi_inner_astack"} <= set(stacks) <= {flush["stack"], *STACK_KEYS}
+    assert stacks[flush["stack"]] == flush["executed"]
+    assert max(stacks.values()) == flush["executed"]
     assert document["pool"]["in_use"] == 0
 
 
