@@ -1,17 +1,14 @@
-"""A real uvicorn serving a demo app on 127.0.0.1 in a thread of its own, with an in-memory SDK.
+"""A demo app served by tests/servers.py's uvicorn, with an in-memory SDK and its report afterwards.
 
-The server thread has its own asyncio loop, so tests drive it with httpx from either anyio backend.
-Stopping the server waits for in-flight requests and their cleanup: numbers read afterwards are final.
+Stopping the server waits for in-flight requests and their cleanup: the report is final.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-import uvicorn
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
@@ -20,8 +17,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from starlette.types import ASGIApp
 
 from exitstack_otel.demo.report import CleanupReport, read_report
-from exitstack_otel.demo.server import base_url, bind
 from exitstack_otel.fastapi import app_instrumentation, uninstrument_fastapi
+
+from .servers import running_server
 
 AppFactory = Callable[..., ASGIApp]
 
@@ -43,23 +41,13 @@ def serve_in_thread(factory: AppFactory, **app_options: object) -> Iterator[Runn
     tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
     meter_provider = MeterProvider(metric_readers=[reader])
     app = factory(tracer_provider=tracer_provider, meter_provider=meter_provider, **app_options)
-    sock = bind("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="critical", lifespan="off", access_log=False))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    started = threading.Event()
-    while not server.started and thread.is_alive():
-        started.wait(0.01)
-    if not server.started:
-        raise RuntimeError("uvicorn did not start")
-    demo = RunningDemo(base_url(sock), app, reader, spans)
     try:
-        yield demo
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
+        with running_server(app, log_level="critical") as server:
+            demo = RunningDemo(server.url(), app, reader, spans)
+            yield demo
+        # the server has stopped: every unwind has ended
         demo.report = read_report(reader)
+    finally:
         if app_instrumentation(app) is not None:
             uninstrument_fastapi(app)  # puts back FastAPI's own AsyncExitStack for the next tests
         tracer_provider.shutdown()

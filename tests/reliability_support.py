@@ -1,20 +1,18 @@
-"""Real uvicorn servers and SDK providers for the reliability tests (cancellation, storm, exporters)."""
+"""SDK providers and a polling helper for the reliability tests (cancellation, storm, exporters).
+
+Their servers come from tests/servers.py.
+"""
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
-import uvicorn
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricsData
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from starlette.types import ASGIApp
 
 
 class Sdk:
@@ -40,48 +38,6 @@ class Sdk:
     def shutdown(self) -> None:
         self.tracer_provider.shutdown()
         self.meter_provider.shutdown()
-
-
-class ServerThread:
-    """uvicorn on 127.0.0.1 and a free port, in a thread with its own event loop."""
-
-    def __init__(self, app: ASGIApp, **config: Any) -> None:
-        config.setdefault("log_level", "critical")
-        config.setdefault("lifespan", "off")
-        # uvicorn binds port 0 itself: on a socket handed over with sockets=[...] its connections
-        # lose TCP_NODELAY and every keep-alive request waits ~40 ms for a delayed ACK
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, **config))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.port = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.01)
-        self.port = self.server.servers[0].sockets[0].getsockname()[1]
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(60)
-        if self.thread.is_alive():
-            raise RuntimeError("uvicorn did not stop")
-
-
-@contextmanager
-def serve(app: ASGIApp, **config: Any) -> Iterator[ServerThread]:
-    server = ServerThread(app, **config)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def wait_until(condition: Any, timeout: float = 30.0) -> None:

@@ -1,16 +1,20 @@
-"""A real uvicorn server on 127.0.0.1 and a free port, for tests that need real HTTP/websockets.
+"""A real uvicorn on 127.0.0.1 and a free port, in a thread of the test process: the one server helper.
 
     with running_server(app) as server:
         httpx.get(server.url("/items"))
 
-The server runs in a thread of the test process, so an in-memory OpenTelemetry exporter set up by
-the test sees its spans. The port comes from a socket bound before the server starts (no race
-with other tests picking the same port).
+The server thread has its own event loop, so tests drive it with httpx or websockets from either
+anyio backend, and an in-memory OpenTelemetry exporter set up by the test sees its spans. The
+listening socket is the demo's (``exitstack_otel.demo.server.bind``), bound before the server
+starts (no race with other tests for the port) and made with ``IPPROTO_TCP``, so that asyncio
+sets ``TCP_NODELAY`` on every connection as it does for a server that binds its own port; with
+protocol 0 it does not, and each keep-alive request waits some 40 ms for a delayed ACK.
+Leaving the block waits for requests in flight and their cleanup (uvicorn's graceful shutdown):
+numbers read afterwards are final.
 """
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from contextlib import contextmanager
@@ -19,12 +23,16 @@ from typing import TYPE_CHECKING
 
 import uvicorn
 
+from exitstack_otel.demo.server import bind
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from starlette.types import ASGIApp
 
+# seconds; generous bounds for a loaded machine, never measurements
 STARTUP_TIMEOUT = 30.0
+STOP_TIMEOUT = 60.0
 
 
 @dataclass(frozen=True)
@@ -33,20 +41,24 @@ class RunningServer:
     port: int
     server: uvicorn.Server
 
-    def url(self, path: str = "/", scheme: str = "http") -> str:
+    def url(self, path: str = "", scheme: str = "http") -> str:
         return f"{scheme}://{self.host}:{self.port}{path}"
 
 
 @contextmanager
 def running_server(app: ASGIApp, **config: object) -> Iterator[RunningServer]:
-    """Serve ``app`` on 127.0.0.1 until the block ends; extra ``config`` goes to ``uvicorn.Config``."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+    """Serve ``app`` until the block ends; ``config`` goes to ``uvicorn.Config`` over these defaults."""
+    sock = bind("127.0.0.1", 0)
     port = sock.getsockname()[1]
     # log_config=None: leave the test process's logging (and caplog) as it is
-    options: dict[str, object] = {"log_config": None, "log_level": "warning", "lifespan": "off", **config}
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, **options))  # type: ignore[arg-type]
+    options: dict[str, object] = {
+        "log_config": None,
+        "log_level": "warning",
+        "lifespan": "off",
+        "access_log": False,
+        **config,
+    }
+    server = uvicorn.Server(uvicorn.Config(app, **options))  # type: ignore[arg-type]
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": [sock]}, name=f"uvicorn-{port}", daemon=True
     )
@@ -62,7 +74,7 @@ def running_server(app: ASGIApp, **config: object) -> Iterator[RunningServer]:
         yield RunningServer("127.0.0.1", port, server)
     finally:
         server.should_exit = True
-        thread.join(STARTUP_TIMEOUT)
+        thread.join(STOP_TIMEOUT)
         sock.close()
         if thread.is_alive():
-            raise RuntimeError(f"uvicorn on port {port} did not stop within {STARTUP_TIMEOUT} s")
+            raise RuntimeError(f"uvicorn on port {port} did not stop within {STOP_TIMEOUT} s")

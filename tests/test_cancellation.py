@@ -21,7 +21,8 @@ from starlette.types import Message, Receive, Scope, Send
 
 from exitstack_otel import ExitStackMiddleware, get_exit_stack, semconv, wait_for_unwinds
 
-from .reliability_support import Sdk, serve, wait_until
+from .reliability_support import Sdk, wait_until
+from .servers import running_server
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
@@ -213,8 +214,8 @@ def test_real_client_hanging_up_mid_stream_runs_every_callback() -> None:
         tracer_provider=sdk.tracer_provider,
         meter_provider=sdk.meter_provider,
     )
-    with serve(app) as server:
-        with httpx.Client(base_url=server.url) as client, client.stream("GET", "/stream") as response:
+    with running_server(app) as server:
+        with httpx.Client(base_url=server.url()) as client, client.stream("GET", "/stream") as response:
             assert next(response.iter_bytes()).startswith(b"chunk")
         # the client has hung up; the server notices on its next write
         wait_until(lambda: len(cleanup.log) == 2)
@@ -339,9 +340,9 @@ def test_uvicorn_shutdown_with_requests_in_flight_runs_their_cleanup() -> None:
         except httpx.HTTPError as exc:  # the hanging request is dropped by the shutdown
             errors.append(exc)
 
-    with serve(app, timeout_graceful_shutdown=0.1, lifespan="on") as server:
+    with running_server(app, timeout_graceful_shutdown=0.1, lifespan="on") as server:
         threads = [
-            threading.Thread(target=client, args=(server.url + path,)) for path in ("/hang", "/slow-cleanup")
+            threading.Thread(target=client, args=(server.url(path),)) for path in ("/hang", "/slow-cleanup")
         ]
         for thread in threads:
             thread.start()

@@ -21,7 +21,9 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from exitstack_otel.cli import main
+from exitstack_otel.demo.report import format_seconds
 from exitstack_otel.demo.server import bind
+from exitstack_otel.fastapi_stack import STACK_KEYS
 
 COMMAND = [sys.executable, "-m", "exitstack_otel"]
 CONSOLE_SCRIPT = str(Path(sys.executable).parent / "exitstack-otel")
@@ -54,7 +56,7 @@ def test_demo_report_matches_the_traffic_it_sent(tmp_path: Path) -> None:
     share = 0.25
     result = run(
         "demo", "--duration", "3", "--rate", "60", "--failure-share", str(share), "--seed", "5",
-        "--json-report", str(report_path),
+        "--slow-share", "0.1", "--slow-seconds", "0.1", "--json-report", str(report_path),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     document = load(report_path)
@@ -85,7 +87,14 @@ def test_demo_report_matches_the_traffic_it_sent(tmp_path: Path) -> None:
     assert document["pool"]["in_use"] == 0
     assert document["pool"]["acquired"] == document["pool"]["released"]
     quantiles = flush["duration_s"]
-    assert 0 < quantiles["p50"] <= quantiles["p95"] <= quantiles["p99"]
+    assert 0 < quantiles["p50"] <= quantiles["p95"] <= quantiles["p99"] <= quantiles["max"]
+    # the flushes the traffic told to be slow show in the max, however few they are
+    assert total["meant_slow"] > 0
+    assert quantiles["max"] >= 0.1
+    # every unwind belongs to one stack; the demo's Starlette app has one
+    (stack,) = cleanup["stacks"]
+    assert stack["stack"] == flush["stack"]
+    assert (stack["unwinds"], stack["active"]) == (cleanup["unwinds"], 0)
 
     # the text report says the same
     out = result.stdout
@@ -95,6 +104,9 @@ def test_demo_report_matches_the_traffic_it_sent(tmp_path: Path) -> None:
     )
     line = next(line for line in out.splitlines() if line.split()[1:2] == ["AuditLog.flush"])
     assert line.split()[2:6] == [str(n), str(n), str(flush["failed"]), "0"]
+    assert line.split()[-1] == format_seconds(quantiles["max"])
+    stack_line = next(line for line in out.splitlines() if line.split()[:2] == [stack["stack"], str(n)])
+    assert stack_line.split()[2] == "0"
 
 
 def test_console_script_runs_the_fastapi_variant(tmp_path: Path) -> None:
@@ -111,6 +123,11 @@ def test_console_script_runs_the_fastapi_variant(tmp_path: Path) -> None:
     flush = by_callback(document)["AuditLog.flush"]
     assert flush["stack"] == "exitstack_demo_astack"
     assert flush["executed"] == document["traffic"]["total"]["completed"] > 0
+    # our middleware's stack, once per request, and FastAPI's, at most once per request
+    stacks = {stack["stack"]: stack["unwinds"] for stack in document["cleanup"]["stacks"]}
+    assert {flush["stack"], "fastapi_inner_astack"} <= set(stacks) <= {flush["stack"], *STACK_KEYS}
+    assert stacks[flush["stack"]] == flush["executed"]
+    assert max(stacks.values()) == flush["executed"]
     assert document["pool"]["in_use"] == 0
 
 

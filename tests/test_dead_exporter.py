@@ -34,7 +34,8 @@ from starlette.routing import Route
 
 from exitstack_otel import ExitStackMiddleware, get_exit_stack
 
-from .reliability_support import serve, wait_until
+from .reliability_support import wait_until
+from .servers import running_server
 
 REQUESTS = 600
 WARMUP = 60
@@ -179,12 +180,12 @@ def run_against(endpoint: str, hole: Blackhole | None = None) -> tuple[Figures, 
         callback_spans="all",
     )
     figures = Figures()
-    with serve(app) as server:
-        asyncio.run(load(server.url, WARMUP, None, hole))
+    with running_server(app) as server:
+        asyncio.run(load(server.url(), WARMUP, None, hole))
         if hole is not None:
             wait_until(lambda: hole.hanging)  # the first export now hangs: measure from here
         figures.rss_after_warmup = rss_bytes()
-        asyncio.run(load(server.url, REQUESTS, figures, hole))
+        asyncio.run(load(server.url(), REQUESTS, figures, hole))
         figures.rss_at_end = rss_bytes()
         telemetry = app.telemetry.current()
         assert telemetry is not None

@@ -3,6 +3,7 @@ from __future__ import annotations
 import bisect
 import math
 
+import anyio
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -11,7 +12,13 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 
 from exitstack_otel import semconv
-from exitstack_otel.demo.report import estimate_quantile, format_seconds, read_report, render_table
+from exitstack_otel.demo.report import (
+    estimate_quantile,
+    format_seconds,
+    read_report,
+    render_stacks,
+    render_table,
+)
 from exitstack_otel.providers import TelemetrySource
 from exitstack_otel.stack import InstrumentedAsyncExitStack
 
@@ -112,10 +119,72 @@ async def test_report_counts_pushed_executed_failed_and_never_ran_from_the_sdk()
         "p50",
         "p95",
         "p99",
+        "max",
     ]
     release_line = next(line for line in lines if "release" in line)
     assert release_line.split()[2:6] == ["4", "3", "0", "1"]
     assert f"failed 1x with {__name__}.Boom" in table
+
+
+@pytest.mark.anyio
+async def test_a_slow_run_shows_in_max_and_not_in_p99() -> None:
+    reader = InMemoryMetricReader()
+    telemetry = TelemetrySource(TracerProvider(), MeterProvider(metric_readers=[reader])).current()
+
+    async def release(seconds: float) -> None:
+        await anyio.sleep(seconds)
+
+    for index in range(200):
+        async with InstrumentedAsyncExitStack("requests", telemetry=telemetry) as stack:
+            stack.push_async_callback(release, 0.05 if index == 100 else 0.0)
+    report = read_report(reader)
+    (row,) = report.rows
+    durations = row.quantiles()
+    assert durations["max"] is not None
+    assert durations["max"] >= 0.05
+    assert durations["p99"] is not None
+    assert durations["p99"] < 0.05
+    assert row.as_dict()["duration_s"]["max"] == durations["max"]
+    release_line = next(line for line in render_table(report).splitlines() if "release" in line)
+    assert release_line.split()[-1] == format_seconds(durations["max"])
+
+
+@pytest.mark.anyio
+async def test_unwinds_are_broken_down_per_stack() -> None:
+    reader = InMemoryMetricReader()
+    telemetry = TelemetrySource(TracerProvider(), MeterProvider(metric_readers=[reader])).current()
+
+    def release() -> None:
+        pass
+
+    for name, count in (("outer", 3), ("inner", 2)):
+        for _ in range(count):
+            async with InstrumentedAsyncExitStack(name, telemetry=telemetry) as stack:
+                stack.callback(release)
+    running = InstrumentedAsyncExitStack("inner", telemetry=telemetry)
+    running.callback(release)
+    hung = anyio.Event()
+
+    async def hang() -> None:
+        await hung.wait()
+
+    running.push_async_callback(hang)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(running.aclose)
+        await anyio.wait_all_tasks_blocked()
+        report = read_report(reader)
+        hung.set()
+
+    assert [(stack.stack, stack.unwinds, stack.active) for stack in report.stacks] == [
+        ("inner", 2, 1),
+        ("outer", 3, 0),
+    ]
+    assert (report.unwinds, report.unwinds_active) == (5, 1)
+    assert [row["stack"] for row in report.as_dict()["stacks"]] == ["inner", "outer"]
+    header, *lines = render_stacks(report).splitlines()
+    assert header.split() == ["stack", "unwinds", "running", "p50", "p95", "p99", "max"]
+    assert [line.split()[:3] for line in lines] == [["inner", "2", "1"], ["outer", "3", "0"]]
+    assert read_report(reader).unwinds == 6  # the hung one has ended since
 
 
 def test_report_of_an_unused_reader_is_empty() -> None:

@@ -20,7 +20,8 @@ from starlette.routing import Route
 from exitstack_otel import ExitStackMiddleware, InstrumentedAsyncExitStack, get_exit_stack, semconv
 from exitstack_otel.telemetry import Telemetry, TelemetryOptions
 
-from .reliability_support import Sdk, serve
+from .reliability_support import Sdk
+from .servers import running_server
 
 MARK = "zx9q"  # in every hostile value; must never show up in what telemetry exports
 
@@ -114,7 +115,7 @@ def test_hostile_names_paths_headers_and_methods_never_reach_an_attribute() -> N
         callback_spans="all",  # every callback and push recorded: the most there is to leak
     )
     headers = {"Authorization": f"Bearer {MARK}", "Cookie": f"session={MARK}", "X-Forwarded-For": MARK}
-    with serve(app) as server, httpx.Client(base_url=server.url, headers=headers) as client:
+    with running_server(app) as server, httpx.Client(base_url=server.url(), headers=headers) as client:
         files = [("file", (name, b"content", "application/octet-stream")) for name in HOSTILE_FILE_NAMES]
         assert client.post(f"/upload/{MARK}?token={MARK}", files=files).status_code == 200
         assert client.get(f"/items/{MARK}?q={MARK}").status_code == 200
@@ -198,7 +199,7 @@ def test_http_route_is_only_ever_a_template() -> None:
         meter_provider=sdk.meter_provider,
         callback_spans="all",
     )
-    with serve(app) as server, httpx.Client(base_url=server.url) as client:
+    with running_server(app) as server, httpx.Client(base_url=server.url()) as client:
         for path in ("/items/1", "/items/abc", f"/items/{MARK}?x=1", "/upload/a", f"/{MARK}"):
             client.get(path)
     routes = [

@@ -22,7 +22,8 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from exitstack_otel import semconv
 
 from .leaks import open_fds, temp_files
-from .reliability_support import Sdk, serve, wait_until
+from .reliability_support import Sdk, wait_until
+from .servers import running_server
 from .upload_app import BAD_UPLOADS, GOOD_UPLOADS, TEST_LIMITS, Upload, closed_forms, create_app
 
 REQUESTS = 10_000
@@ -106,7 +107,7 @@ def test_upload_storm_leaves_nothing_behind(
     rss: list[int] = []
     objects: list[int] = []  # Python containers alive: a leak shows here, allocator noise does not
     temp_files_seen: list[int] = []
-    with serve(app) as server:
+    with running_server(app) as server:
         gc.collect()
         fds_before = open_fds()
         started = time.perf_counter()

@@ -168,6 +168,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What the demo extra brings, by import name: one of these missing is an install to do, not a bug.
+_DEMO_DEPENDENCIES = (
+    ("uvicorn", "uvicorn"),
+    ("httpx", "httpx"),
+    ("websockets", "websockets"),
+    ("opentelemetry.sdk", "opentelemetry-sdk"),
+    ("opentelemetry.exporter.otlp", "opentelemetry-exporter-otlp-proto-http"),
+    ("opentelemetry.exporter.prometheus", "opentelemetry-exporter-prometheus"),
+    ("prometheus_client", "prometheus-client"),
+    ("opentelemetry.exporter", "OpenTelemetry's exporters"),  # the namespace, when none is installed
+)
+DEMO_EXTRA = "pip install 'exitstack-otel[demo]'"
+
+
+def missing_demo_dependency(exc: ModuleNotFoundError) -> str | None:
+    """The distribution the demo needs and lacks, or None when ``exc`` is about something else."""
+    name = exc.name or ""
+    for module, distribution in _DEMO_DEPENDENCIES:
+        if name == module or name.startswith(module + "."):
+            return distribution
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -177,6 +200,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except (OSError, RuntimeError, ValueError) as exc:
         print(f"exitstack-otel: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        missing = missing_demo_dependency(exc)
+        if missing is None:
+            raise
+        print(
+            f"exitstack-otel: error: the demo needs {missing}, which is not installed: {DEMO_EXTRA}",
+            file=sys.stderr,
+        )
         return 2
 
 

@@ -11,6 +11,9 @@ modules get ``FastAPIExitStack`` while anything here is instrumented.
 from __future__ import annotations
 
 import threading
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .fastapi_stack import STACK_KEYS, FastAPIExitStack, Instrumentation
@@ -22,7 +25,7 @@ if TYPE_CHECKING:
     from types import ModuleType
 
     from opentelemetry import metrics, trace
-    from starlette.types import ASGIApp
+    from starlette.types import ASGIApp, Scope
     from typing_extensions import Unpack
 
     from .options import OptionFields
@@ -70,6 +73,46 @@ def release_stack_patch() -> None:
         _original_stacks.clear()
 
 
+# -- FastAPI's own telemetry (0.165 and later: ``FastAPI(telemetry={...})``) ----------------------
+
+
+@dataclass(frozen=True)
+class FastAPITelemetry:
+    """What an app gave FastAPI's own telemetry; all None when it gave nothing (or FastAPI has none)."""
+
+    tracer_provider: trace.TracerProvider | None = None
+    meter_provider: metrics.MeterProvider | None = None
+    exclude: Callable[[Scope], bool] | None = None
+
+
+def fastapi_telemetry(app: Any) -> FastAPITelemetry:
+    """The providers and ``exclude`` hook of ``app``'s own telemetry settings.
+
+    Our spans share FastAPI's tracer provider so that a span made during a cleanup, a child of our
+    ``exitstack.unwind``, reaches the exporter that has its parent; with two providers it would be
+    an orphan in FastAPI's. FastAPI keeps the merged settings in ``app._telemetry`` and offers no
+    public accessor: anything else there (older FastAPI, a future change) means no settings.
+    """
+    config = getattr(app, "_telemetry", None)
+    if not isinstance(config, Mapping):
+        return FastAPITelemetry()
+    exclude = config.get("exclude")
+    return FastAPITelemetry(
+        config.get("tracer_provider"), config.get("meter_provider"), exclude if callable(exclude) else None
+    )
+
+
+def _app_instrumentation(app: Any, source: TelemetrySource, *, class_wide: bool = False) -> Instrumentation:
+    """``source`` for ``app``: its explicit providers first, then those of FastAPI's telemetry."""
+    native = fastapi_telemetry(app)
+    source = TelemetrySource(
+        source.tracer_provider or native.tracer_provider,
+        source.meter_provider or native.meter_provider,
+        source.options,
+    )
+    return Instrumentation(source, class_wide=class_wide, exclude=native.exclude)
+
+
 # -- one app ----------------------------------------------------------------------------------------
 
 _APP_ATTRIBUTE = "_exitstack_otel_instrumentation"
@@ -114,7 +157,7 @@ def instrument_fastapi(
     if app_instrumentation(app) is not None:
         raise RuntimeError("this FastAPI app is already instrumented; call uninstrument_fastapi(app) first")
     resolved = TelemetryOptions.build(options, **option_fields)
-    instrumentation = Instrumentation(TelemetrySource(tracer_provider, meter_provider, resolved))
+    instrumentation = _app_instrumentation(app, TelemetrySource(tracer_provider, meter_provider, resolved))
     acquire_stack_patch()
     setattr(app, _APP_ATTRIBUTE, instrumentation)
     app.build_middleware_stack = _AppBuild(app, instrumentation)  # type: ignore[method-assign]
@@ -151,6 +194,9 @@ def app_instrumentation(app: object) -> Instrumentation | None:
 
 _class_wide: Instrumentation | None = None
 _original_build: Any = None
+# one per app built while instrumented, with that app's FastAPI telemetry settings; turned off with
+# _class_wide (the apps' built stacks hold them, and pass requests through once they are off)
+_class_wide_apps: weakref.WeakSet[Instrumentation] = weakref.WeakSet()
 
 
 def _build_middleware_stack(app: Any) -> ASGIApp:
@@ -158,6 +204,9 @@ def _build_middleware_stack(app: Any) -> ASGIApp:
     instrumentation = _class_wide
     if instrumentation is None or app_instrumentation(app) is not None:
         return built  # the app's own instrument_fastapi() wraps it
+    if fastapi_telemetry(app) != FastAPITelemetry():
+        instrumentation = _app_instrumentation(app, instrumentation.source, class_wide=True)
+        _class_wide_apps.add(instrumentation)
     return instrumentation.wrap(built)
 
 
@@ -185,6 +234,9 @@ def uninstrument_all_apps() -> None:
         # stacks already built keep the marker, which now passes requests straight through
         _class_wide.active = False
         _class_wide = None
+        for instrumentation in list(_class_wide_apps):
+            instrumentation.active = False
+        _class_wide_apps.clear()
         if FastAPI.__dict__.get("build_middleware_stack") is _build_middleware_stack:
             FastAPI.build_middleware_stack = _original_build  # type: ignore[method-assign]
         _original_build = None

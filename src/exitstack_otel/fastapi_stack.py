@@ -132,11 +132,31 @@ def _is_bookkeeping(callback: Callable[..., Any], scope: Mapping[str, Any] | Non
 class Instrumentation:
     """One ``instrument_fastapi`` call, or the instrumentor's instrumentation of every app."""
 
-    def __init__(self, source: TelemetrySource, *, class_wide: bool = False) -> None:
+    def __init__(
+        self,
+        source: TelemetrySource,
+        *,
+        class_wide: bool = False,
+        exclude: Callable[[Scope], bool] | None = None,
+    ) -> None:
         self.source = source
         self.class_wide = class_wide
+        self.exclude = exclude  # FastAPI's own telemetry's hook: what it leaves out, we leave out too
         self.active = True
         self._fault_logged = False
+        self._exclude_fault_logged = False
+
+    def excludes(self, scope: Scope) -> bool:
+        exclude = self.exclude
+        if exclude is None:
+            return False
+        try:
+            return bool(exclude(scope))
+        except Exception as exc:  # the app's hook: its failure is logged, the request observed
+            if not self._exclude_fault_logged:
+                self._exclude_fault_logged = True
+                logger.error("exitstack-otel: the app's telemetry exclude hook failed", exc_info=exc)
+            return False
 
     def telemetry(self) -> Telemetry | None:
         try:
@@ -184,6 +204,14 @@ class RequestMarker:
         if instrumentation.class_wide and outer is not None and outer.scope is scope:
             # the app's own instrument_fastapi() settings, applied outside, take precedence
             await self.app(scope, receive, send)
+            return
+        if instrumentation.excludes(scope):
+            # excluded by the app's FastAPI telemetry: not observed here, nor by an app outside
+            token = _current_request.set(None)
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                _current_request.reset(token)
             return
         telemetry = instrumentation.telemetry()
         if telemetry is None:  # no SDK configured: FastAPI's stacks stay plain contextlib

@@ -17,6 +17,7 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type:
 from .options import OPTION_NAMES, TelemetryOptions, unknown_options
 from .package import _instruments
 from .providers import TelemetrySource
+from .settings import options_from_environment
 
 if TYPE_CHECKING:
     from opentelemetry import metrics, trace
@@ -25,7 +26,8 @@ if TYPE_CHECKING:
 class ExitStackInstrumentor(BaseInstrumentor):  # type: ignore[misc]  # the base class is untyped
     """``ExitStackInstrumentor().instrument(tracer_provider=..., meter_provider=...)``; both optional.
 
-    Further keyword arguments are the ``TelemetryOptions`` fields (``callback_spans``, ...).
+    Further keyword arguments are the ``TelemetryOptions`` fields (``callback_spans``, ...); they win
+    over the ``OTEL_PYTHON_EXITSTACK_*`` environment variables (``exitstack_otel.settings``).
     """
 
     def instrumentation_dependencies(self) -> Collection[str]:
@@ -34,7 +36,7 @@ class ExitStackInstrumentor(BaseInstrumentor):  # type: ignore[misc]  # the base
     def _instrument(self, **kwargs: Any) -> None:
         tracer_provider: trace.TracerProvider | None = kwargs.pop("tracer_provider", None)
         meter_provider: metrics.MeterProvider | None = kwargs.pop("meter_provider", None)
-        options = TelemetryOptions(**_option_kwargs(kwargs))
+        options = TelemetryOptions(**{**_environment_options(), **_option_kwargs(kwargs)})
         if _fastapi_installed():
             from .fastapi import instrument_all_apps
 
@@ -56,6 +58,16 @@ def _option_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
             f"accepted: tracer_provider, meter_provider, {', '.join(sorted(OPTION_NAMES))}"
         )
     return kwargs
+
+
+def _environment_options() -> dict[str, Any]:
+    # SystemExit, not ValueError: opentelemetry-instrument logs an instrumentor's exception and
+    # goes on without the instrumentors after it, so a misspelt setting would leave the service
+    # running half-observed; the deployment's mistake stops the process instead, with its message.
+    try:
+        return options_from_environment()
+    except ValueError as exc:
+        raise SystemExit(f"exitstack-otel: {exc}") from None
 
 
 def _fastapi_installed() -> bool:

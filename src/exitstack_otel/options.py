@@ -59,9 +59,13 @@ class TelemetryOptions:
     def build(
         cls, options: TelemetryOptions | None = None, **overrides: Unpack[OptionFields]
     ) -> TelemetryOptions:
-        """``options`` (or the defaults) with the keyword arguments given explicitly put over it."""
-        base = options if options is not None else _DEFAULTS
-        return dataclasses.replace(base, **overrides) if overrides else base
+        """``options`` with the keyword arguments given explicitly put over it. Without ``options``,
+        the ``OTEL_PYTHON_EXITSTACK_*`` environment variables over the defaults (README: Settings)."""
+        if options is None:
+            from .settings import options_from_environment  # read once, when the app is built
+
+            options = cls(**options_from_environment())  # type: ignore[arg-type]
+        return dataclasses.replace(options, **overrides) if overrides else options
 
 
 class OptionFields(TypedDict, total=False):
@@ -84,6 +88,3 @@ def unknown_options(kwargs: Mapping[str, Any]) -> list[str]:
 
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-_DEFAULTS = TelemetryOptions()

@@ -68,6 +68,16 @@ class TelemetrySource:
     def options(self) -> TelemetryOptions:
         return self._options
 
+    @property
+    def tracer_provider(self) -> trace.TracerProvider | None:
+        """The explicit tracer provider, None for the global one."""
+        return self._tracer_provider
+
+    @property
+    def meter_provider(self) -> metrics.MeterProvider | None:
+        """The explicit meter provider, None for the global one."""
+        return self._meter_provider
+
     def current(self) -> Telemetry | None:
         tracer_provider = self._tracer_provider or global_tracer_provider()
         meter_provider = self._meter_provider or global_meter_provider()

@@ -2,8 +2,10 @@
 
 Executed and failed callbacks come from the count of ``exitstack.callback.duration``, pushes from
 the observable ``exitstack.callback.pushed``; their difference is what was pushed but never ran.
+Unwinds per stack come from ``exitstack.unwind.duration`` and ``exitstack.unwind.active``.
 Percentiles are estimated from the histogram buckets, as Prometheus' ``histogram_quantile`` does,
-with the recorded min and max bounding the first and the open-ended last bucket.
+with the recorded min and max bounding the first and the open-ended last bucket; the max is the
+SDK's own, exact, so one slow callback among thousands still shows.
 """
 
 from __future__ import annotations
@@ -65,6 +67,20 @@ class _Histogram:
     def quantile(self, q: float) -> float | None:
         return estimate_quantile(q, self.bounds, self.counts, self.low, self.high)
 
+    @classmethod
+    def of(cls, point: HistogramDataPoint) -> _Histogram:
+        bounds = tuple(point.explicit_bounds)
+        return cls(bounds, [0] * (len(bounds) + 1))
+
+
+def _durations(histogram: _Histogram | None) -> dict[str, float | None]:
+    """p50, p95, p99 and max of a duration histogram (None for each when nothing was recorded)."""
+    found: dict[str, float | None] = {
+        f"p{round(q * 100)}": None if histogram is None else histogram.quantile(q) for q in QUANTILES
+    }
+    found["max"] = None if histogram is None or not sum(histogram.counts) else histogram.high
+    return found
+
 
 @dataclass
 class CallbackRow:
@@ -83,8 +99,8 @@ class CallbackRow:
         return self.pushed - self.executed
 
     def quantiles(self) -> dict[str, float | None]:
-        histogram = self.histogram
-        return {f"p{round(q * 100)}": None if histogram is None else histogram.quantile(q) for q in QUANTILES}
+        """p50, p95, p99 and max."""
+        return _durations(self.histogram)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -102,10 +118,39 @@ class CallbackRow:
 
 
 @dataclass
+class StackRow:
+    """The unwinds of one stack: how many ended, how many are still running, how long they took."""
+
+    stack: str
+    unwinds: int = 0
+    active: int = 0
+    histogram: _Histogram | None = None
+
+    def quantiles(self) -> dict[str, float | None]:
+        """p50, p95, p99 and max."""
+        return _durations(self.histogram)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "stack": self.stack,
+            "unwinds": self.unwinds,
+            "active": self.active,
+            "duration_s": self.quantiles(),
+        }
+
+
+@dataclass
 class CleanupReport:
     rows: list[CallbackRow]
-    unwinds: int
-    unwinds_active: int
+    stacks: list[StackRow] = field(default_factory=list)
+
+    @property
+    def unwinds(self) -> int:
+        return sum(stack.unwinds for stack in self.stacks)
+
+    @property
+    def unwinds_active(self) -> int:
+        return sum(stack.active for stack in self.stacks)
 
     @property
     def executed(self) -> int:
@@ -122,6 +167,7 @@ class CleanupReport:
     def as_dict(self) -> dict[str, Any]:
         return {
             "callbacks": [row.as_dict() for row in self.rows],
+            "stacks": [stack.as_dict() for stack in self.stacks],
             "unwinds": self.unwinds,
             "unwinds_active": self.unwinds_active,
             "executed": self.executed,
@@ -132,7 +178,14 @@ class CleanupReport:
 
 def read_report(reader: InMemoryMetricReader) -> CleanupReport:
     rows: dict[tuple[str, str], CallbackRow] = {}
-    unwinds = active = 0
+    stacks: dict[str, StackRow] = {}
+
+    def stack_for(attributes: Any) -> StackRow:
+        name = str(attributes.get(semconv.STACK_NAME, "?"))
+        found = stacks.get(name)
+        if found is None:
+            found = stacks[name] = StackRow(name)
+        return found
 
     def row_for(attributes: Any) -> CallbackRow:
         key = (str(attributes.get(semconv.STACK_NAME, "?")), str(attributes.get(semconv.CALLBACK_NAME, "?")))
@@ -155,17 +208,20 @@ def read_report(reader: InMemoryMetricReader) -> CleanupReport:
                     error = str(attributes.get(semconv.ERROR_TYPE, outcome))
                     row.error_types[error] = row.error_types.get(error, 0) + point.count
                 if row.histogram is None:
-                    bounds = tuple(point.explicit_bounds)
-                    row.histogram = _Histogram(bounds, [0] * (len(bounds) + 1))
+                    row.histogram = _Histogram.of(point)
                 row.histogram.add(point)
             elif metric.name == semconv.CALLBACK_PUSHED and isinstance(point, NumberDataPoint):
                 row_for(attributes).pushed += int(point.value)
             elif metric.name == semconv.UNWIND_DURATION and isinstance(point, HistogramDataPoint):
-                unwinds += point.count
+                stack = stack_for(attributes)
+                stack.unwinds += point.count
+                if stack.histogram is None:
+                    stack.histogram = _Histogram.of(point)
+                stack.histogram.add(point)
             elif metric.name == semconv.UNWIND_ACTIVE and isinstance(point, NumberDataPoint):
-                active += int(point.value)
+                stack_for(attributes).active += int(point.value)
     ordered = sorted(rows.values(), key=lambda row: (row.stack, -row.pushed, row.callback))
-    return CleanupReport(ordered, unwinds, active)
+    return CleanupReport(ordered, sorted(stacks.values(), key=lambda stack: stack.stack))
 
 
 def _our_metrics(reader: InMemoryMetricReader) -> Iterator[Metric]:
@@ -188,8 +244,17 @@ def format_seconds(value: float | None) -> str:
     return f"{value:.2f}s"
 
 
+def render_stacks(report: CleanupReport) -> str:
+    """One line per stack: its unwinds, those still running, and how long an unwind took."""
+    lines: list[tuple[str, ...]] = [("stack", "unwinds", "running", "p50", "p95", "p99", "max")]
+    for stack in report.stacks:
+        durations = (format_seconds(value) for value in stack.quantiles().values())
+        lines.append((stack.stack, str(stack.unwinds), str(stack.active), *durations))
+    return "\n".join(columns(lines, left_aligned=1))
+
+
 def render_table(report: CleanupReport) -> str:
-    header = ("stack", "callback", "pushed", "executed", "failed", "never ran", "p50", "p95", "p99")
+    header = ("stack", "callback", "pushed", "executed", "failed", "never ran", "p50", "p95", "p99", "max")
     lines: list[tuple[str, ...]] = [header]
     for row in report.rows:
         quantiles = row.quantiles()

@@ -18,7 +18,7 @@ from starlette.types import ASGIApp
 
 from .pool import ConnectionPool
 from .progress import progress_line, show_progress
-from .report import CleanupReport, columns, read_report, render_table
+from .report import CleanupReport, columns, read_report, render_stacks, render_table
 from .sdk import DemoSdk, build_sdk
 from .server import RunningServer, bind, running_server
 from .settings import DemoSettings
@@ -247,6 +247,8 @@ def print_report(
     parts += [
         f"Cleanup: {report.unwinds} unwinds, {report.executed} callbacks executed, {report.failed} failed, "
         f"{report.never_ran} pushed but never ran",
+        render_stacks(report),
+        "",
         render_table(report),
     ]
     if pool is not None:

@@ -1,0 +1,146 @@
+"""ExitStackInstrumentor reads the OTEL_PYTHON_EXITSTACK_* variables; instrument() keywords win.
+
+The zero-code tests run ``opentelemetry-instrument python -m tests.zero_code_probe``: the
+instrumentor is loaded from its entry point, as in production, and configured by nothing but the
+environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import pytest
+
+from exitstack_otel import semconv, settings
+from exitstack_otel.instrumentor import ExitStackInstrumentor
+
+from .fastapi_app import build_app
+from .otel_helpers import Sdk, attrs, histogram_points
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+ROOT = Path(__file__).resolve().parent.parent
+GET_DB_SPAN = f"{semconv.SPAN_CALLBACK} get_db"
+RUN_DEADLINE = 120.0  # seconds; a bound for a loaded machine, never a measurement
+
+
+def run_probe(**variables: str) -> subprocess.CompletedProcess[str]:
+    instrument = Path(sys.executable).parent / "opentelemetry-instrument"
+    env = {
+        **{name: value for name, value in os.environ.items() if not name.startswith("OTEL_")},
+        "OTEL_TRACES_EXPORTER": "none",
+        "OTEL_METRICS_EXPORTER": "none",
+        "OTEL_LOGS_EXPORTER": "none",
+        **variables,
+    }
+    command = [str(instrument), sys.executable, "-m", "tests.zero_code_probe"]
+    return subprocess.run(
+        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=RUN_DEADLINE, check=False
+    )
+
+
+def probe_spans(**variables: str) -> list[dict[str, Any]]:
+    result = run_probe(**variables)
+    assert result.returncode == 0, result.stderr
+    done, *spans = [json.loads(line) for line in result.stdout.splitlines()]
+    assert done == {"requests": "done"}, result.stdout
+    return spans
+
+
+def callback_names(spans: list[dict[str, Any]]) -> set[str]:
+    return {
+        span["attributes"][semconv.CALLBACK_NAME] for span in spans if span["name"] != semconv.SPAN_UNWIND
+    }
+
+
+@pytest.mark.integration
+def test_without_variables_only_problem_callbacks_get_spans() -> None:
+    assert callback_names(probe_spans()) == set()
+
+
+@pytest.mark.integration
+def test_callback_spans_and_max_callback_names_from_the_environment() -> None:
+    spans = probe_spans(
+        **{settings.CALLBACK_SPANS: "all", settings.MAX_CALLBACK_NAMES: "2"},
+    )
+    names = callback_names(spans)
+    assert len(names) == 3, names  # two names kept, the rest folded into _OTHER
+    assert semconv.OTHER_NAME in names
+
+
+@pytest.mark.integration
+def test_slow_callback_threshold_from_the_environment() -> None:
+    # with a threshold of 0 every callback is slow, so "problems" gives each one its span
+    names = callback_names(probe_spans(**{settings.SLOW_CALLBACK_THRESHOLD: "0"}))
+    assert {"get_db", "get_sync_resource", "FormData.close"} <= names
+
+
+@pytest.mark.integration
+def test_a_bad_value_stops_startup_with_its_message() -> None:
+    result = run_probe(**{settings.MAX_CALLBACK_NAMES: "zero"})
+    assert result.returncode != 0
+    assert result.stdout == ""  # the app never ran
+    assert f"{settings.MAX_CALLBACK_NAMES}='zero' is not valid" in result.stderr
+    assert "a whole number >= 1" in result.stderr
+
+
+# -- in process: instrument() keywords over the environment -----------------------------------------
+
+
+@pytest.fixture
+def sdk() -> Iterator[Sdk]:
+    sdk = Sdk()
+    yield sdk
+    ExitStackInstrumentor().uninstrument()
+    sdk.shutdown()
+
+
+def instrument(sdk: Sdk, **options: Any) -> None:
+    ExitStackInstrumentor().instrument(
+        tracer_provider=sdk.tracer_provider, meter_provider=sdk.meter_provider, **options
+    )
+
+
+async def get_item(sdk: Sdk) -> list[str]:
+    """Sends one request; the names of the spans made, once its get_db teardown is on record."""
+    transport = httpx.ASGITransport(app=build_app())
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        assert (await http.get("/items/1")).status_code == 200
+    executed = histogram_points(sdk.metrics()[semconv.CALLBACK_DURATION])
+    assert "get_db" in {attrs(point)[semconv.CALLBACK_NAME] for point in executed}
+    return [span.name for span in sdk.spans()]
+
+
+@pytest.mark.anyio
+async def test_the_environment_applies_to_instrument_without_keywords(
+    sdk: Sdk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(settings.CALLBACK_SPANS, "all")
+    instrument(sdk)
+    assert GET_DB_SPAN in await get_item(sdk)
+
+
+@pytest.mark.anyio
+async def test_instrument_keywords_win_over_the_environment(
+    sdk: Sdk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(settings.CALLBACK_SPANS, "all")
+    instrument(sdk, callback_spans="problems")
+    assert GET_DB_SPAN not in await get_item(sdk)
+
+
+def test_a_bad_value_stops_instrument_in_code_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(settings.CALLBACK_SPANS, "everything")
+    with pytest.raises(SystemExit, match=f"{settings.CALLBACK_SPANS}='everything' is not valid"):
+        ExitStackInstrumentor().instrument()
+    # nothing was patched: a later, corrected instrument() starts from scratch
+    monkeypatch.delenv(settings.CALLBACK_SPANS)
+    ExitStackInstrumentor().instrument()
+    ExitStackInstrumentor().uninstrument()
