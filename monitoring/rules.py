@@ -65,7 +65,9 @@ def leaked(window: str = c.NEVER_RUN_WINDOW, by: str = NEVER_RUN_BY, selector: s
 def never_run_expr() -> str:
     gap = leaked()
     threshold = f"{c.NEVER_RUN_MIN_LEAKED:g}"
-    return f"(\n{gap}\n) > {threshold}\nand\nmin_over_time((\n{gap}\n)[{c.NEVER_RUN_SETTLE}:1m]) > {threshold}"
+    return (
+        f"(\n{gap}\n) > {threshold}\nand\nmin_over_time((\n{gap}\n)[{c.NEVER_RUN_SETTLE}:1m]) > {threshold}"
+    )
 
 
 def telemetry_stopped_expr() -> str:
@@ -189,9 +191,9 @@ def _pipeline_rules() -> list[dict[str, Any]]:
             "labels": {"severity": "warning"},
             "annotations": {
                 "summary": "The Collector refuses {{ $labels.signal }} ({{ $labels.receiver }})",
-                "description": '{{ $labels.instance }} refused {{ $value | printf "%.1f" }} {{ $labels.signal }} '
-                "items per second at receiver {{ $labels.receiver }}: its memory limit or a size limit turns "
-                "data away, and the dashboards miss it.",
+                "description": '{{ $labels.instance }} refused {{ $value | printf "%.1f" }} '
+                "{{ $labels.signal }} items per second at receiver {{ $labels.receiver }}: its memory limit "
+                "or a size limit turns data away, and the dashboards miss it.",
                 "runbook_url": runbook_url("ExitstackCollectorRefusing"),
                 "dashboard_url": dashboard_url(),
             },
@@ -204,8 +206,8 @@ def _pipeline_rules() -> list[dict[str, Any]]:
             "annotations": {
                 "summary": "The Collector fails to export {{ $labels.signal }} ({{ $labels.exporter }})",
                 "description": '{{ $labels.instance }} failed to send {{ $value | printf "%.1f" }} '
-                "{{ $labels.signal }} items per second through exporter {{ $labels.exporter }}: its backend is down, slow or "
-                "refuses the data.",
+                "{{ $labels.signal }} items per second through exporter {{ $labels.exporter }}: "
+                "its backend is down, slow or refuses the data.",
                 "runbook_url": runbook_url("ExitstackCollectorExportFailing"),
                 "dashboard_url": dashboard_url(),
             },
@@ -217,8 +219,8 @@ def _pipeline_rules() -> list[dict[str, Any]]:
             "labels": {"severity": "warning"},
             "annotations": {
                 "summary": "Prometheus cannot scrape {{ $labels.job }} ({{ $labels.instance }})",
-                "description": f"Scrapes of {{{{ $labels.instance }}}} (job {{{{ $labels.job }}}}) have failed "
-                f"for {c.TARGET_DOWN_FOR}: what it serves is missing from the dashboards and alerts.",
+                "description": "Scrapes of {{ $labels.instance }} (job {{ $labels.job }}) have "
+                f"failed for {c.TARGET_DOWN_FOR}: what it serves is missing from the dashboards and alerts.",
                 "runbook_url": runbook_url("MonitoringTargetDown"),
                 "dashboard_url": dashboard_url(),
             },

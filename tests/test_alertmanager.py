@@ -25,7 +25,9 @@ def _route(labels: dict[str, str]) -> str:
 
 def test_amtool_accepts_the_config() -> None:
     amtool = require_program("amtool")
-    result = subprocess.run([amtool, "check-config", str(ALERTMANAGER_CONFIG)], capture_output=True, text=True)
+    result = subprocess.run(
+        [amtool, "check-config", str(ALERTMANAGER_CONFIG)], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -42,14 +44,16 @@ def test_an_alert_without_severity_still_reaches_someone() -> None:
 
 
 def test_the_dead_mans_switch_hears_the_watchdog_every_minute() -> None:
-    route = next(r for r in load_yaml(ALERTMANAGER_CONFIG)["route"]["routes"] if r["receiver"] == "deadmans-switch")
+    route = next(
+        r for r in load_yaml(ALERTMANAGER_CONFIG)["route"]["routes"] if r["receiver"] == "deadmans-switch"
+    )
     assert route["repeat_interval"] == "1m"
     receiver = next(r for r in load_yaml(ALERTMANAGER_CONFIG)["receivers"] if r["name"] == "deadmans-switch")
     assert receiver["webhook_configs"][0]["url"].startswith("http")
 
 
 def test_only_warnings_are_inhibited_and_only_by_a_critical_alert() -> None:
-    severity = {str(rule["alert"]): rule["labels"]["severity"] for rule in alert_rules()}  # type: ignore[index]
+    severity = {str(rule["alert"]): rule["labels"]["severity"] for rule in alert_rules()}
     rules = load_yaml(ALERTMANAGER_CONFIG)["inhibit_rules"]
     assert rules
     for rule in rules:

@@ -45,7 +45,10 @@ def _run_unit_tests(rules_text: str, tmp_path: Path) -> subprocess.CompletedProc
     (tmp_path / "rules" / RULES_FILE.name).write_text(rules_text)
     (tmp_path / "tests" / RULES_TEST_FILE.name).write_text(RULES_TEST_FILE.read_text())
     return subprocess.run(
-        [promtool, "test", "rules", RULES_TEST_FILE.name], capture_output=True, text=True, cwd=tmp_path / "tests"
+        [promtool, "test", "rules", RULES_TEST_FILE.name],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path / "tests",
     )
 
 

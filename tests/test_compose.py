@@ -33,7 +33,11 @@ def compose_config(password_file: Path | None, *args: str) -> subprocess.Complet
         env["GRAFANA_ADMIN_PASSWORD_FILE"] = str(password_file)
     program = require_program("docker-compose")
     return subprocess.run(
-        [program, "--file", str(COMPOSE_FILE), "config", *args], capture_output=True, text=True, env=env, cwd=ROOT
+        [program, "--file", str(COMPOSE_FILE), "config", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
     )
 
 
@@ -187,7 +191,9 @@ def test_promtool_would_notice_a_wrong_key(tmp_path: Path) -> None:
     config["rule_files"] = [str(RULES_FILE)]
     config["scrape_configs"][0]["sample_limt"] = 10
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    result = subprocess.run([promtool, "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True)
+    result = subprocess.run(
+        [promtool, "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True
+    )
     assert result.returncode != 0
 
 
@@ -236,7 +242,8 @@ def test_collector_pipelines() -> None:
     assert config["exporters"]["otlp_grpc/tempo"]["endpoint"] == "tempo:4317"
     for name, exporter in config["exporters"].items():
         queue = exporter["sending_queue"]
-        assert queue["enabled"] and queue["batch"]["flush_timeout"], name
+        assert queue["enabled"], name
+        assert queue["batch"]["flush_timeout"], name
         assert queue["batch"]["max_size"] <= queue["queue_size"], name
     # names and options that current releases renamed or deprecated
     assert "batch" not in config["processors"]

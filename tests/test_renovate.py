@@ -35,7 +35,8 @@ def test_renovate_watches_the_compose_file_and_the_dockerfile() -> None:
     assert config["$schema"].startswith("https://docs.renovatebot.com/")
     assert {"docker-compose", "dockerfile"} <= set(config["enabledManagers"])
     majors = [rule for rule in config["packageRules"] if rule.get("matchUpdateTypes") == ["major"]]
-    assert majors and majors[0]["dependencyDashboardApproval"] is True
+    assert majors
+    assert majors[0]["dependencyDashboardApproval"] is True
 
 
 def test_the_readme_lists_exactly_the_pinned_monitoring_images() -> None:

@@ -98,9 +98,9 @@ def test_grafana_admin_password_has_no_default_and_is_read_from_a_secret_file(
 def test_no_password_or_secret_in_any_environment(services: dict[str, Any]) -> None:
     for name, service in services.items():
         for key in service.get("environment", {}):
-            assert not any(word in key for word in ("PASSWORD", "SECRET", "TOKEN")) or key.endswith("__FILE"), (
-                f"{name}: {key}"
-            )
+            assert not any(word in key for word in ("PASSWORD", "SECRET", "TOKEN")) or key.endswith(
+                "__FILE"
+            ), f"{name}: {key}"
 
 
 def test_no_anonymous_or_self_service_editing(services: dict[str, Any]) -> None:
@@ -148,7 +148,9 @@ def test_every_service_has_memory_and_cpu_limits(services: dict[str, Any]) -> No
     assert _bytes(str(_limits(services["otel-collector"])["memory"])) <= 2**30
 
 
-def test_every_container_is_read_only_without_capabilities_or_privilege_gain(services: dict[str, Any]) -> None:
+def test_every_container_is_read_only_without_capabilities_or_privilege_gain(
+    services: dict[str, Any],
+) -> None:
     for name, service in services.items():
         assert service.get("read_only") is True, name
         assert service.get("cap_drop") == ["ALL"], name
