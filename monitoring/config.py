@@ -37,11 +37,18 @@ ALERT_RATE_WINDOW: Final = "5m"
 # files and audit records add up within hours on a busy service.
 ERROR_RATIO_THRESHOLD: Final = 0.01
 ERROR_FOR: Final = "5m"  # a failing deploy shows within minutes; one bad minute does not page
+# The page needs the ratio over the last hour too (a burst that is already over does not wake anyone,
+# as in the mixins' multi-window burn rates) and at least this many failed runs in that hour: two
+# failures of two requests are 100 %, and not worth a page at night; ten leaked resources are.
+ERROR_LONG_WINDOW: Final = "1h"
+ERROR_MIN_FAILED_RUNS: Final = 10
 
 # A cleanup runs after the response on the same worker; at p99 over half a second it holds a
 # connection or a worker slot long enough to starve a busy pool.
 SLOW_P99_SECONDS: Final = 0.5
 SLOW_FOR: Final = "15m"  # slowness is a trend to look at, not an outage: wait it out a while
+# a p99 of a handful of runs is the slowest run, not a percentile
+SLOW_MIN_RUNS: Final = 20
 
 # Unwinds in progress, averaged over a window, equal the seconds of unwinding that finished per second
 # (Little's law) when every unwind ends; an unwind that never ends adds 1 to the first and nothing to the
@@ -51,15 +58,48 @@ STUCK_WINDOW: Final = "10m"
 STUCK_UNWINDS_THRESHOLD: Final = 0.5
 STUCK_FOR: Final = "5m"
 
-# Callbacks pushed and never run leak what they were meant to release. Pushes are counted at push time
-# and runs at unwind time, so requests in flight at the window's edges differ by a few; a share of 1 %
-# of the pushes over the window is far above that noise.
-NEVER_RUN_WINDOW: Final = "15m"
-NEVER_RUN_RATIO_THRESHOLD: Final = 0.01
-NEVER_RUN_FOR: Final = "15m"
+# An instance counts as alive while it sent a point of exitstack.unwind.active within this window: three
+# times the SDK's default export interval (60 s), so one lost export does not count as death. It is
+# shorter than STUCK_FOR, so an instance killed with unwinds in flight, whose last values linger in
+# every range selector for STUCK_WINDOW, is never paged as stuck: it stops being alive first.
+LIVENESS_WINDOW: Final = "3m"
 
-# Runbook: one section per alert in docs/runbooks.md, linked from the alert's runbook_url.
+# A callback that is pushed and never run leaks what it was meant to release, however rare; a ratio
+# hides 3 leaks in 5,000 pushes, so the alert counts them. Pushes are counted at push time and runs at
+# unwind time: requests in flight at the window's two edges make the count wobble by a few either way,
+# never steadily up. The alert wants at least one push more than runs over the last hour, and not one
+# minute in the last SETTLE without that gap, so in-flight wobble (which swings back) does not fire.
+NEVER_RUN_WINDOW: Final = "1h"
+NEVER_RUN_SETTLE: Final = "10m"
+NEVER_RUN_MIN_LEAKED: Final = 0.5  # "at least one", with room for increase()'s extrapolation
+NEVER_RUN_FOR: Final = "5m"
+
+# A service that reported within the last hour and not within LIVENESS_WINDOW stopped reporting.
+TELEMETRY_STOPPED_LOOKBACK: Final = "1h"
+TELEMETRY_STOPPED_FOR: Final = "5m"
+
+# The Collector's own metrics (its internal telemetry, scraped by Prometheus). Refused points mean the
+# memory_limiter or a size limit turned data away; failed sends mean a backend is gone. Either one
+# minute's worth is enough to look, not to page.
+COLLECTOR_JOB: Final = "otel-collector"
+# the Collector's counters per signal (metric points and spans count separately)
+COLLECTOR_REFUSED: Final = {
+    "metrics": "otelcol_receiver_refused_metric_points_total",
+    "traces": "otelcol_receiver_refused_spans_total",
+}
+COLLECTOR_FAILED: Final = {  # send: the backend said no or did not answer; enqueue: the queue was full
+    "metrics": "otelcol_exporter_send_failed_metric_points_total",
+    "traces": "otelcol_exporter_send_failed_spans_total",
+    "metrics (queue full)": "otelcol_exporter_enqueue_failed_metric_points_total",
+    "traces (queue full)": "otelcol_exporter_enqueue_failed_spans_total",
+}
+COLLECTOR_FOR: Final = "5m"
+TARGET_DOWN_FOR: Final = "5m"  # a restart takes seconds; five minutes down is not a restart
+
+# Runbook: one section per alert in docs/runbooks.md, linked from the alert's runbook_url; dashboard_url
+# opens the dashboard on the alert's service (the local stack's Grafana; change it with your own).
 RUNBOOK_BASE_URL: Final = "https://github.com/exitstack-otel/exitstack-otel/blob/main/docs/runbooks.md"
+GRAFANA_URL: Final = "http://127.0.0.1:3000"
 
 # Dashboard
 DASHBOARD_UID: Final = "exitstack-request-cleanup"  # stable: links and bookmarks survive a rebuild
@@ -67,3 +107,6 @@ DASHBOARD_TITLE: Final = "Request cleanup"
 PROMETHEUS_UID: Final = "prometheus"  # the datasource uids provisioned in grafana/provisioning
 TEMPO_UID: Final = "tempo"
 TABLE_TOP_N: Final = 10  # the table lists the callbacks most worth a look, not all 200 names
+# Grafana's floor for $__rate_interval: the scrape interval of prometheus/prometheus.yml (and the SDK's
+# export interval in the compose stack), so a rate always spans at least four points
+SCRAPE_INTERVAL: Final = "15s"

@@ -1,21 +1,27 @@
-"""The "Request cleanup" Grafana dashboard, built from the telemetry contract's Prometheus names."""
+"""The "Request cleanup" Grafana dashboard, built from the telemetry contract's Prometheus names.
+
+No stack name is written into a query: the Stack variable lists what services report (a FastAPI app has
+up to three stacks per request, the plain middleware one of its own name), and the per-route panels
+break down by stack, so "callbacks per unwind" is per stack, never an average over a request's stacks."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from . import config as c
+from . import promql as q
+from .panels import PROM, TEMPO, column, datasource_variable, layout, panel, target, variable
 
-PROM = {"type": "prometheus", "uid": c.PROMETHEUS_UID}
-TEMPO = {"type": "tempo", "uid": c.TEMPO_UID}
-
-CALLBACK_SEL = f'{c.SERVICE}=~"$service", {c.STACK}=~"$stack", {c.CALLBACK}=~"$callback"'
-UNWIND_SEL = f'{c.SERVICE}=~"$service", {c.STACK}=~"$stack", {c.ROUTE}=~"$route"'
-STACK_SEL = f'{c.SERVICE}=~"$service", {c.STACK}=~"$stack"'
-RATE = "$__rate_interval"
+SERVICE_SEL = f'{c.SERVICE}=~"$service", instance=~"$instance"'
+CALLBACK_SEL = f'{SERVICE_SEL}, {c.STACK}=~"$stack", {c.CALLBACK}=~"$callback"'
+UNWIND_SEL = f'{SERVICE_SEL}, {c.STACK}=~"$stack", {c.ROUTE}=~"$route"'
+STACK_SEL = f'{SERVICE_SEL}, {c.STACK}=~"$stack"'
 
 RUNS = f"{c.CALLBACK_DURATION}_count{{{CALLBACK_SEL}}}"
 FAILED_RUNS = f"{c.CALLBACK_DURATION}_count{{{CALLBACK_SEL}, {c.FAILED_OUTCOMES}}}"
+BY_CALLBACK = f"{c.SERVICE}, {c.CALLBACK}"
+BY_ROUTE = f"{c.ROUTE}, {c.STACK}"
+BY_INSTANCE = f"{c.SERVICE}, instance, {c.STACK}"
 
 TRACES_OF_CALLBACK = (
     '/explore?schemaVersion=1&panes={"traces":{"datasource":"' + c.TEMPO_UID + '","queries":[{"refId":"A",'
@@ -28,124 +34,107 @@ CALLBACK_LINKS = [
 ]
 
 
-def _target(expr: str, legend: str = "", ref: str = "A", **extra: Any) -> dict[str, Any]:
-    return {"datasource": PROM, "expr": expr, "legendFormat": legend, "refId": ref, **extra}
+def _ratio(by: str) -> str:
+    return f"{q.rate(FAILED_RUNS, by)}\n/\n{q.rate(RUNS, by)}"
 
 
-def _quantile(q: float, metric: str, selector: str, by: str) -> str:
-    return f"histogram_quantile({q:g}, sum by ({by}, le) (rate({metric}_bucket{{{selector}}}[{RATE}])))"
-
-
-def _panel(
-    title: str,
-    answers: str,
-    kind: str,
-    targets: list[dict[str, Any]],
-    *,
-    unit: str = "short",
-    links: list[dict[str, str]] | None = None,
-    options: dict[str, Any] | None = None,
-    transformations: list[dict[str, Any]] | None = None,
-    datasource: dict[str, str] = PROM,
-    alert_threshold: float | None = None,
-) -> dict[str, Any]:
-    defaults: dict[str, Any] = {"unit": unit, "links": links or []}
-    if alert_threshold is not None:
-        # draw the alert's threshold as a red line, so the panel shows how close a callback is to paging
-        defaults["thresholds"] = {
-            "mode": "absolute",
-            "steps": [{"color": "green", "value": None}, {"color": "red", "value": alert_threshold}],
-        }
-        defaults["custom"] = {"thresholdsStyle": {"mode": "line"}}
-    panel: dict[str, Any] = {
-        "type": kind,
-        "title": title,
-        "description": answers,
-        "datasource": datasource,
-        "targets": targets,
-        "fieldConfig": {"defaults": defaults, "overrides": []},
-        "options": options or {},
-    }
-    if transformations:
-        panel["transformations"] = transformations
-    return panel
-
-
-def _panels() -> list[dict[str, Any]]:
-    by_callback = f"{c.SERVICE}, {c.CALLBACK}"
+def _stats() -> list[dict[str, Any]]:
     return [
-        _panel(
+        panel(
             "Cleanup error ratio",
-            "Share of all cleanup runs that raised, were cancelled or timed out.",
+            f"Share of all cleanup runs that raised, were cancelled or timed out; red at the alert's "
+            f"{c.ERROR_RATIO_THRESHOLD:.0%}.",
             "stat",
-            [_target(f"sum(rate({FAILED_RUNS}[{RATE}])) / sum(rate({RUNS}[{RATE}]))")],
+            [target(f"{q.rate(FAILED_RUNS, c.SERVICE)}\n/\n{q.rate(RUNS, c.SERVICE)}", "{{job}}")],
             unit="percentunit",
+            alert_threshold=c.ERROR_RATIO_THRESHOLD,
         ),
-        _panel(
+        panel(
             "Failed cleanups per second",
-            "How many cleanup runs fail right now, all callbacks together.",
+            "How many cleanup runs fail right now, all callbacks together; orange at any failure.",
             "stat",
-            [_target(f"sum(rate({FAILED_RUNS}[{RATE}]))")],
+            [target(q.rate(FAILED_RUNS, c.SERVICE), "{{job}}")],
             unit="ops",
+            steps=(("orange", 0.0001),),
         ),
-        _panel(
+        panel(
             "Unwinds in progress",
-            "Unwinds started and not finished, all instances. A value that never returns to 0 is a stuck "
-            "cleanup.",
+            "Unwinds started and not finished, per service. A value that never returns to 0 is a stuck "
+            "cleanup (the panel below says which instance).",
             "stat",
-            [_target(f"sum({c.UNWIND_ACTIVE}{{{STACK_SEL}}})")],
+            [target(f"sum by ({c.SERVICE}) ({c.UNWIND_ACTIVE}{{{STACK_SEL}}})", "{{job}}")],
         ),
-        _panel(
+        panel(
             "Pushed, never run (time range)",
-            "Callbacks pushed in the time range that did not run: what they were to release leaked.",
+            "Callbacks pushed in the time range that did not run: what they were to release leaked. "
+            "Red from one, as the alert counts.",
             "stat",
-            [_target(_never_run("$__range", ""))],
+            [target(f"sum(\n{q.never_run('$__range', BY_INSTANCE + ', ' + c.CALLBACK, CALLBACK_SEL)}\n)")],
+            steps=(("red", c.NEVER_RUN_MIN_LEAKED),),
+            decimals=0,
         ),
-        _panel(
+        panel(
+            "Telemetry arriving",
+            "Seconds since each instance's last point. Red when older than the alerts' liveness window: the "
+            "cleanup alerts are blind for it.",
+            "stat",
+            [
+                target(
+                    q.seconds_since_last_point(SERVICE_SEL, f"{c.SERVICE}, instance"), "{{job}} {{instance}}"
+                )
+            ],
+            unit="s",
+            steps=(("red", _seconds(c.LIVENESS_WINDOW)),),
+            no_value="nothing for 5 minutes",
+        ),
+    ]
+
+
+def _seconds(duration: str) -> float:
+    return float(duration[:-1]) * {"s": 1, "m": 60, "h": 3600}[duration[-1]]
+
+
+def _callback_panels() -> list[dict[str, Any]]:
+    return [
+        panel(
             "Cleanup errors per second by callback",
             "Which callback fails, and with which exception type.",
             "timeseries",
             [
-                _target(
-                    f"sum by ({by_callback}, {c.ERROR_TYPE}) (rate({FAILED_RUNS}[{RATE}]))",
+                target(
+                    q.rate(FAILED_RUNS, f"{BY_CALLBACK}, {c.ERROR_TYPE}"),
                     "{{exitstack_callback_name}} {{error_type}}",
                 )
             ],
             unit="ops",
             links=CALLBACK_LINKS,
         ),
-        _panel(
+        panel(
             "Cleanup error ratio by callback",
             f"Share of each callback's runs that failed; the alert fires above "
             f"{c.ERROR_RATIO_THRESHOLD:.0%}.",
             "timeseries",
-            [
-                _target(
-                    f"sum by ({by_callback}) (rate({FAILED_RUNS}[{RATE}]))\n/\n"
-                    f"sum by ({by_callback}) (rate({RUNS}[{RATE}]))",
-                    "{{exitstack_callback_name}}",
-                )
-            ],
+            [target(_ratio(BY_CALLBACK), "{{exitstack_callback_name}}")],
             unit="percentunit",
             links=CALLBACK_LINKS,
             alert_threshold=c.ERROR_RATIO_THRESHOLD,
         ),
-        _panel(
+        panel(
             "Callback duration p50 / p95 / p99 by callback",
             "How long each cleanup takes; p99 points (exemplars) open the trace of one slow run in Tempo.",
             "timeseries",
             [
-                _target(
-                    _quantile(0.5, c.CALLBACK_DURATION, CALLBACK_SEL, by_callback),
+                target(
+                    q.quantile(0.5, c.CALLBACK_DURATION, CALLBACK_SEL, BY_CALLBACK),
                     "p50 {{exitstack_callback_name}}",
                 ),
-                _target(
-                    _quantile(0.95, c.CALLBACK_DURATION, CALLBACK_SEL, by_callback),
+                target(
+                    q.quantile(0.95, c.CALLBACK_DURATION, CALLBACK_SEL, BY_CALLBACK),
                     "p95 {{exitstack_callback_name}}",
                     "B",
                 ),
-                _target(
-                    _quantile(0.99, c.CALLBACK_DURATION, CALLBACK_SEL, by_callback),
+                target(
+                    q.quantile(0.99, c.CALLBACK_DURATION, CALLBACK_SEL, BY_CALLBACK),
                     "p99 {{exitstack_callback_name}}",
                     "C",
                     exemplar=True,
@@ -155,13 +144,13 @@ def _panels() -> list[dict[str, Any]]:
             links=CALLBACK_LINKS,
             alert_threshold=c.SLOW_P99_SECONDS,
         ),
-        _panel(
+        panel(
             "Callback duration heatmap",
             "Where cleanup durations cluster, and whether a slow tail appears.",
             "heatmap",
             [
-                _target(
-                    f"sum by (le) (rate({c.CALLBACK_DURATION}_bucket{{{CALLBACK_SEL}}}[{RATE}]))",
+                target(
+                    q.rate(f"{c.CALLBACK_DURATION}_bucket{{{CALLBACK_SEL}}}", "le"),
                     "{{le}}",
                     format="heatmap",
                 )
@@ -169,149 +158,154 @@ def _panels() -> list[dict[str, Any]]:
             unit="s",
             options={"calculate": False, "yAxis": {"unit": "s"}},
         ),
-        _panel(
-            "Unwind duration by route",
-            "How long the whole cleanup of a request takes, per route (p50, p95, p99).",
+    ]
+
+
+def _unwind_panels() -> list[dict[str, Any]]:
+    return [
+        panel(
+            "Unwind duration by route and stack",
+            "How long the cleanup of each stack of a request takes, per route (p50, p95, p99). A FastAPI "
+            "request unwinds up to three stacks; each is its own line.",
             "timeseries",
             [
-                _target(
-                    _quantile(q, c.UNWIND_DURATION, UNWIND_SEL, c.ROUTE),
-                    f"p{q * 100:g} {{{{http_route}}}}",
+                target(
+                    q.quantile(quantile, c.UNWIND_DURATION, UNWIND_SEL, BY_ROUTE),
+                    f"p{quantile * 100:g} {{{{http_route}}}} {{{{exitstack_stack_name}}}}",
                     ref,
                 )
-                for q, ref in ((0.5, "A"), (0.95, "B"), (0.99, "C"))
+                for quantile, ref in ((0.5, "A"), (0.95, "B"), (0.99, "C"))
             ],
             unit="s",
         ),
-        _panel(
-            "Callbacks per request by route",
-            "How much cleanup each request leaves behind: average and p95 callbacks per unwind.",
+        panel(
+            "Callbacks per unwind by route and stack",
+            "How much cleanup each stack of a request runs: average and p95 callbacks per unwind, per stack "
+            "(unwinds that ran no callbacks record nothing and are not counted).",
             "timeseries",
             [
-                _target(
-                    f"sum by ({c.ROUTE}) (rate({c.UNWIND_CALLBACKS}_sum{{{UNWIND_SEL}}}[{RATE}]))\n/\n"
-                    f"sum by ({c.ROUTE}) (rate({c.UNWIND_CALLBACKS}_count{{{UNWIND_SEL}}}[{RATE}]))",
-                    "avg {{http_route}}",
+                target(
+                    f"{q.rate(f'{c.UNWIND_CALLBACKS}_sum{{{UNWIND_SEL}}}', BY_ROUTE)}\n/\n"
+                    f"{q.rate(f'{c.UNWIND_CALLBACKS}_count{{{UNWIND_SEL}}}', BY_ROUTE)}",
+                    "avg {{http_route}} {{exitstack_stack_name}}",
                 ),
-                _target(_quantile(0.95, c.UNWIND_CALLBACKS, UNWIND_SEL, c.ROUTE), "p95 {{http_route}}", "B"),
+                target(
+                    q.quantile(0.95, c.UNWIND_CALLBACKS, UNWIND_SEL, BY_ROUTE),
+                    "p95 {{http_route}} {{exitstack_stack_name}}",
+                    "B",
+                ),
             ],
+            decimals=1,
         ),
-        _panel(
+        panel(
             "Pushed but never executed by callback",
-            "Pushes minus runs per callback over 5 minutes; above a few in-flight requests it means stacks "
-            "that are never unwound.",
-            "timeseries",
-            [_target(_never_run("5m", f"{by_callback}, {c.KIND}"), "{{exitstack_callback_name}}")],
-            links=CALLBACK_LINKS,
-        ),
-        _panel(
-            "Unwinds in progress by stack",
-            "Unwinds running now per service and stack, and how many more are in progress than finish "
-            "(the stuck-unwind alert's estimate of hung ones, 0 when every unwind ends).",
+            "Pushes minus runs per callback over 5 minutes (never below zero); above a few in-flight "
+            "requests it means stacks that are never unwound.",
             "timeseries",
             [
-                _target(
-                    f"sum by ({c.SERVICE}, {c.STACK}) ({c.UNWIND_ACTIVE}{{{STACK_SEL}}})",
-                    "in progress {{job}} {{exitstack_stack_name}}",
-                ),
-                _target(_hung(), "hung {{job}} {{exitstack_stack_name}}", "B"),
-            ],
-        ),
-        _panel(
-            "Slowest and most failing callbacks",
-            "Each callback over the time range: p99 duration, failed runs and error ratio; sorted by "
-            "failures. Click a name for its traces.",
-            "table",
-            [
-                _target(
-                    f"histogram_quantile(0.99, sum by ({by_callback}, le) "
-                    f"(increase({c.CALLBACK_DURATION}_bucket{{{CALLBACK_SEL}}}[$__range])))",
-                    ref="p99",
-                    instant=True,
-                    format="table",
-                ),
-                _target(
-                    f"sum by ({by_callback}) (increase({FAILED_RUNS}[$__range]))",
-                    ref="failures",
-                    instant=True,
-                    format="table",
-                ),
-                _target(
-                    f"sum by ({by_callback}) (increase({FAILED_RUNS}[$__range]))\n/\n"
-                    f"sum by ({by_callback}) (increase({RUNS}[$__range]))",
-                    ref="ratio",
-                    instant=True,
-                    format="table",
-                ),
+                target(
+                    q.never_run("5m", f"{BY_CALLBACK}, instance, {c.KIND}", CALLBACK_SEL),
+                    "{{exitstack_callback_name}} {{instance}}",
+                )
             ],
             links=CALLBACK_LINKS,
-            options={"sortBy": [{"displayName": "Value #failures", "desc": True}]},
-            transformations=[{"id": "merge", "options": {}}],
+            decimals=0,
         ),
-        _panel(
-            "Failed and slow cleanups (traces)",
-            "The latest traces with a failed or slow cleanup callback, straight from Tempo.",
-            "table",
+        panel(
+            "Unwinds in progress by instance",
+            "Unwinds running now per instance and stack, and how many more are in progress than finish (the "
+            "stuck-unwind alert's estimate of hung ones, 0 when every unwind ends; red at its threshold).",
+            "timeseries",
             [
-                {
-                    "datasource": TEMPO,
-                    "refId": "A",
-                    "queryType": "traceql",
-                    "limit": 20,
-                    "query": '{ name =~ "exitstack.callback.*" '
-                    '&& span.exitstack.callback.name =~ "$callback" }',
-                }
+                target(
+                    f"sum by ({BY_INSTANCE}) ({c.UNWIND_ACTIVE}{{{STACK_SEL}}})",
+                    "in progress {{instance}} {{exitstack_stack_name}}",
+                ),
+                target(q.hung(BY_INSTANCE, STACK_SEL), "hung {{instance}} {{exitstack_stack_name}}", "B"),
             ],
-            datasource=TEMPO,
+            alert_threshold=c.STUCK_UNWINDS_THRESHOLD,
         ),
     ]
 
 
-def _hung() -> str:
-    # as in the ExitstackUnwindsStuck rule, over the dashboard's rate window
-    by = f"{c.SERVICE}, {c.STACK}"
-    in_progress = f"sum by ({by}) (avg_over_time({c.UNWIND_ACTIVE}{{{STACK_SEL}}}[{RATE}]))"
-    finished = f"sum by ({by}) (rate({c.UNWIND_DURATION}_sum{{{STACK_SEL}}}[{RATE}]))"
-    return f"{in_progress}\n- ({finished} or {in_progress} * 0)"
+def _table() -> dict[str, Any]:
+    failures = q.count_over(FAILED_RUNS, BY_CALLBACK, "$__range")
+    # the TABLE_TOP_N callbacks with the most failures; the other columns for the same callbacks
+    top = f"topk({c.TABLE_TOP_N},\n{failures}\n)"
+    runs = q.count_over(RUNS, BY_CALLBACK, "$__range")
+    p99 = (
+        f"histogram_quantile(0.99, sum by ({BY_CALLBACK}, le) "
+        f"(increase({c.CALLBACK_DURATION}_bucket{{{CALLBACK_SEL}}}[$__range])))"
+    )
+    return panel(
+        "Slowest and most failing callbacks",
+        f"The {c.TABLE_TOP_N} callbacks with the most failed runs over the time range: failures, error ratio "
+        "and p99 duration. Click a name for its traces.",
+        "table",
+        [
+            target(top, ref="failures", instant=True, format="table"),
+            target(
+                f"(\n{failures}\n/\n{runs}\n)\nand on ({BY_CALLBACK})\n{top}",
+                ref="ratio",
+                instant=True,
+                format="table",
+            ),
+            target(f"{p99}\nand on ({BY_CALLBACK})\n{top}", ref="p99", instant=True, format="table"),
+        ],
+        links=CALLBACK_LINKS,
+        options={"sortBy": [{"displayName": "failed runs", "desc": True}]},
+        transformations=[
+            {"id": "merge", "options": {}},
+            {
+                "id": "organize",
+                "options": {
+                    "excludeByName": {"Time": True},
+                    "renameByName": {
+                        "Value #failures": "failed runs",
+                        "Value #ratio": "error ratio",
+                        "Value #p99": "p99",
+                        "exitstack_callback_name": "callback",
+                        "job": "service",
+                    },
+                },
+            },
+        ],
+        overrides=[
+            column("failed runs", unit="short", decimals=0),
+            column("error ratio", unit="percentunit", decimals=2),
+            column("p99", unit="s", decimals=3),
+        ],
+    )
 
 
-def _never_run(window: str, by: str) -> str:
-    pushed = f"sum by ({by}) (increase({c.CALLBACK_PUSHED}{{{CALLBACK_SEL}}}[{window}]))"
-    ran = f"sum by ({by}) (increase({RUNS}[{window}]))"
-    return f"{pushed}\n- ({ran} or {pushed} * 0)"
+def _traces() -> dict[str, Any]:
+    return panel(
+        "Failed and slow cleanups (traces)",
+        "The latest traces with a failed or slow cleanup callback, straight from Tempo.",
+        "table",
+        [
+            {
+                "datasource": TEMPO,
+                "refId": "A",
+                "queryType": "traceql",
+                "limit": 20,
+                "query": '{ name =~ "exitstack.callback.*" && span.exitstack.callback.name =~ "$callback" }',
+            }
+        ],
+        datasource=TEMPO,
+    )
 
 
-def _layout(panels: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    # four stats across the top, then two wide panels per row
-    y = 0
-    for index, panel in enumerate(panels):
-        panel["id"] = index + 1
-        if panel["type"] == "stat":
-            panel["gridPos"] = {"h": 4, "w": 6, "x": 6 * index, "y": 0}
-            y = 4
-            continue
-        column = (index - 4) % 2
-        panel["gridPos"] = {"h": 8, "w": 12, "x": 12 * column, "y": y}
-        if column == 1:
-            y += 8
-    return panels
-
-
-def _variable(name: str, label: str, query: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "label": label,
-        "type": "query",
-        "datasource": PROM,
-        "query": {"query": query, "refId": f"{name}-values"},
-        "definition": query,
-        "refresh": 2,  # on time range change: new services and callbacks appear without a reload
-        "includeAll": True,
-        "multi": True,
-        "allValue": ".*",
-        "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
-        "sort": 1,
-    }
+def _variables() -> list[dict[str, Any]]:
+    service = f'{c.SERVICE}=~"$service"'
+    return [
+        datasource_variable(),
+        variable("service", "Service", f"label_values({c.UNWIND_ACTIVE}, {c.SERVICE})"),
+        variable("instance", "Instance", f"label_values({c.UNWIND_ACTIVE}{{{service}}}, instance)"),
+        variable("stack", "Stack", f"label_values({c.UNWIND_ACTIVE}{{{service}}}, {c.STACK})"),
+        variable("route", "Route", f"label_values({c.UNWIND_DURATION}_count{{{service}}}, {c.ROUTE})"),
+        variable("callback", "Callback", f"label_values({c.CALLBACK_PUSHED}{{{service}}}, {c.CALLBACK})"),
+    ]
 
 
 def request_cleanup_dashboard() -> dict[str, Any]:
@@ -327,24 +321,7 @@ def request_cleanup_dashboard() -> dict[str, Any]:
         "editable": True,
         "refresh": "30s",
         "time": {"from": "now-30m", "to": "now"},
-        "templating": {
-            "list": [
-                _variable("service", "Service", f"label_values({c.UNWIND_ACTIVE}, {c.SERVICE})"),
-                _variable(
-                    "stack", "Stack", f'label_values({c.UNWIND_ACTIVE}{{{c.SERVICE}=~"$service"}}, {c.STACK})'
-                ),
-                _variable(
-                    "route",
-                    "Route",
-                    f'label_values({c.UNWIND_DURATION}_count{{{c.SERVICE}=~"$service"}}, {c.ROUTE})',
-                ),
-                _variable(
-                    "callback",
-                    "Callback",
-                    f'label_values({c.CALLBACK_PUSHED}{{{c.SERVICE}=~"$service"}}, {c.CALLBACK})',
-                ),
-            ]
-        },
+        "templating": {"list": _variables()},
         "annotations": {
             "list": [
                 {
@@ -359,7 +336,7 @@ def request_cleanup_dashboard() -> dict[str, Any]:
                 }
             ]
         },
-        "panels": _layout(_panels()),
+        "panels": layout([*_stats(), *_callback_panels(), *_unwind_panels(), _table(), _traces()]),
     }
 
 

@@ -1,4 +1,5 @@
-"""The docker compose stack, checked without Docker: compose, Prometheus, Alertmanager, Collector, Tempo."""
+"""The docker compose stack, checked without Docker: compose, Prometheus, Collector, Tempo (Alertmanager:
+test_alertmanager.py; what is locked down: test_security_compose.py)."""
 
 from __future__ import annotations
 
@@ -12,36 +13,54 @@ import yaml
 
 from .conftest import require_program
 from .stack_files import (
-    ALERTMANAGER_CONFIG,
     COLLECTOR_CONFIG,
     COMPOSE_FILE,
     PROMETHEUS_CONFIG,
     ROOT,
     RULES_FILE,
     TEMPO_CONFIG,
+    alert_rules,
     load_yaml,
 )
 
 OBSERVABILITY = {"otel-collector", "tempo", "prometheus", "alertmanager", "grafana"}
 
 
-def _compose_config(password: str | None) -> subprocess.CompletedProcess[str]:
-    env = {key: value for key, value in os.environ.items() if key != "GRAFANA_ADMIN_PASSWORD"}
-    if password is not None:
-        env["GRAFANA_ADMIN_PASSWORD"] = password
+def compose_config(password_file: Path | None, *args: str) -> subprocess.CompletedProcess[str]:
+    """`docker-compose config`, with Grafana's password file named (or not) in the environment."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("GRAFANA_ADMIN_PASSWORD")}
+    if password_file is not None:
+        env["GRAFANA_ADMIN_PASSWORD_FILE"] = str(password_file)
     program = require_program("docker-compose")
     return subprocess.run(
-        [program, "--file", str(COMPOSE_FILE), "config"], capture_output=True, text=True, env=env, cwd=ROOT
+        [program, "--file", str(COMPOSE_FILE), "config", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
     )
 
 
 @pytest.fixture(scope="module")
-def resolved() -> dict[str, Any]:
+def password_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("secrets") / "grafana-admin-password"
+    path.write_text("a-test-password")
+    return path
+
+
+@pytest.fixture(scope="module")
+def resolved(password_file: Path) -> dict[str, Any]:
     """The compose file as docker-compose resolves it (ports, volumes and depends_on in long form)."""
-    result = _compose_config("a-test-password")
+    result = compose_config(password_file)
     assert result.returncode == 0, result.stderr
     config: dict[str, Any] = yaml.safe_load(result.stdout)
     return config
+
+
+def test_docker_compose_validates_the_file(password_file: Path) -> None:
+    result = compose_config(password_file, "-q")
+    assert result.returncode == 0, result.stderr
+    assert "version" not in load_yaml(COMPOSE_FILE)  # obsolete in compose v2, optional in v1.27+
 
 
 def _host_ip(port: str | dict[str, Any]) -> str:
@@ -63,29 +82,6 @@ def _mount(volume: str | dict[str, Any]) -> tuple[str, str, bool]:
 def _services() -> dict[str, Any]:
     services: dict[str, Any] = load_yaml(COMPOSE_FILE)["services"]
     return services
-
-
-def test_docker_compose_validates_the_file() -> None:
-    program = require_program("docker-compose")
-    env = {**os.environ, "GRAFANA_ADMIN_PASSWORD": "a-test-password"}
-    result = subprocess.run(
-        [program, "--file", str(COMPOSE_FILE), "config", "-q"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "version" not in load_yaml(COMPOSE_FILE)  # obsolete in compose v2, optional in v1.27+
-
-
-def test_grafana_admin_password_must_come_from_the_environment(resolved: dict[str, Any]) -> None:
-    result = _compose_config(None)
-    assert result.returncode != 0
-    assert "GRAFANA_ADMIN_PASSWORD" in result.stderr
-    grafana = resolved["services"]["grafana"]["environment"]
-    assert grafana["GF_SECURITY_ADMIN_PASSWORD"] == "a-test-password"
-    assert grafana["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
 
 
 def test_every_published_port_is_on_loopback(resolved: dict[str, Any]) -> None:
@@ -156,35 +152,75 @@ def test_the_demo_exports_to_the_collector_and_traffic_targets_the_demo(resolved
     assert "USER " in dockerfile
 
 
+# Prometheus 3's `otlp:` keys (configuration reference, 3.14) and translation strategies; promtool 2.42
+# knows none of them, so this list is what checks that block
+OTLP_KEYS = {
+    "promote_resource_attributes",
+    "ignore_resource_attributes",
+    "promote_all_resource_attributes",
+    "translation_strategy",
+    "keep_identifying_resource_attributes",
+    "convert_histograms_to_nhcb",
+    "promote_scope_metadata",
+}
+
+
 def test_prometheus_config_with_our_rules(tmp_path: Path) -> None:
     promtool = require_program("promtool")
     config = load_yaml(PROMETHEUS_CONFIG)
     assert config["rule_files"] == ["/etc/prometheus/rules/*.yml"]
     assert config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["alertmanager:9093"]
-    collector_job = next(job for job in config["scrape_configs"] if job["job_name"] == "otel-collector")
-    assert collector_job["honor_labels"] is True  # keep job = service.name from the Collector
-    assert collector_job["static_configs"][0]["targets"] == ["otel-collector:8889"]
-    # the same file with the rule path pointing at the repository, so promtool checks both together
-    text = PROMETHEUS_CONFIG.read_text().replace("/etc/prometheus/rules/*.yml", str(RULES_FILE))
-    (tmp_path / "prometheus.yml").write_text(text)
+    # everything but the otlp block, with the rule path pointing at the repository: promtool checks both
+    otlp = config.pop("otlp")
+    config["rule_files"] = [str(RULES_FILE)]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     result = subprocess.run(
         [promtool, "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 4 rules found" in result.stdout
-    prometheus = load_yaml(COMPOSE_FILE)["services"]["prometheus"]
-    assert "--enable-feature=exemplar-storage" in prometheus["command"]
+    assert f"SUCCESS: {len(alert_rules())} rules found" in result.stdout
+    assert set(otlp) <= OTLP_KEYS
+    assert otlp["translation_strategy"] == "UnderscoreEscapingWithSuffixes"  # the names of docs/telemetry.md
 
 
-def test_alertmanager_config() -> None:
-    amtool = require_program("amtool")
+def test_promtool_would_notice_a_wrong_key(tmp_path: Path) -> None:
+    # what makes the check above worth something: promtool 2.42 parses strictly
+    promtool = require_program("promtool")
+    config = load_yaml(PROMETHEUS_CONFIG)
+    config.pop("otlp")
+    config["rule_files"] = [str(RULES_FILE)]
+    config["scrape_configs"][0]["sample_limt"] = 10
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     result = subprocess.run(
-        [amtool, "check-config", str(ALERTMANAGER_CONFIG)], capture_output=True, text=True
+        [promtool, "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True
     )
-    assert result.returncode == 0, result.stdout + result.stderr
-    config = load_yaml(ALERTMANAGER_CONFIG)
-    receiver = next(r for r in config["receivers"] if r["name"] == config["route"]["receiver"])
-    assert receiver["webhook_configs"][0]["url"].startswith("http")
+    assert result.returncode != 0
+
+
+def test_prometheus_promotes_only_the_resource_attributes_that_label_series_usefully() -> None:
+    promoted = load_yaml(PROMETHEUS_CONFIG)["otlp"]["promote_resource_attributes"]
+    assert "service.name" in promoted  # service_name: Tempo's trace-to-metrics tag map matches it
+    assert not [name for name in promoted if name.startswith(("telemetry.", "process.", "host.", "os."))]
+    assert "service.instance.id" not in promoted  # it is `instance` already
+
+
+def test_prometheus_scrapes_the_pipeline_with_limits() -> None:
+    jobs = {job["job_name"]: job for job in load_yaml(PROMETHEUS_CONFIG)["scrape_configs"]}
+    assert jobs["otel-collector"]["static_configs"][0]["targets"] == ["otel-collector:8888"]
+    assert {"otel-collector", "tempo", "alertmanager", "prometheus"} <= set(jobs)
+    for name, job in jobs.items():
+        for limit in ("sample_limit", "label_limit", "label_name_length_limit", "label_value_length_limit"):
+            assert job[limit] > 0, f"{name}: no {limit}"
+        assert not job.get("honor_labels"), name  # nothing scraped may set job or instance for others
+
+
+def test_prometheus_command_line() -> None:
+    command = load_yaml(COMPOSE_FILE)["services"]["prometheus"]["command"]
+    assert "--enable-feature=exemplar-storage" in command
+    assert "--web.enable-otlp-receiver" in command  # where the Collector pushes
+    assert "--web.enable-lifecycle" not in command  # POST /-/quit would switch alerting off
+    assert any(flag.startswith("--storage.tsdb.retention.size=") for flag in command)
+    assert any(flag.startswith("--storage.tsdb.retention.time=") for flag in command)
 
 
 def test_collector_pipelines() -> None:
@@ -193,28 +229,55 @@ def test_collector_pipelines() -> None:
     assert set(pipelines) == {"metrics", "traces"}
     for pipeline in pipelines.values():
         assert pipeline["receivers"] == ["otlp"]
-        assert pipeline["processors"] == ["memory_limiter", "batch"]  # the limiter first, as documented
-    assert pipelines["metrics"]["exporters"] == ["prometheus"]
-    assert pipelines["traces"]["exporters"] == ["otlp/tempo"]
+        # the limiter first, as documented; no batch processor: the exporters batch in their queues
+        assert pipeline["processors"] == ["memory_limiter", "transform/limits"]
+    assert pipelines["metrics"]["exporters"] == ["otlp_http/prometheus"]
+    assert pipelines["traces"]["exporters"] == ["otlp_grpc/tempo"]
     protocols = config["receivers"]["otlp"]["protocols"]
     assert protocols["grpc"]["endpoint"].endswith(":4317")
     assert protocols["http"]["endpoint"].endswith(":4318")
-    prometheus = config["exporters"]["prometheus"]
-    assert prometheus["add_metric_suffixes"] is True
-    assert prometheus["resource_to_telemetry_conversion"]["enabled"] is True
-    assert prometheus["enable_open_metrics"] is True  # exemplars
-    assert prometheus["endpoint"].endswith(":8889")
-    assert config["exporters"]["otlp/tempo"]["endpoint"] == "tempo:4317"
+    assert protocols["grpc"]["max_recv_msg_size_mib"] <= 16
+    assert protocols["http"]["max_request_body_size"] <= 16 * 2**20
+    assert config["exporters"]["otlp_http/prometheus"]["endpoint"] == "http://prometheus:9090/api/v1/otlp"
+    assert config["exporters"]["otlp_grpc/tempo"]["endpoint"] == "tempo:4317"
+    for name, exporter in config["exporters"].items():
+        queue = exporter["sending_queue"]
+        assert queue["enabled"], name
+        assert queue["batch"]["flush_timeout"], name
+        assert queue["batch"]["max_size"] <= queue["queue_size"], name
+    # names and options that current releases renamed or deprecated
+    assert "batch" not in config["processors"]
+    assert not {"otlp", "otlphttp", "prometheus"} & {name.split("/")[0] for name in config["exporters"]}
     # nothing that exposes internals by default
     assert config["service"]["extensions"] == ["health_check"]
     assert not {"debug", "logging"} & {name.split("/")[0] for name in config["exporters"]}
     assert not {"zpages", "pprof"} & {name.split("/")[0] for name in config["extensions"]}
 
 
-def test_tempo_receives_what_the_collector_sends() -> None:
+def test_collector_serves_its_own_metrics_to_prometheus() -> None:
+    telemetry = load_yaml(COLLECTOR_CONFIG)["service"]["telemetry"]["metrics"]
+    (reader,) = telemetry["readers"]
+    exporter = reader["pull"]["exporter"]["prometheus"]
+    assert (exporter["host"], exporter["port"]) == ("0.0.0.0", 8888)
+
+
+def test_collector_limits_what_services_push() -> None:
+    limits = load_yaml(COLLECTOR_CONFIG)["processors"]["transform/limits"]
+    groups = limits["metric_statements"] + limits["trace_statements"]
+    statements = [statement for group in groups for statement in group["statements"]]
+    assert any(s.startswith("limit(attributes,") for s in statements)
+    assert any(s.startswith("truncate_all(attributes,") for s in statements)
+    assert limits["error_mode"] == "ignore"  # a statement that fails drops nothing
+
+
+def test_tempo_3_config() -> None:
     tempo = load_yaml(TEMPO_CONFIG)
+    # Tempo 3 refuses to start on these 2.x blocks
+    assert not {"ingester", "compactor", "ingester_client", "metrics_generator_client"} & set(tempo)
     assert tempo["distributor"]["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"].endswith(":4317")
     assert tempo["server"]["http_listen_port"] == 3200
+    scheduler = tempo["backend_scheduler"]["provider"]["compaction"]["compaction"]["block_retention"]
+    assert scheduler == tempo["backend_worker"]["compaction"]["block_retention"] == "72h"
     compose = load_yaml(COMPOSE_FILE)["services"]["tempo"]
     data_mount = next(v for v in compose["volumes"] if v.startswith("tempo-data:"))
     data_dir = data_mount.split(":")[1]

@@ -4,16 +4,18 @@ OTLP/HTTP export to a collector and a Prometheus ``/metrics`` endpoint."""
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricReader, PeriodicExportingMetricReader
-from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.resources import SERVICE_NAME, OTELResourceDetector, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 DEFAULT_SERVICE_NAME = "exitstack-otel-demo"
+SERVICE_INSTANCE_ID = "service.instance.id"
 OTLP_EXPORT_INTERVAL_MS = 5000  # dashboards look at rates over a minute; 5 s keeps them fresh
 
 
@@ -43,15 +45,29 @@ def otlp_base(endpoint: str) -> str:
     return endpoint.rstrip("/")
 
 
+def demo_resource() -> Resource:
+    """service.name (unless OTEL_SERVICE_NAME names it) and service.instance.id (unless
+    OTEL_RESOURCE_ATTRIBUTES sets it), on top of the SDK's detectors.
+
+    Without an instance id every replica of a service is the same series (Prometheus derives `instance`
+    from it), and the oldest SDK pyproject allows sets none; newer ones set a random UUID. Host name and
+    process id tell replicas apart just as well (a container's host name is its id) and say where to look
+    when an alert names the instance."""
+    resource = Resource.create(
+        {} if os.environ.get("OTEL_SERVICE_NAME") else {SERVICE_NAME: DEFAULT_SERVICE_NAME}
+    )
+    if SERVICE_INSTANCE_ID in OTELResourceDetector().detect().attributes:
+        return resource
+    return resource.merge(Resource({SERVICE_INSTANCE_ID: f"{socket.gethostname()}-{os.getpid()}"}))
+
+
 def build_sdk(
     *,
     otlp_endpoint: str | None = None,
     prometheus_port: int | None = None,
     prometheus_host: str = "127.0.0.1",
 ) -> DemoSdk:
-    resource = Resource.create(
-        {} if os.environ.get("OTEL_SERVICE_NAME") else {SERVICE_NAME: DEFAULT_SERVICE_NAME}
-    )
+    resource = demo_resource()
     reader = InMemoryMetricReader()
     readers: list[MetricReader] = [reader]
     tracer_provider = TracerProvider(resource=resource)

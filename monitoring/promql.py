@@ -1,0 +1,60 @@
+"""PromQL for the dashboards: counts and rates that see a new series' first events and never go negative."""
+
+from __future__ import annotations
+
+from . import config as c
+
+RATE = "$__rate_interval"
+# Grafana's $__rate_interval in seconds: the divisor that turns a young series' count into a rate
+RATE_SECONDS = "($__rate_interval_ms / 1000)"
+
+
+def rate(series: str, by: str, window: str = RATE, seconds: str = RATE_SECONDS) -> str:
+    """Per-second rate by `by`, including a series born within the window.
+
+    rate() needs two points, so a series' first point (the events before it, often the one failure that
+    matters) is lost: a new error type shows no errors at all. A series that did not exist one window ago
+    counts with its whole value spread over the window; an older one with rate(). The two sets are
+    disjoint, so `or` adds nothing twice."""
+    old = f"rate({series}[{window}]) and {series} offset {window}"
+    young = f"({series} unless {series} offset {window}) / {seconds}"
+    return f"sum by ({by}) (\n  {old}\n  or\n  {young}\n)"
+
+
+def count_over(series: str, by: str, window: str) -> str:
+    """Events within the window by `by`, a series born within it counting from zero (see rate())."""
+    old = f"increase({series}[{window}]) and {series} offset {window}"
+    young = f"{series} unless {series} offset {window}"
+    return f"sum by ({by}) (\n  {old}\n  or\n  {young}\n)"
+
+
+def not_negative(expr: str) -> str:
+    # a difference of two counts read at slightly different moments can dip below zero at a window's
+    # edge (-0.07 hung unwinds, -1 callbacks never run); neither can be negative
+    return f"clamp_min(\n{expr},\n0)"
+
+
+def never_run(window: str, by: str, selector: str) -> str:
+    """Callbacks pushed and not run within the window: pushes minus runs, never below zero."""
+    pushed = count_over(f"{c.CALLBACK_PUSHED}{{{selector}}}", by, window)
+    ran = count_over(f"{c.CALLBACK_DURATION}_count{{{selector}}}", by, window)
+    # a callback that never ran at all has no duration series: count it as zero runs, not as no data
+    return not_negative(f"{pushed}\n- (\n{ran}\nor\n{pushed} * 0\n)")
+
+
+def hung(by: str, selector: str) -> str:
+    """As in the ExitstackUnwindsStuck rule, over the dashboard's rate window: unwinds in progress beyond
+    the seconds of unwinding that finish per second (0 when every unwind ends)."""
+    in_progress = f"sum by ({by}) (avg_over_time({c.UNWIND_ACTIVE}{{{selector}}}[{RATE}]))"
+    finished = rate(f"{c.UNWIND_DURATION}_sum{{{selector}}}", by)
+    return not_negative(f"{in_progress}\n- (\n{finished}\nor\n{in_progress} * 0\n)")
+
+
+def quantile(q: float, metric: str, selector: str, by: str) -> str:
+    return f"histogram_quantile({q:g}, {rate(f'{metric}_bucket{{{selector}}}', f'{by}, le')})"
+
+
+def seconds_since_last_point(selector: str, by: str) -> str:
+    """How long ago each instance's latest exitstack.unwind.active point arrived (while within the
+    5-minute lookback; after that the instance shows no value)."""
+    return f"time() - max by ({by}) (timestamp({c.UNWIND_ACTIVE}{{{selector}}}))"
