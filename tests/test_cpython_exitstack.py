@@ -37,34 +37,33 @@ def _load_cpython_tests() -> Any:
         pytest.skip(message)
 
 
-def _suite_on(make_telemetry: Any) -> unittest.TestResult:
+def _test_case_on(telemetry: Telemetry | None) -> Any:
+    """CPython's TestAsyncExitStack with its stack class built on ours."""
     cpython = _load_cpython_tests()
+    their_stack: Any = cpython.TestAsyncExitStack.SyncAsyncExitStack
+    their_case: Any = cpython.TestAsyncExitStack
 
-    class OurAsyncExitStack(InstrumentedAsyncExitStack):
+    class SyncOurs(InstrumentedAsyncExitStack, their_stack):  # type: ignore[misc]
         def __init__(self) -> None:
-            super().__init__("cpython", telemetry=make_telemetry())
+            super().__init__("cpython", telemetry=telemetry)
 
-    class SyncOurs(OurAsyncExitStack, cpython.TestAsyncExitStack.SyncAsyncExitStack):  # type: ignore[misc]
-        pass
-
-    class OnOurs(cpython.TestAsyncExitStack):  # type: ignore[misc]
+    class OnOurs(their_case):  # type: ignore[misc]
         exit_stack = SyncOurs
 
-    loader = unittest.TestLoader()
-    names = [name for name in loader.getTestCaseNames(OnOurs) if name not in INTERNAL_FRAME_TESTS]
-    suite = unittest.TestSuite(OnOurs(name) for name in names)
-    result = unittest.TestResult()
-    suite.run(result)
-    assert result.testsRun == len(names) > 20
-    return result
+    return OnOurs
 
 
 @pytest.mark.parametrize("mode", ["problems", "all", "none"])
 def test_cpython_test_async_exit_stack_passes_on_our_class(mode: str) -> None:
     sdk = Sdk()
     try:
-        telemetry: Telemetry | None = None if mode == "none" else sdk.telemetry(callback_spans=mode)
-        result = _suite_on(lambda: telemetry)
+        case = _test_case_on(None if mode == "none" else sdk.telemetry(callback_spans=mode))
+        names = [
+            name for name in unittest.TestLoader().getTestCaseNames(case) if name not in INTERNAL_FRAME_TESTS
+        ]
+        result = unittest.TestResult()
+        unittest.TestSuite(case(name) for name in names).run(result)
+        assert result.testsRun == len(names) > 20
         failures = [(str(test), text[-800:]) for test, text in result.failures + result.errors]
         assert failures == []
     finally:
@@ -75,17 +74,8 @@ def test_the_traceback_test_is_left_out_only_where_it_pins_another_line() -> Non
     # the one test left out above is real, and fails only on the raise line's text
     if not INTERNAL_FRAME_TESTS:
         pytest.skip("3.13 and newer: nothing left out")
-    cpython = _load_cpython_tests()
-
-    class SyncOurs(InstrumentedAsyncExitStack, cpython.TestAsyncExitStack.SyncAsyncExitStack):  # type: ignore[misc]
-        def __init__(self) -> None:
-            super().__init__("cpython", telemetry=None)
-
-    class OnOurs(cpython.TestAsyncExitStack):  # type: ignore[misc]
-        exit_stack = SyncOurs
-
     result = unittest.TestResult()
-    OnOurs("test_exit_exception_traceback").run(result)
+    _test_case_on(None)("test_exit_exception_traceback").run(result)
     [(_, text)] = result.failures
     assert "'raise exc_details[1]'" in text
     assert "'raise exc'" in text
