@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 
@@ -32,6 +33,9 @@ class SdkFloor:
     """the same inside a sampled span: the SDK's trace-based exemplar filter then keeps an exemplar"""
     span_us: float
     """start and end of one span (always-on sampler, batch processor)"""
+    task_us: float
+    """one asyncio task that does nothing, created and awaited: what the unwind's own task costs
+    on Python 3.10 and 3.11, where tasks cannot start eagerly"""
 
 
 def _per_call_us(calls: int, start_ns: int) -> float:
@@ -64,4 +68,17 @@ def measure(calls: int) -> SdkFloor:
     finally:
         tracer_provider.shutdown()
         meter_provider.shutdown()
-    return SdkFloor(record, record_in_span, span)
+    return SdkFloor(record, record_in_span, span, asyncio.run(_task_us(calls)))
+
+
+async def _nothing() -> None:
+    pass
+
+
+async def _task_us(calls: int) -> float:
+    loop = asyncio.get_running_loop()
+    await loop.create_task(_nothing())
+    start = time.perf_counter_ns()
+    for _ in range(calls):
+        await loop.create_task(_nothing())
+    return _per_call_us(calls, start)
