@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from functools import partial
-from types import MethodType, ModuleType
+from types import FunctionType, MethodType, ModuleType
 from typing import Any
 
 from . import semconv
@@ -89,3 +89,34 @@ def _qualname(func: object) -> str:
 
 def _is_builtin_method(target: object) -> bool:
     return type(target).__name__ in ("builtin_function_or_method", "method-wrapper")
+
+
+# FastAPI's generator wrappers name what they wrap, which differs from one push to the next
+_WRAPPER_CODE_NAMES = frozenset(name for _, name in _TRANSPARENT_WRAPPERS)
+
+
+def identity(pushed: Callable[..., Any], is_sync: bool, stack_name: str) -> tuple[object, ...] | None:
+    """A key that stands for the stack, kind and default name of ``pushed``, found without naming
+    it: the code behind it. None where no key is cheap and certain (builtins, objects, wrappers)."""
+    code = getattr(pushed, "__code__", None)
+    if code is _SYNC_CB_CODE or code is _ASYNC_CB_CODE:
+        target: Any = getattr(pushed, "__wrapped__", None)
+        kind = type(target)
+        if kind is FunctionType:
+            return stack_name, code, target.__code__
+        if kind is MethodType:
+            return stack_name, code, target.__func__
+        return None
+    kind = type(pushed)
+    if kind is FunctionType:
+        return stack_name, is_sync, code
+    if kind is MethodType and pushed.__name__ in ("__exit__", "__aexit__"):
+        manager = pushed.__self__  # type: ignore[attr-defined]
+        gen = getattr(manager, "gen", None)
+        if gen is None:
+            return stack_name, is_sync, type(manager)
+        gen_code = getattr(gen, "gi_code", None) or getattr(gen, "ag_code", None)
+        if gen_code is None or gen_code.co_name in _WRAPPER_CODE_NAMES:
+            return None
+        return stack_name, is_sync, gen_code
+    return None

@@ -32,8 +32,12 @@ import threading
 import time
 import weakref
 from bisect import bisect_left
+from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import reduce
+from itertools import repeat
+from operator import add
 from typing import Any
 
 from opentelemetry import metrics
@@ -175,7 +179,25 @@ class HistogramSeries:
         taken = len(pending)
         values = pending[:taken]
         del pending[:taken]
+        if not values:
+            return
         counts, boundaries = self._counts, self._boundaries
+        try:
+            # The usual batch: numbers in [0, inf), no NaN (which would make the sum NaN). Then C
+            # does the work: a bucket count per value, the sum added in record()'s order.
+            low, high = min(values), max(values)
+            total = reduce(add, values, self._sum)
+            fast = low >= 0 and high < _INFINITY and total == total
+        except TypeError:
+            fast = False
+        if fast:
+            for index, count in Counter(map(bisect_left, repeat(boundaries, taken), values)).items():
+                counts[index] += count
+            self._sum = total
+            # the SDK keeps min(old, new) and max(old, new): the earlier one on a tie, as min() does
+            self._min = min(self._min, low)
+            self._max = max(self._max, high)
+            return
         total, low, high = self._sum, self._min, self._max
         for value in values:
             try:
@@ -186,7 +208,6 @@ class HistogramSeries:
             if accepted:
                 counts[bisect_left(boundaries, value)] += 1
                 total += value
-                # the SDK keeps min(old, new) and max(old, new): the earlier one on a tie, as here
                 if value < low:
                     low = value
                 if value > high:

@@ -126,6 +126,7 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
         received_exc = exc_type is not None
         frame_exc = sys.exc_info()[1]
         callbacks = self._exit_callbacks  # type: ignore[attr-defined]
+        details_from_pending = _DETAILS_FROM_PENDING
         timeout = self._callback_timeout
         span_threshold = telemetry.span_threshold if telemetry is not None else 0.0
         unwinding: Unwinding | None = None
@@ -150,9 +151,14 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
                 is_sync, cb = callbacks.pop()
                 info = None
                 if reported:
-                    info = _reported_info(reported, cb)
+                    entry = reported[-1]
+                    if entry[0] is cb:
+                        reported.pop()
+                        info = entry[1]
+                    else:
+                        info = _reported_info(reported, cb)
                 try:
-                    if _DETAILS_FROM_PENDING:
+                    if details_from_pending:
                         exc_details = (
                             (None, None, None) if exc is None else (type(exc), exc, exc.__traceback__)
                         )

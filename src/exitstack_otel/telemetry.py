@@ -39,6 +39,9 @@ Attributes = Mapping[str, AttributeValue]
 
 FAILED_OUTCOMES = frozenset({semconv.OUTCOME_ERROR, semconv.OUTCOME_CANCELLED, semconv.OUTCOME_TIMEOUT})
 
+MAX_KNOWN_CODE = 4096
+"""Pushed code remembered per ``Telemetry``, so that pushing it again needs no naming."""
+
 MAX_ERROR_TYPES = 100
 """Distinct ``error.type`` values per ``Telemetry``; later ones are reported as ``_OTHER``."""
 
@@ -145,6 +148,8 @@ class Telemetry:
         # a callback that took this long or more leaves the fast path; with "all", every one does
         self.span_threshold = -1.0 if self.all_spans else options.slow_callback_threshold
         self._infos: dict[tuple[str, str, str], CallbackInfo] = {}
+        self._infos_by_code: dict[tuple[object, ...], CallbackInfo] = {}
+        self._by_code_allowed = options.callback_namer is None  # a namer sees every push
         self._names: set[str] = set()
         self._error_types: set[str] = set()
         self._unwind_series: dict[tuple[str, str | None, str | None, str], UnwindSeries] = {}
@@ -180,19 +185,29 @@ class Telemetry:
     def on_push(
         self, stack_name: str, callback: Callable[..., Any], is_sync: bool, depth: int
     ) -> CallbackInfo:
-        kind, target = naming.classify(callback, is_sync)
-        name = self._name(kind, target)
-        key = (stack_name, name, kind)
-        info = self._infos.get(key)
+        # the same code pushed again (nearly every push) is known by its code, without naming it
+        key = naming.identity(callback, is_sync, stack_name) if self._by_code_allowed else None
+        info = self._infos_by_code.get(key) if key is not None else None
         if info is None:
-            info = self._new_info(key)
+            kind, target = naming.classify(callback, is_sync)
+            name = self._name(kind, target)
+            name_key = (stack_name, name, kind)
+            info = self._infos.get(name_key)
+            if info is None:
+                info = self._new_info(name_key)
+            if key is not None and len(self._infos_by_code) < MAX_KNOWN_CODE:
+                self._infos_by_code[key] = info
         info.pushed.value += 1
         if self.all_spans:
             span = trace.get_current_span()
             if span.is_recording():
                 span.add_event(
                     semconv.EVENT_PUSH,
-                    {semconv.CALLBACK_NAME: name, semconv.CALLBACK_KIND: kind, semconv.STACK_DEPTH: depth},
+                    {
+                        semconv.CALLBACK_NAME: info.name,
+                        semconv.CALLBACK_KIND: info.kind,
+                        semconv.STACK_DEPTH: depth,
+                    },
                 )
         return info
 
