@@ -35,11 +35,18 @@ class TelemetryOptions:
     callback_namer: CallbackNamer | None = None
     callback_timeout: float | None = None
     """Seconds after which an async exit callback is cancelled (``CallbackTimeoutError``); None: never."""
+    hung_callback_warning: float | None = 30.0
+    """Seconds after which a callback still running is logged as a warning (once); None: never."""
     report_framework_callbacks: bool = False
     """Also report the callbacks FastAPI pushes for its own bookkeeping (the dependency cancel
     scope and its ``dict.pop``). They run either way."""
 
     def __post_init__(self) -> None:
+        hung = self.hung_callback_warning
+        if hung is not None and (not _is_number(hung) or not hung > 0):
+            raise ValueError(
+                f"hung_callback_warning must be a positive number of seconds or None, not {hung!r}"
+            )
         if self.callback_spans not in ("all", "problems"):
             raise ValueError(f"callback_spans must be 'all' or 'problems', not {self.callback_spans!r}")
         threshold = self.slow_callback_threshold
@@ -76,6 +83,7 @@ class OptionFields(TypedDict, total=False):
     max_callback_names: int
     callback_namer: CallbackNamer | None
     callback_timeout: float | None
+    hung_callback_warning: float | None
     report_framework_callbacks: bool
 
 

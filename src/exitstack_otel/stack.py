@@ -24,6 +24,7 @@ import anyio
 from opentelemetry import context as otel_context
 
 from . import semconv
+from .cleanup_log import hung_watch
 from .options import TelemetryOptions
 from .providers import current_telemetry
 from .telemetry import CallbackInfo, Telemetry, Unwinding, is_cancellation
@@ -71,6 +72,8 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
         self._name = name
         self._reported: list[tuple[Callable[..., Any], CallbackInfo]] = []
         self.route = self.method = None
+        self.running_callback: tuple[CallbackInfo, float, float | None] | None = None
+        """The reported callback running now, since when, and its hung-warning threshold."""
         self.awaits_on_exit = False
         """True once an async exit callback was pushed: only then can unwinding await anything."""
         # the unwind span's parent is the span current where the stack was made (the request's)
@@ -81,6 +84,11 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
     @property
     def name(self) -> str:
         return self._name
+
+    @property
+    def parent_context(self) -> otel_context.Context | None:
+        """The OpenTelemetry context the stack was made in: the request's."""
+        return self._parent_context
 
     def _push_exit_callback(self, callback: Callable[..., Any], is_sync: bool = True) -> None:
         # contextlib's own _push_exit_callback is this one line on 3.10 to 3.13 (the equivalence
@@ -134,13 +142,17 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
         clock = time.perf_counter
         start = clock()
         active = None
+        hung = None
         if telemetry is not None and reported:
             try:
+                hung = telemetry.options.hung_callback_warning
+                if hung is not None:
+                    hung_watch.watch(self)
                 active = telemetry.active(self._name)
                 if active is not None:
                     active.value += 1
                 if telemetry.all_spans:
-                    unwinding = telemetry.unwinding(self._name, start, self._parent_context)
+                    unwinding = telemetry.unwinding(self._name, self.route, start, self._parent_context)
             except Exception as fault:
                 telemetry.fault("unwind start", fault)
         suppressed_exc = False
@@ -163,6 +175,8 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
                             (None, None, None) if exc is None else (type(exc), exc, exc.__traceback__)
                         )
                     cb_start = clock()
+                    if info is not None:
+                        self.running_callback = (info, cb_start, hung)
                     if is_sync:
                         cb_suppress = cb(*exc_details)
                     elif timeout is None:
@@ -203,6 +217,9 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
         finally:
             if active is not None:
                 active.value -= 1
+            if hung is not None:
+                self.running_callback = None
+                hung_watch.unwinding.discard(self)
         if telemetry is not None and count:
             escaped = exc if pending_raise else None
             if escaped is None and exc is not None and not suppressed_exc and is_cancellation(exc):
@@ -233,7 +250,7 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
         telemetry: Telemetry = self._telemetry  # type: ignore[assignment]
         try:
             if unwinding is None:
-                unwinding = telemetry.unwinding(self._name, start, self._parent_context)
+                unwinding = telemetry.unwinding(self._name, self.route, start, self._parent_context)
             unwinding.callback_done(info, start, end, outcome, exc)
         except Exception as fault:
             telemetry.fault("callback", fault)
@@ -255,7 +272,7 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
             series = telemetry.unwind_series(self._name, self.route, self.method, outcome)
             if unwinding is None and escaped is not None and telemetry.tracer is not None:
                 # an unwind that ended in an error or a cancellation is a problem of its own
-                unwinding = telemetry.unwinding(self._name, start, self._parent_context)
+                unwinding = telemetry.unwinding(self._name, self.route, start, self._parent_context)
             if unwinding is None:
                 series.duration.record(end - start)
                 series.callbacks.record(count)

@@ -22,6 +22,7 @@ from opentelemetry.trace import NoOpTracerProvider, ProxyTracerProvider
 from opentelemetry.util.types import AttributeValue
 
 from . import naming, semconv, spans
+from .cleanup_log import FailureLog
 from .instruments import Count, Instruments, instruments_for
 from .options import CallbackNamer, CallbackSpans, TelemetryOptions
 from .version import __version__
@@ -154,6 +155,7 @@ class Telemetry:
         self._error_types: set[str] = set()
         self._unwind_series: dict[tuple[str, str | None, str | None, str], UnwindSeries] = {}
         self._faults: set[str] = set()
+        self.failures = FailureLog()
 
     @classmethod
     def create(
@@ -265,21 +267,29 @@ class Telemetry:
                 self._unwind_series[key] = found
         return found
 
-    def unwinding(self, stack_name: str, start: float, parent: otel_context.Context | None) -> Unwinding:
+    def unwinding(
+        self, stack_name: str, route: str | None, start: float, parent: otel_context.Context | None
+    ) -> Unwinding:
         """The slow path's state for one unwind: made at its start with "all", else at the first problem."""
-        return Unwinding(self, stack_name, start, parent)
+        return Unwinding(self, stack_name, route, start, parent)
 
 
 class Unwinding:
     """One unwind that makes spans or records with exemplars: with ``"all"``, or once a problem happened."""
 
-    __slots__ = ("failed", "live", "parent", "problems", "stack_name", "start", "telemetry")
+    __slots__ = ("failed", "live", "parent", "problems", "route", "stack_name", "start", "telemetry")
 
     def __init__(
-        self, telemetry: Telemetry, stack_name: str, start: float, parent: otel_context.Context | None
+        self,
+        telemetry: Telemetry,
+        stack_name: str,
+        route: str | None,
+        start: float,
+        parent: otel_context.Context | None,
     ) -> None:
         self.telemetry = telemetry
         self.stack_name = stack_name
+        self.route = route
         self.start = start
         self.parent = parent
         self.failed = 0
@@ -313,6 +323,15 @@ class Unwinding:
             self.problems.append(run)  # its span, and its measurement with it, once the unwind is over
 
     def _record_problem(self, run: spans.CallbackRun, context: otel_context.Context | None) -> None:
+        if run.exc is not None:
+            self.telemetry.failures.failed(
+                stack=self.stack_name,
+                callback=str(run.attributes[semconv.CALLBACK_NAME]),
+                route=self.route,
+                error_type=str(run.attributes.get(semconv.ERROR_TYPE, semconv.OTHER_NAME)),
+                exc=run.exc,
+                context=context,
+            )
         instruments = self.telemetry.instruments
         if instruments is not None:
             # through the SDK inside the callback's span: the exemplar a person clicks on

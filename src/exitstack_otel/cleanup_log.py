@@ -1,0 +1,163 @@
+"""Cleanup trouble in the logs: a record for every failed callback, a warning for a hung one.
+
+Both go through the ``exitstack_otel`` logger. A failure is logged with its span's context made
+current, so OpenTelemetry's logging handler, where installed, turns the record into a log record of
+the same trace; the ids are in the message too. Failures are rate-limited per ``Telemetry`` (a
+failure storm logs ``FAILURES_PER_WINDOW`` records a window, then says how many it left out).
+Hung callbacks are found by a watcher thread that looks at the unwinds in progress once a second,
+so the request path pays two attribute writes per callback and nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+
+if TYPE_CHECKING:
+    from .stack import InstrumentedAsyncExitStack
+
+logger = logging.getLogger(__name__.rpartition(".")[0])
+
+FAILURES_PER_WINDOW = 20
+WINDOW_SECONDS = 60.0
+WATCH_INTERVAL_SECONDS = 1.0
+
+
+def _ids(span_context: trace.SpanContext) -> str:
+    if not span_context.is_valid:
+        return ""
+    return f" trace_id={span_context.trace_id:032x} span_id={span_context.span_id:016x}"
+
+
+class FailureLog:
+    """Logs failed callbacks, at most ``FAILURES_PER_WINDOW`` every ``WINDOW_SECONDS``."""
+
+    def __init__(
+        self,
+        per_window: int = FAILURES_PER_WINDOW,
+        window: float = WINDOW_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.per_window = per_window
+        self.window = window
+        self._clock = clock
+        self._window_start = clock()
+        self._logged = 0
+        self._left_out = 0
+
+    def _allowed(self) -> bool:
+        now = self._clock()
+        if now - self._window_start >= self.window:
+            if self._left_out:
+                logger.warning(
+                    "exitstack-otel left %d more failed cleanup callbacks out of the log in the last %.0f s",
+                    self._left_out,
+                    self.window,
+                )
+            self._window_start, self._logged, self._left_out = now, 0, 0
+        if self._logged >= self.per_window:
+            self._left_out += 1
+            return False
+        self._logged += 1
+        return True
+
+    def failed(
+        self,
+        *,
+        stack: str,
+        callback: str,
+        route: str | None,
+        error_type: str,
+        exc: BaseException,
+        context: otel_context.Context | None,
+    ) -> None:
+        if not self._allowed():
+            return
+        span_context = trace.get_current_span(context).get_span_context()
+        token = otel_context.attach(context) if context is not None else None
+        try:
+            logger.error(
+                "cleanup callback %s on stack %s failed with %s (route %s)%s",
+                callback,
+                stack,
+                error_type,
+                route or "-",
+                _ids(span_context),
+                exc_info=(type(exc), exc, exc.__traceback__),
+                extra={
+                    "exitstack_stack": stack,
+                    "exitstack_callback": callback,
+                    "exitstack_route": route,
+                    "exitstack_error_type": error_type,
+                },
+            )
+        finally:
+            if token is not None:
+                otel_context.detach(token)
+
+
+class HungWatch:
+    """A daemon thread that warns once for each callback still running after its stack's threshold."""
+
+    def __init__(self, interval: float = WATCH_INTERVAL_SECONDS) -> None:
+        self.interval = interval
+        # a plain set: the stack adds itself when its unwind starts and always takes itself out
+        self.unwinding: set[InstrumentedAsyncExitStack] = set()
+        self._warned: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, stack: InstrumentedAsyncExitStack) -> None:
+        self.unwinding.add(stack)
+        if self._thread is None:
+            self._start()
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="exitstack-otel-hung-watch", daemon=True
+                )
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.interval)
+            try:
+                self.check(time.perf_counter())
+            except Exception:  # the watcher must outlive anything odd it finds
+                logger.exception("exitstack-otel: the hung-callback watcher failed; it goes on")
+
+    def check(self, now: float) -> None:
+        for stack in list(self.unwinding):
+            running = stack.running_callback
+            if running is None:
+                continue
+            info, since, threshold = running
+            if threshold is None or now - since < threshold or self._warned.get(stack) == since:
+                continue
+            self._warned[stack] = since
+            trace_id = trace.get_current_span(stack.parent_context).get_span_context()
+            logger.warning(
+                "cleanup callback %s on stack %s still running after %.1f s (route %s)%s",
+                info.name,
+                stack.name,
+                now - since,
+                stack.route or "-",
+                _ids(trace_id),
+                extra={
+                    "exitstack_stack": stack.name,
+                    "exitstack_callback": info.name,
+                    "exitstack_route": stack.route,
+                },
+            )
+
+
+hung_watch = HungWatch()
