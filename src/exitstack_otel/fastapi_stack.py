@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.middleware.errors import ServerErrorMiddleware
 
+from . import inflight
 from .stack import InstrumentedAsyncExitStack
 
 if TYPE_CHECKING:
@@ -152,7 +153,9 @@ class RequestMarker:
             await self.app(scope, receive, send)
             return
         token = _current_request.set(_Request(telemetry, scope))
+        in_flight = inflight.entered()  # in-flight hook: wait_for_unwinds() waits for this request
         try:
             await self.app(scope, receive, send)
         finally:
+            in_flight.left()  # in-flight hook
             _current_request.reset(token)

@@ -9,6 +9,7 @@ from opentelemetry import metrics, trace
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from . import inflight
 from .providers import TelemetrySource
 from .shield import unwind
 from .stack import InstrumentedAsyncExitStack, checked_callback_timeout
@@ -69,6 +70,7 @@ class ExitStackMiddleware:
             callback_timeout=self.callback_timeout,
         )
         scope[self.scope_key] = stack
+        in_flight = inflight.entered()  # in-flight hook: wait_for_unwinds() waits for this request
         try:
             await self.app(scope, receive, send)
         except BaseException as exc:
@@ -76,6 +78,8 @@ class ExitStackMiddleware:
                 raise
         else:
             await unwind(stack, None, None, None)
+        finally:  # in-flight hook
+            in_flight.left()
 
 
 def get_exit_stack(
