@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import io
 from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any
@@ -187,3 +188,80 @@ async def test_a_namer_may_name_callbacks(sdk: Sdk) -> None:
     )
     assert names == [("Session", "context"), ("pool release", "callback")]
     assert seen == [(release, "callback"), (session, "context")]
+
+
+class Delegating:
+    """A proxy as session wrappers and lazy objects are: every attribute it lacks comes from the
+    user's data, ``__qualname__`` and ``__class__`` included."""
+
+    def __init__(self, owner: str) -> None:
+        self._owner = owner
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "__class__":
+            return functools.partial
+        if name in ("gen", "gi_code", "ag_code", "gi_frame", "__self__", "func", "__func__"):
+            return self
+        return f"session-of-{self._owner}"
+
+    def __call__(self, *args: object) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> Delegating:
+        return self
+
+    def __exit__(self, *exc_details: object) -> None:
+        pass
+
+    async def __aenter__(self) -> Delegating:
+        return self
+
+    async def __aexit__(self, *exc_details: object) -> None:
+        pass
+
+
+async def _aclose_with(proxy: Delegating) -> None:
+    pass
+
+
+PROXY_CASES: list[tuple[str, Callable[[InstrumentedAsyncExitStack, Delegating], Any], tuple[str, str]]] = [
+    ("callable proxy", lambda s, p: s.callback(p), ("Delegating", "callback")),
+    (
+        "async callable proxy",
+        lambda s, p: s.push_async_callback(_aclose_with, p),
+        ("_aclose_with", "async_callback"),
+    ),
+    ("proxy in a partial", lambda s, p: s.callback(functools.partial(p, 1)), ("Delegating", "callback")),
+    ("proxy's own method", lambda s, p: s.callback(p.close), ("Delegating.close", "callback")),
+    ("proxy as exit callback", lambda s, p: s.push(p), ("Delegating", "context")),
+    ("proxy as context manager", lambda s, p: s.enter_context(p), ("Delegating", "context")),
+    (
+        "proxy as async context manager",
+        lambda s, p: s.enter_async_context(p),
+        ("Delegating", "async_context"),
+    ),
+]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("push", "expected"), [case[1:] for case in PROXY_CASES], ids=[case[0] for case in PROXY_CASES]
+)
+async def test_an_object_that_delegates_its_attributes_is_named_by_its_type(
+    sdk: Sdk, push: Callable[[InstrumentedAsyncExitStack, Delegating], Any], expected: tuple[str, str]
+) -> None:
+    proxy = Delegating("alice@example.com")
+    assert proxy.__qualname__ == "session-of-alice@example.com"  # what reading it would have named
+
+    def push_it(stack: InstrumentedAsyncExitStack) -> Any:
+        pushed = push(stack, proxy)
+        return pushed if inspect.isawaitable(pushed) else None  # the proxy itself is not awaited
+
+    assert await _names(sdk, push_it) == [expected]
+    assert "alice" not in repr([dict(span.attributes or {}) for span in sdk.spans()])
+    points = [point for metric in sdk.metrics().values() for point in metric.data.data_points]
+    assert points
+    assert "alice" not in repr([dict(point.attributes or {}) for point in points])

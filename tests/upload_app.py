@@ -192,6 +192,19 @@ BAD_UPLOADS: tuple[Upload, ...] = (
         400,
     ),
     Upload("missing boundary", "multipart/form-data", multipart(field_part("a", b"1")), 400),
+    # with an empty boundary python-multipart reads "----" as the closing one: a form of no parts
+    Upload("empty boundary", "multipart/form-data; boundary=", b"----\r\n", 400),
+    Upload("empty quoted boundary", 'multipart/form-data; boundary=""', b"----\r\n", 400),
+    *(
+        # codecs that are not charsets: decoding fails with UnicodeError or IndexError
+        Upload(
+            f"charset {charset}",
+            f"{MULTIPART}; charset={charset}",
+            multipart(field_part("a", b"xn--"), field_part("b", b"."), file_part("f", "a.bin", b"d" * 4096)),
+            400,
+        )
+        for charset in ("undefined", "punycode", "idna")
+    ),
     Upload(
         "boundary too long", "multipart/form-data; boundary=" + "b" * 300, b"--" + b"b" * 300 + b"--\r\n", 400
     ),

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from starlette.middleware.errors import ServerErrorMiddleware
 
+from . import inflight
 from .asgi import http_route, request_method
 from .stack import InstrumentedAsyncExitStack
 
@@ -220,7 +221,9 @@ class RequestMarker:
         # a FastAPI app mounted in this one shares the request's scope, and so its unnamed stacks
         unnamed = outer.unnamed if outer is not None and outer.scope is scope else []
         token = _current_request.set(_Request(telemetry, scope, unnamed))
+        in_flight = inflight.entered()  # in-flight hook: wait_for_unwinds() waits for this request
         try:
             await self.app(scope, receive, send)
         finally:
+            in_flight.left()  # in-flight hook
             _current_request.reset(token)

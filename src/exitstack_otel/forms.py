@@ -11,8 +11,10 @@ limit) through ``HTTPException``; whatever the parser created before failing is 
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing, suppress
+from functools import lru_cache
 
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import parse_options_header
@@ -60,8 +62,9 @@ async def read_form(
     # before reading anything: without a stack nothing would ever close the form
     stack = get_exit_stack(request, scope_key)
 
-    content_type, _ = parse_options_header(request.headers.get("content-type"))
+    content_type, params = parse_options_header(request.headers.get("content-type"))
     if content_type == b"multipart/form-data":
+        _check_multipart_params(params)
         form = await _parse(
             request,
             lambda stream: _MultiPartParser(
@@ -100,6 +103,46 @@ def _check_limits(
             raise ValueError(f"{name} must be at least 1 byte, not {value!r}")
     if max_file_size is not None and max_file_size < 1:
         raise ValueError(f"max_file_size must be at least 1 byte or None, not {max_file_size!r}")
+
+
+def _check_multipart_params(params: dict[bytes, bytes]) -> None:
+    """Refuse, before anything is read, what Starlette's parser would accept or fail on with a 500."""
+    if not params.get(b"boundary"):
+        # python-multipart takes an empty boundary, and then any body as a form with no parts
+        raise HTTPException(400, detail="Missing boundary in multipart.")
+    charset = params.get(b"charset")
+    if charset is None:
+        return
+    name = charset.decode("latin-1")
+    try:
+        codec = codecs.lookup(name).name
+    except LookupError:
+        return  # Starlette decodes with latin-1 then, which loses no byte
+    if codec in _NOT_CHARSETS or not _decodes_any_bytes(codec):
+        shown = name if len(name) <= 40 else name[:40] + "..."
+        raise HTTPException(
+            400, detail=f"Unsupported charset {shown!r} in Content-Type: it cannot decode form data."
+        )
+
+
+# Codecs Python has that are no charset: decoding fails with UnicodeError or IndexError for some
+# input on some Python versions (on 3.13 less often), which Starlette does not handle (a 500).
+_NOT_CHARSETS = frozenset({"undefined", "punycode", "idna"})
+# Inputs that such codecs (a third-party one, say) fail on otherwise than with UnicodeDecodeError,
+# the one decoding failure Starlette handles, by falling back to latin-1.
+_DECODE_PROBES = (b"", b"a", b"abc-", b"-", b"xn--a", b"\xff", b"\x80abc", b"\xc3\xa9", b"a" * 70, b"\x00")
+
+
+@lru_cache(maxsize=64)  # by codec name, found by codecs.lookup: in practice a handful
+def _decodes_any_bytes(codec: str) -> bool:
+    for probe in _DECODE_PROBES:
+        try:
+            probe.decode(codec)
+        except (UnicodeDecodeError, LookupError):  # what Starlette catches (IndexError is a LookupError)
+            pass
+        except Exception:
+            return False
+    return True
 
 
 class _TooLarge(MultiPartException):

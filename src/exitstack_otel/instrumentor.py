@@ -8,7 +8,6 @@ instruments them; this does that for every FastAPI app built while it is instrum
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
@@ -37,16 +36,15 @@ class ExitStackInstrumentor(BaseInstrumentor):  # type: ignore[misc]  # the base
         tracer_provider: trace.TracerProvider | None = kwargs.pop("tracer_provider", None)
         meter_provider: metrics.MeterProvider | None = kwargs.pop("meter_provider", None)
         options = TelemetryOptions(**{**_environment_options(), **_option_kwargs(kwargs)})
-        if _fastapi_installed():
-            from .fastapi import instrument_all_apps
+        # BaseInstrumentor.instrument() has checked that FastAPI is installed (``_instruments``)
+        from .fastapi import instrument_all_apps
 
-            instrument_all_apps(TelemetrySource(tracer_provider, meter_provider, options))
+        instrument_all_apps(TelemetrySource(tracer_provider, meter_provider, options))
 
     def _uninstrument(self, **kwargs: Any) -> None:
-        if _fastapi_installed():
-            from .fastapi import uninstrument_all_apps
+        from .fastapi import uninstrument_all_apps
 
-            uninstrument_all_apps()
+        uninstrument_all_apps()
 
 
 def _option_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -68,7 +66,3 @@ def _environment_options() -> dict[str, Any]:
         return options_from_environment()
     except ValueError as exc:
         raise SystemExit(f"exitstack-otel: {exc}") from None
-
-
-def _fastapi_installed() -> bool:
-    return importlib.util.find_spec("fastapi") is not None

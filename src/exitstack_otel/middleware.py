@@ -9,6 +9,7 @@ from opentelemetry import metrics, trace
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from . import inflight
 from .asgi import http_route, request_method
 from .options import TelemetryOptions
 from .providers import TelemetrySource
@@ -71,6 +72,7 @@ class ExitStackMiddleware:
             self.stack_name, telemetry=self.telemetry.current(), callback_timeout=self.callback_timeout
         )
         scope[self.scope_key] = stack
+        in_flight = inflight.entered()  # in-flight hook: wait_for_unwinds() waits for this request
         try:
             await self.app(scope, receive, send)
         except BaseException as exc:
@@ -80,6 +82,8 @@ class ExitStackMiddleware:
         else:
             stack.route, stack.method = http_route(scope), request_method(scope)
             await unwind(stack, None, None, None)
+        finally:  # in-flight hook
+            in_flight.left()
 
 
 def get_exit_stack(

@@ -1,15 +1,26 @@
 """Stable, low-cardinality names and kinds for whatever reaches ``_push_exit_callback``.
 
 A name describes code, never data: qualified names of functions, methods and classes only, so
-no argument value, file name or path can leak into an attribute.
+no argument value, file name or path can leak into an attribute. What an object is comes from its
+exact type, never from attributes read through it, which a proxy's ``__getattr__`` would supply.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, _GeneratorContextManagerBase
 from functools import partial
-from types import FunctionType, MethodType, ModuleType
+from types import (
+    AsyncGeneratorType,
+    BuiltinFunctionType,
+    FunctionType,
+    GeneratorType,
+    MethodDescriptorType,
+    MethodType,
+    MethodWrapperType,
+    ModuleType,
+    WrapperDescriptorType,
+)
 from typing import Any
 
 from . import semconv
@@ -18,6 +29,13 @@ from . import semconv
 # these two factories; their code objects identify such wrappers on every supported Python.
 _SYNC_CB_CODE = AsyncExitStack._create_cb_wrapper(print).__code__  # type: ignore[attr-defined]  # private in typeshed
 _ASYNC_CB_CODE = AsyncExitStack._create_async_cb_wrapper(print).__code__  # type: ignore[attr-defined]
+
+# Objects whose ``__qualname__`` is code's: functions (async ones too, lambdas) and builtins;
+# classes are added by ``issubclass(type(target), type)``.
+_NAMED_TYPES = frozenset(
+    {FunctionType, BuiltinFunctionType, MethodWrapperType, WrapperDescriptorType, MethodDescriptorType}
+)
+_BUILTIN_METHOD_TYPES = frozenset({BuiltinFunctionType, MethodWrapperType})
 
 # FastAPI runs sync dependencies, shielded exits and concurrency-limited dependencies through
 # these generator-based wrappers; the user's own dependency is the context manager each wrapper
@@ -44,35 +62,39 @@ def classify(pushed: Callable[..., Any], is_sync: bool) -> tuple[str, object]:
 
 
 def callable_name(target: object) -> str:
-    while isinstance(target, partial):
-        target = target.func
-    if isinstance(target, MethodType):
-        return _qualname(target.__func__)
-    self_obj = getattr(target, "__self__", None)
-    if self_obj is not None and not isinstance(self_obj, (type, ModuleType)) and _is_builtin_method(target):
-        # bound builtin methods such as a file's ``close``
-        return f"{type(self_obj).__qualname__}.{getattr(target, '__name__', '?')}"
-    qualname = getattr(target, "__qualname__", None)
-    if isinstance(qualname, str):
-        return qualname
-    return type(target).__qualname__
+    kind = type(target)
+    # partials and bound methods, each made around an existing callable: the chain ends
+    while kind is partial or kind is MethodType:
+        target = target.func if kind is partial else target.__func__  # type: ignore[attr-defined]
+        kind = type(target)
+    if kind is FunctionType:  # the common case first
+        return target.__qualname__  # type: ignore[attr-defined,no-any-return]  # always a str
+    if kind in _BUILTIN_METHOD_TYPES:
+        self_obj = target.__self__  # type: ignore[attr-defined]  # every builtin has one
+        if self_obj is not None and not isinstance(self_obj, (type, ModuleType)):
+            # a bound builtin method such as a file's ``close``: its class's name, not the instance's
+            return f"{type(self_obj).__qualname__}.{target.__name__}"  # type: ignore[attr-defined]
+    return _code_name(target)
 
 
 def context_manager_name(cm: object) -> str:
     for _ in range(4):
         # @contextmanager / @asynccontextmanager objects drop ``func`` once entered, but keep
         # the generator, which carries the decorated function's name.
-        gen = getattr(cm, "gen", None)
-        code = getattr(gen, "gi_code", None) or getattr(gen, "ag_code", None)
-        if code is None:
+        if not issubclass(type(cm), _GeneratorContextManagerBase):
             break
-        qualname = getattr(gen, "__qualname__", code.co_name)
-        frame = getattr(gen, "gi_frame", None) or getattr(gen, "ag_frame", None)
+        gen = cm.gen  # type: ignore[attr-defined]
+        if type(gen) is GeneratorType:
+            code, frame = gen.gi_code, gen.gi_frame
+        elif type(gen) is AsyncGeneratorType:
+            code, frame = gen.ag_code, gen.ag_frame
+        else:
+            break
         module = frame.f_globals.get("__name__") if frame is not None else None
         if (module, code.co_name) in _TRANSPARENT_WRAPPERS and frame is not None and "cm" in frame.f_locals:
             cm = frame.f_locals["cm"]
             continue
-        return str(qualname)
+        return str(gen.__qualname__)
     return type(cm).__qualname__
 
 
@@ -82,13 +104,18 @@ def default_name(kind: str, target: object) -> str:
     return callable_name(target)
 
 
-def _qualname(func: object) -> str:
-    qualname = getattr(func, "__qualname__", None)
-    return qualname if isinstance(qualname, str) else type(func).__qualname__
+def _code_name(target: object) -> str:
+    """The qualified name of a function or class; any other object is named by its type.
 
-
-def _is_builtin_method(target: object) -> bool:
-    return type(target).__name__ in ("builtin_function_or_method", "method-wrapper")
+    The exact type decides, never an attribute read through the object: a proxy's ``__getattr__``
+    (or ``__class__``) would answer with whatever it delegates to, data included.
+    """
+    kind = type(target)
+    if kind in _NAMED_TYPES or issubclass(kind, type):
+        qualname = target.__qualname__  # type: ignore[attr-defined]  # all of these have one
+        if isinstance(qualname, str):
+            return qualname
+    return kind.__qualname__
 
 
 # FastAPI's generator wrappers name what they wrap, which differs from one push to the next
@@ -97,26 +124,33 @@ _WRAPPER_CODE_NAMES = frozenset(name for _, name in _TRANSPARENT_WRAPPERS)
 
 def identity(pushed: Callable[..., Any], is_sync: bool, stack_name: str) -> tuple[object, ...] | None:
     """A key that stands for the stack, kind and default name of ``pushed``, found without naming
-    it: the code behind it. None where no key is cheap and certain (builtins, objects, wrappers)."""
+    it: the code behind it, decided by exact types as the names are. None where no key is cheap
+    and certain (builtins, partials, other objects, FastAPI's wrappers)."""
     code = getattr(pushed, "__code__", None)
     if code is _SYNC_CB_CODE or code is _ASYNC_CB_CODE:
         target: Any = getattr(pushed, "__wrapped__", None)
         kind = type(target)
         if kind is FunctionType:
             return stack_name, code, target.__code__
-        if kind is MethodType:
+        if kind is MethodType and type(target.__func__) is FunctionType:
             return stack_name, code, target.__func__
         return None
     kind = type(pushed)
     if kind is FunctionType:
         return stack_name, is_sync, code
     if kind is MethodType and pushed.__name__ in ("__exit__", "__aexit__"):
-        manager = pushed.__self__  # type: ignore[attr-defined]
-        gen = getattr(manager, "gen", None)
-        if gen is None:
-            return stack_name, is_sync, type(manager)
-        gen_code = getattr(gen, "gi_code", None) or getattr(gen, "ag_code", None)
-        if gen_code is None or gen_code.co_name in _WRAPPER_CODE_NAMES:
+        manager_type = type(pushed.__self__)  # type: ignore[attr-defined]
+        if not issubclass(manager_type, _GeneratorContextManagerBase):
+            return stack_name, is_sync, manager_type
+        gen = pushed.__self__.gen  # type: ignore[attr-defined]
+        gen_type = type(gen)
+        if gen_type is GeneratorType:
+            gen_code = gen.gi_code
+        elif gen_type is AsyncGeneratorType:
+            gen_code = gen.ag_code
+        else:
+            return None
+        if gen_code.co_name in _WRAPPER_CODE_NAMES:
             return None
         return stack_name, is_sync, gen_code
     return None

@@ -1,3 +1,6 @@
-# What ExitStackInstrumentor instruments, in the form opentelemetry-instrumentation expects.
-_instruments = ("starlette >= 0.40",)
+# What ExitStackInstrumentor patches, in the form opentelemetry-instrumentation expects: FastAPI's
+# request stacks (pyproject's fastapi extra has the same floor). BaseInstrumentor checks it before
+# instrumenting; without FastAPI, opentelemetry-instrument leaves the instrumentor out, and plain
+# Starlette apps need none (ExitStackMiddleware reads the global providers itself).
+_instruments = ("fastapi >= 0.121",)
 _supports_metrics = True

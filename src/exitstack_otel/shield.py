@@ -21,7 +21,9 @@ as is. For the others:
 Nothing survives the end of the event loop: ``asyncio.run`` cancels every task left, cleanups
 included. uvicorn ends its loop right after cancelling the requests that outlived
 ``timeout_graceful_shutdown``, unless the app's lifespan shutdown keeps it busy; awaiting
-``wait_for_unwinds()`` there gives those requests' cleanups the time to finish.
+``wait_for_unwinds()`` there gives those requests' cleanups the time to finish. It waits for the
+requests (``inflight``), not just for the unwind tasks: a cancelled request can take several loop
+turns to reach its unwind, and until then there is no task to wait for.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import anyio
-import anyio.lowlevel
+
+from . import inflight
 
 if TYPE_CHECKING:
     from .stack import InstrumentedAsyncExitStack
@@ -83,10 +86,13 @@ def unwind(
 
 
 async def wait_for_unwinds() -> None:
-    """Return once the unwinds running in tasks of their own have finished. For a lifespan
-    shutdown handler; bound it with ``anyio.move_on_after``."""
-    await anyio.lowlevel.checkpoint()  # requests cancelled just now start their unwinds first
-    pending = [task for task in _unwind_tasks if not task.done()]
+    """Return once every request of this event loop that entered an instrumented stack has
+    unwound it, however long its cancellation takes to reach the stack. For a lifespan shutdown
+    handler; bound it with ``anyio.move_on_after``."""
+    await inflight.wait_until_idle()
+    # unwinds of stacks no counted request owns (``unwind()`` called directly)
+    loop = asyncio._get_running_loop()
+    pending = [task for task in _unwind_tasks if not task.done() and task.get_loop() is loop]
     if pending:
         await asyncio.wait(pending)
 

@@ -1,0 +1,83 @@
+"""How many requests are inside an instrumented stack, per thread, and a way to wait for none.
+
+``ExitStackMiddleware`` and the FastAPI instrumentation count a request from before its app runs
+until its stack has unwound; ``wait_for_unwinds()`` waits for the count to reach zero. Counting
+the requests, not the unwinds, is what makes it reliable at shutdown: a cancelled request may take
+any number of loop turns (a task group to leave, an endpoint's ``finally`` that awaits) before its
+unwind starts, and until then there is no unwind to wait for.
+
+One count per thread: an event loop (asyncio or trio) runs in one thread, and a thread runs one
+loop at a time, so the count of the running loop's thread is the count of that loop's requests.
+The request path pays a thread-local load, an add and a subtract on an object made once per
+thread: about 0.1 us, no allocation.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import suppress
+
+import anyio
+
+
+class InFlight:
+    """One thread's requests in flight; ``entered()`` returns it for the matching ``left()``."""
+
+    __slots__ = ("_waiters", "count")
+
+    def __init__(self) -> None:
+        self.count = 0
+        # only while someone waits: then the last request to leave wakes them all
+        self._waiters: list[anyio.Event] = []
+
+    def left(self) -> None:
+        self.count -= 1
+        if self.count == 0 and self._waiters:
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                # a waiter whose event loop is gone cannot be woken, and must not break a request
+                with suppress(Exception):
+                    waiter.set()
+
+    async def wait_until_idle(self) -> None:
+        while self.count > 0:
+            waiter = anyio.Event()
+            self._waiters.append(waiter)
+            try:
+                await waiter.wait()
+            finally:  # a waiter that gave up (its timeout, its loop's end) is no longer woken
+                with suppress(ValueError):
+                    self._waiters.remove(waiter)
+
+
+# A plain threading.local found once per call: its attribute loads cost several times a plain
+# object's, so the counting happens on the InFlight object it holds.
+_threads = threading.local()
+
+
+def _this_thread() -> InFlight:
+    try:
+        in_flight: InFlight = _threads.in_flight
+    except AttributeError:  # the thread's first request
+        in_flight = _threads.in_flight = InFlight()
+    return in_flight
+
+
+def entered() -> InFlight:
+    """Count one more request in this thread; call ``left()`` on the result once it has unwound."""
+    try:
+        in_flight: InFlight = _threads.in_flight
+    except AttributeError:  # the thread's first request
+        in_flight = _threads.in_flight = InFlight()
+    in_flight.count += 1
+    return in_flight
+
+
+def requests_in_flight() -> int:
+    """The calling thread's requests that entered an instrumented stack and have not unwound."""
+    return _this_thread().count
+
+
+async def wait_until_idle() -> None:
+    """Return once this thread has no request in flight (at once if it has none)."""
+    await _this_thread().wait_until_idle()
