@@ -147,3 +147,21 @@ async def test_each_stack_of_a_mounted_fastapi_app_is_named_by_its_key(sdk: Sdk)
         ("fastapi_inner_astack", "get_resource"): 1,
         ("fastapi_middleware_astack", "list.append"): 1,  # the outer one, by the key it was stored under
     }
+
+
+async def test_a_failed_callback_keeps_its_exemplar_and_quick_ones_cost_none(sdk: Sdk) -> None:
+    def fail() -> None:
+        raise RuntimeError("refused")
+
+    with pytest.raises(RuntimeError):
+        async with InstrumentedAsyncExitStack("s", telemetry=sdk.telemetry()) as stack:
+            stack.callback(print, end="")  # quick and fine: aggregated in process, no exemplar
+            stack.callback(fail)
+    [span] = [s for s in sdk.spans() if s.name.startswith(semconv.SPAN_CALLBACK)]
+    points = {
+        attrs(point)[semconv.CALLBACK_OUTCOME]: point
+        for point in histogram_points(sdk.metrics()[semconv.CALLBACK_DURATION])
+    }
+    [exemplar] = points[semconv.OUTCOME_ERROR].exemplars
+    assert (exemplar.trace_id, exemplar.span_id) == (span.context.trace_id, span.context.span_id)
+    assert list(points[semconv.OUTCOME_OK].exemplars) == []
