@@ -153,10 +153,11 @@ async def test_a_failed_callback_keeps_its_exemplar_and_quick_ones_cost_none(sdk
     def fail() -> None:
         raise RuntimeError("refused")
 
+    stack = InstrumentedAsyncExitStack("s", telemetry=sdk.telemetry())
+    stack.callback(print, end="")  # quick and fine: aggregated in process, no exemplar
+    stack.callback(fail)
     with pytest.raises(RuntimeError):
-        async with InstrumentedAsyncExitStack("s", telemetry=sdk.telemetry()) as stack:
-            stack.callback(print, end="")  # quick and fine: aggregated in process, no exemplar
-            stack.callback(fail)
+        await stack.aclose()
     [span] = [s for s in sdk.spans() if s.name.startswith(semconv.SPAN_CALLBACK)]
     points = {
         attrs(point)[semconv.CALLBACK_OUTCOME]: point
