@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
+from starlette.requests import Request
 
-from exitstack_otel import semconv, settings
+from exitstack_otel import ExitStackMiddleware, TelemetryOptions, semconv, settings
+from exitstack_otel.fastapi import instrument_fastapi, uninstrument_fastapi
 from exitstack_otel.instrumentor import ExitStackInstrumentor
 
 from .fastapi_app import build_app
@@ -144,3 +146,58 @@ def test_a_bad_value_stops_instrument_in_code_too(monkeypatch: pytest.MonkeyPatc
     monkeypatch.delenv(settings.CALLBACK_SPANS)
     ExitStackInstrumentor().instrument()
     ExitStackInstrumentor().uninstrument()
+
+
+# -- ExitStackMiddleware and instrument_fastapi read the same variables ------------------------------
+
+
+def test_the_middleware_reads_the_environment_and_its_keywords_win(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(settings.CALLBACK_SPANS, "all")
+    monkeypatch.setenv(settings.CALLBACK_TIMEOUT, "2.5")
+    from_environment = ExitStackMiddleware(build_app())
+    assert from_environment.telemetry.options.callback_spans == "all"
+    assert from_environment.callback_timeout == 2.5
+    explicit = ExitStackMiddleware(build_app(), callback_spans="problems", callback_timeout=None)
+    assert explicit.telemetry.options.callback_spans == "problems"
+    assert explicit.callback_timeout is None
+    given = ExitStackMiddleware(build_app(), options=TelemetryOptions())  # an options object is all explicit
+    assert given.telemetry.options.callback_spans == "problems"
+
+
+def test_a_bad_value_stops_the_middleware_with_its_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(settings.CALLBACK_TIMEOUT, "-1")
+    with pytest.raises(ValueError, match=settings.CALLBACK_TIMEOUT):
+        ExitStackMiddleware(build_app())
+
+
+@pytest.mark.anyio
+async def test_instrument_fastapi_reads_the_environment(sdk: Sdk, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(settings.CALLBACK_SPANS, "all")
+    app = build_app()
+    instrument_fastapi(app, tracer_provider=sdk.tracer_provider, meter_provider=sdk.meter_provider)
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            assert (await http.get("/items/1")).status_code == 200
+    finally:
+        uninstrument_fastapi(app)
+    assert GET_DB_SPAN in [span.name for span in sdk.spans()]
+
+
+@pytest.mark.anyio
+async def test_callback_timeout_from_the_environment_reaches_fastapi_stacks(
+    sdk: Sdk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(settings.CALLBACK_TIMEOUT, "7")
+    instrument(sdk)
+    stacks: list[float | None] = []
+
+    async def read_timeout(request: Request) -> None:
+        stacks.append(request.scope["fastapi_inner_astack"]._callback_timeout)
+
+    app = build_app()
+    app.add_api_route("/timeout", read_timeout)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        assert (await http.get("/timeout")).status_code == 200
+    assert stacks == [7.0]
