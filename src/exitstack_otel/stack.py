@@ -125,12 +125,11 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
         tb: TracebackType | None,
     ) -> bool | None:
         telemetry = self._telemetry
-        reported = self._reported
-        if (telemetry is None or not reported) and self._callback_timeout is None:
-            # nothing to report (or FastAPI's bookkeeping only): an empty unwind appears nowhere
-            return await super().__aexit__(exc_type, exc_value, tb)
+        # nothing to report (no telemetry, nothing pushed, FastAPI's bookkeeping only): the loop
+        # below runs as contextlib's, and an empty unwind appears nowhere
+        reported = self._reported if telemetry is not None else None
         exc_details: tuple[Any, Any, Any] = (exc_type, exc_value, tb)
-        exc = exc_value
+        exc: Any = exc_value  # the pending exception, as 3.13 calls it
         received_exc = exc_type is not None
         frame_exc = sys.exc_info()[1]
         callbacks = self._exit_callbacks  # type: ignore[attr-defined]
@@ -140,10 +139,11 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
         unwinding: Unwinding | None = None
         count = 0
         clock = time.perf_counter
-        start = clock()
+        start = 0.0
         active = None
         hung = None
         if telemetry is not None and reported:
+            start = clock()
             try:
                 hung = telemetry.options.hung_callback_warning
                 if hung is not None:
@@ -174,8 +174,8 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
                         exc_details = (
                             (None, None, None) if exc is None else (type(exc), exc, exc.__traceback__)
                         )
-                    cb_start = clock()
                     if info is not None:
+                        cb_start = clock()
                         self.running_callback = (info, cb_start, hung)
                     if is_sync:
                         cb_suppress = cb(*exc_details)
@@ -231,10 +231,10 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
             try:
                 # bare "raise exc" replaces our carefully
                 # set-up context
-                fixed_ctx = exc.__context__  # type: ignore[union-attr]
-                raise exc  # type: ignore[misc]
+                fixed_ctx = exc.__context__
+                raise exc
             except BaseException:
-                exc.__context__ = fixed_ctx  # type: ignore[union-attr]
+                exc.__context__ = fixed_ctx
                 raise
         return received_exc and suppressed_exc
 
