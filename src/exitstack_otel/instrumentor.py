@@ -57,4 +57,3 @@ def _option_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
             f"accepted: tracer_provider, meter_provider, {', '.join(sorted(_OPTION_NAMES))}"
         )
     return kwargs
-
