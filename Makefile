@@ -2,14 +2,19 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-CODE := src tests benchmarks monitoring
+CODE := src tests benchmarks monitoring scripts
+# what the tests exercise; the dev tools come from pyproject's [dependency-groups]
+EXTRAS := demo,fastapi,instrumentation
 
-.PHONY: demo test lint typecheck unit test-pythons test-fastapi-oldest bench clean
+.PHONY: demo test lint typecheck unit test-pythons test-lowest bench clean
 
+# pip 25.1 is the first to install PEP 735 dependency groups (--group)
 $(BIN)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || \
+		{ echo "exitstack-otel needs Python 3.10 or newer; run: make PYTHON=python3.X" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --upgrade 'pip>=25.1'
+	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]' --group dev
 	touch $@
 
 demo: $(BIN)/.installed
@@ -22,6 +27,7 @@ lint: $(BIN)/.installed
 typecheck: $(BIN)/.installed
 	$(BIN)/mypy $(CODE)
 
+# the newest versions pyproject allows
 unit: $(BIN)/.installed
 	$(BIN)/pytest
 
@@ -29,26 +35,15 @@ unit: $(BIN)/.installed
 test-pythons:
 	scripts/test-pythons
 
-# The oldest FastAPI with all three request stacks (pyproject's fastapi extra has the same bound);
-# the FastAPI tests run against it in a venv of their own, the newest release runs in .venv.
-OLDEST_FASTAPI := 0.121.0
-OLDEST_VENV := .venv-fastapi-oldest
-FASTAPI_TESTS := tests/test_fastapi.py tests/test_traces.py tests/test_instrumentor.py tests/test_instrumentor_otlp.py
+# the lowest versions pyproject allows (.venv-lowest, Python 3.10), and the API without the SDK
+# (.venv-api-only); both are built with uv from .venv
+test-lowest: $(BIN)/.installed
+	UV=$(BIN)/uv scripts/test-lowest
 
-$(OLDEST_VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(OLDEST_VENV)
-	$(OLDEST_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(OLDEST_VENV)/bin/python -m pip install --quiet -e '.[dev]' 'fastapi==$(OLDEST_FASTAPI)'
-	touch $@
-
-test-fastapi-oldest: $(OLDEST_VENV)/.installed
-	$(OLDEST_VENV)/bin/python -c 'import fastapi; assert fastapi.__version__ == "$(OLDEST_FASTAPI)", fastapi.__version__'
-	$(OLDEST_VENV)/bin/pytest $(FASTAPI_TESTS)
-
-test: lint typecheck unit test-pythons test-fastapi-oldest
+test: lint typecheck unit test-pythons test-lowest
 
 bench: $(BIN)/.installed
 	$(BIN)/python -m benchmarks.run
 
 clean:
-	rm -rf $(VENV) $(OLDEST_VENV) .venv-3.* .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) .venv-lowest .venv-api-only .venv-fastapi-oldest .venv-3.* .mypy_cache .ruff_cache .pytest_cache .hypothesis

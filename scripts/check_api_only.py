@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 
 # the demo and its CLI need the demo extra (the SDK among it); everything else is the library
 NEEDS_DEMO_EXTRA = ("exitstack_otel.demo", "exitstack_otel.cli", "exitstack_otel.__main__")
@@ -69,7 +70,7 @@ async def starlette_request(log: list[str]) -> None:
     from exitstack_otel import ExitStackMiddleware, get_exit_stack
 
     async def release() -> None:
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         log.append("async cleanup")
 
     async def endpoint(request: Request) -> PlainTextResponse:

@@ -61,7 +61,7 @@ def test_registered_under_the_opentelemetry_instrumentor_entry_point() -> None:
     found = [ep for ep in entry_points(group="opentelemetry_instrumentor") if ep.name == "exitstack"]
     assert len(found) == 1
     assert found[0].load() is ExitStackInstrumentor
-    assert list(ExitStackInstrumentor().instrumentation_dependencies()) == ["fastapi >= 0.121"]
+    assert list(ExitStackInstrumentor().instrumentation_dependencies()) == ["fastapi >= 0.133"]
 
 
 @pytest.mark.anyio
