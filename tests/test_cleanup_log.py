@@ -13,7 +13,14 @@ import anyio
 import httpx
 import pytest
 from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
-from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
+from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
+
+try:
+    from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter
+except ImportError:  # the SDK before its rename (the 1.30 floor)
+    from opentelemetry.sdk._logs.export import (
+        InMemoryLogExporter as InMemoryLogRecordExporter,
+    )
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
