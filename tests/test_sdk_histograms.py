@@ -7,6 +7,7 @@ on a second provider with the same readers and views, collects both and compares
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import math
 import subprocess
@@ -373,7 +374,9 @@ def test_periodic_otlp_export_equals_record_per_measurement(
         with pair(
             [otlp_reader(fast_receiver, temporality)], [otlp_reader(plain_receiver, temporality)]
         ) as made:
-            assert made.histogram.fast
+            # before 1.3x the OTLP exporter ignores bucket advice, so record() itself exports other
+            # buckets: falling back (said in the log) is what keeps the points the same there
+            assert made.histogram.fast or "bucket" in (made.histogram.fallback_reason or "")
             for round_ in range(3):
                 for index, value in enumerate(exact_values(40, round_)):
                     made.record(value * 0.01, ROUTES[index % (round_ + 1)])
@@ -388,6 +391,8 @@ def test_periodic_otlp_export_equals_record_per_measurement(
 
 
 def test_prometheus_scrape_equals_record_per_measurement() -> None:
+    if "registry" not in inspect.signature(PrometheusMetricReader).parameters:
+        pytest.skip("this opentelemetry-exporter-prometheus serves the global registry only")
     fast_registry, plain_registry = CollectorRegistry(), CollectorRegistry()
     fast_reader = PrometheusMetricReader(registry=fast_registry)
     plain_reader = PrometheusMetricReader(registry=plain_registry)
@@ -455,6 +460,8 @@ def test_a_view_that_only_renames_keeps_the_fast_path() -> None:
 def test_a_reader_added_later_that_cannot_merge_switches_to_fallback_keeping_the_counts(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    if not hasattr(MeterProvider, "add_metric_reader"):
+        pytest.skip("this opentelemetry-sdk cannot add a reader to a running provider")
     fast_reader, plain_reader = two_in_memory(CUMULATIVE)
     with pair([fast_reader], [plain_reader]) as made:
         values_for_two_routes(made)
