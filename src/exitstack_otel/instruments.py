@@ -37,29 +37,29 @@ class Instruments:
         meter = meter_provider.get_meter(semconv.SCOPE_NAME, __version__)
         self.pushed: dict[tuple[str, str, str], Count] = {}
         self.active: dict[str, Count] = {}
-        self.callback_duration = FastHistogram(
-            meter_provider,
-            meter,
+
+        def histogram(name: str, unit: str, description: str, boundaries: tuple[float, ...]) -> FastHistogram:
+            return FastHistogram(
+                meter_provider, meter, name, unit=unit, description=description, boundaries=boundaries
+            )
+
+        self.callback_duration = histogram(
             semconv.CALLBACK_DURATION,
-            unit=semconv.UNIT_SECONDS,
-            description="Time one exit callback took to run.",
-            boundaries=semconv.DURATION_BUCKETS,
+            semconv.UNIT_SECONDS,
+            "Time one exit callback took to run.",
+            semconv.DURATION_BUCKETS,
         )
-        self.unwind_duration = FastHistogram(
-            meter_provider,
-            meter,
+        self.unwind_duration = histogram(
             semconv.UNWIND_DURATION,
-            unit=semconv.UNIT_SECONDS,
-            description="Time from the start of a stack's exit to the end of its last callback.",
-            boundaries=semconv.DURATION_BUCKETS,
+            semconv.UNIT_SECONDS,
+            "Time from the start of a stack's exit to the end of its last callback.",
+            semconv.DURATION_BUCKETS,
         )
-        self.unwind_callbacks = FastHistogram(
-            meter_provider,
-            meter,
+        self.unwind_callbacks = histogram(
             semconv.UNWIND_CALLBACKS,
-            unit=semconv.UNIT_CALLBACK,
-            description="Exit callbacks run by one unwind.",
-            boundaries=semconv.CALLBACK_COUNT_BUCKETS,
+            semconv.UNIT_CALLBACK,
+            "Exit callbacks run by one unwind.",
+            semconv.CALLBACK_COUNT_BUCKETS,
         )
         meter.create_observable_counter(
             semconv.CALLBACK_PUSHED,
