@@ -17,7 +17,7 @@ from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
 
 try:
     from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter
-except ImportError:  # the SDK before its rename (the 1.30 floor)
+except ImportError:  # the SDK before its rename (the 1.31 floor)
     from opentelemetry.sdk._logs.export import (
         InMemoryLogExporter as InMemoryLogRecordExporter,
     )
