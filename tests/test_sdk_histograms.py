@@ -9,10 +9,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -571,3 +573,34 @@ def test_a_series_is_shared_by_equal_attributes() -> None:
     with pair([fast_reader], [plain_reader]) as made:
         assert made.histogram.series({"route": "/a"}) is made.histogram.series({"route": "/a"})
         assert made.histogram.series({"route": "/a"}) is not made.histogram.series({"route": "/b"})
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_a_forked_child_gets_free_locks_and_keeps_recording() -> None:
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+    try:
+        histogram = FastHistogram(
+            provider, provider.get_meter("test"), NAME, unit="s", description="", boundaries=BOUNDARIES
+        )
+        series = histogram.series(ROUTES[0])
+        series.record(0.5)
+        # as if another thread were folding or collecting at the moment of the fork
+        with series._lock, histogram._lock, warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork() with other threads alive
+            child = os.fork()
+            if child == 0:  # the child: must end here, whatever happens
+                code = 1
+                try:
+                    if series._lock.locked() or histogram._lock.locked():
+                        os._exit(3)  # the next fold or collection would wait forever
+                    for _ in range(300):  # enough to fold, which takes the series' lock
+                        series.record(0.25)
+                    (point,) = points_of(reader.get_metrics_data())
+                    code = 0 if point.count == 301 else 2
+                finally:
+                    os._exit(code)
+        _, status = os.waitpid(child, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        provider.shutdown()

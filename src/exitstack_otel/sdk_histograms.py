@@ -28,6 +28,7 @@ import contextvars
 import inspect
 import logging
 import math
+import os
 import threading
 import time
 import weakref
@@ -256,6 +257,7 @@ class FastHistogram:
         try:
             consumer = self._check(meter_provider)
             _hook_for(consumer, meter).add(self)
+            _live.add(self)
         except _Unsupported as unsupported:
             self.fallback_reason = unsupported.reason
             _log_once(meter_provider, unsupported.level, f"{unsupported.reason} ({self._how_recorded()})")
@@ -656,3 +658,24 @@ def _log_once(provider: object, level: int, message: str, error: BaseException |
             return
         seen.add(message)
     logger.log(level, "%s", message, exc_info=error)
+
+
+# after a fork, the child's copies of our locks may be held by a thread that no longer exists
+
+
+_live: weakref.WeakSet[FastHistogram] = weakref.WeakSet()
+
+
+def _new_locks_in_child() -> None:
+    global _hooks_lock, _self_test_lock, _logged_lock
+    _hooks_lock, _self_test_lock, _logged_lock = threading.Lock(), threading.Lock(), threading.Lock()
+    for hook in list(_hooks.values()):
+        hook._lock = threading.Lock()
+    for histogram in list(_live):
+        histogram._lock = threading.Lock()
+        for series in histogram._series.values():
+            series._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_locks_in_child)
