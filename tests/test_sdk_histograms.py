@@ -226,6 +226,19 @@ def test_new_attributes_between_collections_and_start_times(
         # (opentelemetry-sdk 1.45.1 and newer start a new delta series exactly at that collection)
         assert first_point.time_unix_nano <= new.start_time_unix_nano <= new.time_unix_nano
 
+        # one series idle for a collection, then back: its window starts at the last collection
+        made.record(0.03, ROUTES[1])
+        third = points_of(fast_reader.get_metrics_data())[0]
+        made.record(0.04, ROUTES[0])
+        (back,) = [
+            point for point in points_of(fast_reader.get_metrics_data()) if point.attributes == ROUTES[0]
+        ]
+        assert (back.attributes, back.count) == (ROUTES[0], 1 if temporality is DELTA else 3)
+        if temporality is DELTA:
+            assert back.start_time_unix_nano == third.time_unix_nano
+        else:
+            assert back.start_time_unix_nano == first_point.start_time_unix_nano
+
 
 def points_of(data: MetricsData | None) -> list[Any]:
     assert data is not None
