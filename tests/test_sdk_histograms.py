@@ -67,7 +67,10 @@ class Pair:
     """A FastHistogram on one provider and a plain Histogram on another, fed the same values."""
 
     def __init__(
-        self, fast_readers: Sequence[MetricReader], plain_readers: Sequence[MetricReader], views: Any
+        self,
+        fast_readers: Sequence[MetricReader],
+        plain_readers: Sequence[MetricReader],
+        views: Sequence[View],
     ) -> None:
         self.fast_provider = MeterProvider(metric_readers=fast_readers, views=views, shutdown_on_exit=False)
         self.plain_provider = MeterProvider(metric_readers=plain_readers, views=views, shutdown_on_exit=False)
