@@ -14,8 +14,8 @@ import time
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
 
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.metrics import Histogram, MeterProvider
+from opentelemetry.sdk.metrics.export import AggregationTemporality, InMemoryMetricReader
 
 from exitstack_otel import semconv
 from exitstack_otel.sdk_histograms import FastHistogram
@@ -72,9 +72,13 @@ def _per_record_us(record: Callable[[float], None], rounds: int) -> float:
     return (time.perf_counter_ns() - start) / (rounds * len(values)) / 1000
 
 
-def _collection_ms(series_count: int, repeats: int) -> tuple[float, float, float]:
+def _collection_ms(
+    series_count: int, repeats: int, temporality: AggregationTemporality
+) -> tuple[float, float, float]:
     """One collection with ``series_count`` series that each got a value: (merge, fast, plain)."""
-    fast_reader, plain_reader = InMemoryMetricReader(), InMemoryMetricReader()
+    preferred: dict[type, AggregationTemporality] = {Histogram: temporality}
+    fast_reader = InMemoryMetricReader(preferred_temporality=preferred)
+    plain_reader = InMemoryMetricReader(preferred_temporality=preferred)
     fast_provider = MeterProvider(metric_readers=[fast_reader], shutdown_on_exit=False)
     plain_provider = MeterProvider(metric_readers=[plain_reader], shutdown_on_exit=False)
     try:
@@ -149,17 +153,21 @@ def main(argv: Sequence[str] | None = None) -> str:
         series_us, locked_us, unlocked_us, sdk_us = (statistics.median(found[name]) for name in measures)
     finally:
         provider.shutdown()
-    merge_ms, fast_ms, plain_ms = _collection_ms(args.series, args.repeats)
     lines = [
         f"HistogramSeries.record                  {series_us:8.3f} us (append; folded every 256 values)",
         f"  counts updated in record(), a lock each {locked_us:8.3f} us",
         f"  counts updated in record(), no lock     {unlocked_us:8.3f} us (not thread-safe)",
         f"Histogram.record (SDK, 4 attributes)    {sdk_us:8.3f} us",
         f"ratio HistogramSeries / SDK             {series_us / sdk_us:8.4f}",
-        f"merge of {args.series} series, 1 value each  {merge_ms:8.3f} ms",
-        f"collection of them, merge included      {fast_ms:8.3f} ms",
-        f"collection of {args.series} SDK series        {plain_ms:8.3f} ms (the SDK's collect alone)",
     ]
+    for temporality in (AggregationTemporality.CUMULATIVE, AggregationTemporality.DELTA):
+        merge_ms, fast_ms, plain_ms = _collection_ms(args.series, args.repeats, temporality)
+        lines += [
+            f"{temporality.name.lower()}: {args.series} series with a value each, one collection:",
+            f"  the merge                             {merge_ms:8.3f} ms",
+            f"  the whole collection, merge included  {fast_ms:8.3f} ms",
+            f"  the SDK's collection of record()s     {plain_ms:8.3f} ms",
+        ]
     report = "\n".join(lines)
     print(report)
     return report

@@ -10,10 +10,12 @@ import dataclasses
 import inspect
 import logging
 import math
+import os
 import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -66,7 +68,10 @@ class Pair:
     """A FastHistogram on one provider and a plain Histogram on another, fed the same values."""
 
     def __init__(
-        self, fast_readers: Sequence[MetricReader], plain_readers: Sequence[MetricReader], views: Any
+        self,
+        fast_readers: Sequence[MetricReader],
+        plain_readers: Sequence[MetricReader],
+        views: Sequence[View],
     ) -> None:
         self.fast_provider = MeterProvider(metric_readers=fast_readers, views=views, shutdown_on_exit=False)
         self.plain_provider = MeterProvider(metric_readers=plain_readers, views=views, shutdown_on_exit=False)
@@ -224,6 +229,19 @@ def test_new_attributes_between_collections_and_start_times(
         # a new series starts after the earlier collection, before its first value
         # (opentelemetry-sdk 1.45.1 and newer start a new delta series exactly at that collection)
         assert first_point.time_unix_nano <= new.start_time_unix_nano <= new.time_unix_nano
+
+        # one series idle for a collection, then back: its window starts at the last collection
+        made.record(0.03, ROUTES[1])
+        third = points_of(fast_reader.get_metrics_data())[0]
+        made.record(0.04, ROUTES[0])
+        (back,) = [
+            point for point in points_of(fast_reader.get_metrics_data()) if point.attributes == ROUTES[0]
+        ]
+        assert (back.attributes, back.count) == (ROUTES[0], 1 if temporality is DELTA else 3)
+        if temporality is DELTA:
+            assert back.start_time_unix_nano == third.time_unix_nano
+        else:
+            assert back.start_time_unix_nano == first_point.start_time_unix_nano
 
 
 def points_of(data: MetricsData | None) -> list[Any]:
@@ -578,3 +596,34 @@ def test_a_series_is_shared_by_equal_attributes() -> None:
     with pair([fast_reader], [plain_reader]) as made:
         assert made.histogram.series({"route": "/a"}) is made.histogram.series({"route": "/a"})
         assert made.histogram.series({"route": "/a"}) is not made.histogram.series({"route": "/b"})
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_a_forked_child_gets_free_locks_and_keeps_recording() -> None:
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+    try:
+        histogram = FastHistogram(
+            provider, provider.get_meter("test"), NAME, unit="s", description="", boundaries=BOUNDARIES
+        )
+        series = histogram.series(ROUTES[0])
+        series.record(0.5)
+        # as if another thread were folding or collecting at the moment of the fork
+        with series._lock, histogram._lock, warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork() with other threads alive
+            child = os.fork()
+            if child == 0:  # the child: must end here, whatever happens
+                code = 1
+                try:
+                    if series._lock.locked() or histogram._lock.locked():
+                        os._exit(3)  # the next fold or collection would wait forever
+                    for _ in range(300):  # enough to fold, which takes the series' lock
+                        series.record(0.25)
+                    (point,) = points_of(reader.get_metrics_data())
+                    code = 0 if point.count == 301 else 2
+                finally:
+                    os._exit(code)
+        _, status = os.waitpid(child, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        provider.shutdown()

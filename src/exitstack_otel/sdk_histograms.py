@@ -28,6 +28,7 @@ import contextvars
 import inspect
 import logging
 import math
+import os
 import threading
 import time
 import weakref
@@ -138,6 +139,7 @@ class HistogramSeries:
         "_histogram",
         "_key",
         "_lock",
+        "_made",
         "_max",
         "_min",
         "_pending",
@@ -158,6 +160,8 @@ class HistogramSeries:
         self._boundaries = boundaries
         self._lock = threading.Lock()
         self._pending: list[float] = []
+        self._made: dict[Any, Any] = {}
+        """delta aggregations this series had the SDK make, by view-instrument match: reused"""
         self._counts = [0] * (len(boundaries) + 1)
         self._sum: float = 0
         self._min = _INFINITY
@@ -277,6 +281,7 @@ class FastHistogram:
         try:
             consumer = self._check(meter_provider)
             _hook_for(consumer, meter).add(self)
+            _live.add(self)
         except _Unsupported as unsupported:
             self.fallback_reason = unsupported.reason
             _log_once(meter_provider, unsupported.level, f"{unsupported.reason} ({self._how_recorded()})")
@@ -482,7 +487,13 @@ def _aggregation_for(match: Any, series: HistogramSeries, batch: _Batch) -> Any:
             return existing
         get_or_create = getattr(match, "_get_or_create_aggregation", None)
         if get_or_create is not None:  # opentelemetry-sdk 1.45.1 and newer (cardinality limit, delta reset)
+            aggregation = _collected_delta_aggregation(match, series)
+            if aggregation is not None:
+                match._attributes_aggregation[series._key] = aggregation
+                return aggregation
             aggregation = get_or_create(series._key, series._attributes)
+            if getattr(match, "_reset_on_collect", False) and aggregation._attributes is series._attributes:
+                series._made[match] = aggregation  # not the overflow series: that is the SDK's
         else:
             aggregation = _create_aggregation(match, series)
             match._attributes_aggregation[series._key] = aggregation
@@ -496,6 +507,27 @@ def _aggregation_for(match: Any, series: HistogramSeries, batch: _Batch) -> Any:
     if type(aggregation) is not _SDK.explicit_bucket or aggregation._boundaries != series._boundaries:
         raise TypeError(f"the SDK made a {type(aggregation).__name__} for a merged series")
     return aggregation
+
+
+def _collected_delta_aggregation(match: Any, series: HistogramSeries) -> Any:
+    """The series' aggregation that the last delta collection took out, if it can serve again.
+
+    The SDK drops a delta stream's aggregations at each collection and makes new ones on the next
+    record(); making one (its exemplar reservoir has a bucket per boundary) costs about 6 µs, which
+    for 1,000 series would triple a collection. One that was collected last time is as new: empty,
+    its exemplars taken, its window starting at that collection. Called with match._lock held.
+    """
+    aggregation = series._made.get(match)
+    if aggregation is None:
+        return None
+    if (
+        aggregation._value is None
+        and aggregation._previous_collection_start_nano == match._previous_collection_start_nanos
+        and len(match._attributes_aggregation) < match._cardinality_limit
+    ):
+        return aggregation
+    del series._made[match]  # idle for a whole collection, or over the limit: the SDK makes one
+    return None
 
 
 def _create_aggregation(match: Any, series: HistogramSeries) -> Any:
@@ -617,11 +649,14 @@ def _self_test() -> str | None:
 
 
 def _run_self_test() -> str | None:
-    from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.metrics import Histogram, MeterProvider
+    from opentelemetry.sdk.metrics.export import AggregationTemporality, InMemoryMetricReader
 
-    reader = InMemoryMetricReader()
-    provider = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+    readers = [
+        InMemoryMetricReader(preferred_temporality={Histogram: temporality})
+        for temporality in (AggregationTemporality.CUMULATIVE, AggregationTemporality.DELTA)
+    ]
+    provider = MeterProvider(metric_readers=readers, shutdown_on_exit=False)
     try:
         meter = provider.get_meter("exitstack_otel.self_test")
         boundaries = (1.0, 10.0)
@@ -633,29 +668,45 @@ def _run_self_test() -> str | None:
         )
         attributes: dict[str, AttributeValue] = {"name": "x", "count": 3, "on": True}
         series = merged.series(attributes)
-        for value in (0.5, 3, 3.25, 20, 10):
-            series.record(value)
-            recorded.record(value, attributes)
-        for storage in merged._storages:
-            made_by_record = storage._get_or_init_view_instrument_match(recorded)[0]._attributes_aggregation
-            if series._key not in made_by_record:
-                return "record() keys a series differently"
-        data = reader.get_metrics_data()
-        points = {
-            metric.name: metric.data.data_points
-            for resource in (data.resource_metrics if data else ())
-            for scope in resource.scope_metrics
-            for metric in scope.metrics
-        }
-        if set(points) != {"merged", "recorded"} or len(points["merged"]) != 1:
-            return f"exported {points!r}"
-        for field in ("attributes", "count", "sum", "bucket_counts", "explicit_bounds", "min", "max"):
-            got, want = getattr(points["merged"][0], field), getattr(points["recorded"][0], field)
-            if got != want:
-                return f"merged {field} {got!r}, record() gives {want!r}"
+        # rounds of collections, one with nothing new: a delta series then goes and comes back
+        for round_, values in enumerate(((0.5, 3, 3.25, 20, 10), (0.75,), (), (0.25, 12))):
+            for value in values:
+                series.record(value)
+                recorded.record(value, attributes)
+            for storage in merged._storages:
+                made_by_record = storage._get_or_init_view_instrument_match(recorded)[
+                    0
+                ]._attributes_aggregation
+                if values and series._key not in made_by_record:
+                    return "record() keys a series differently"
+            for reader, cumulative in zip(readers, (True, False), strict=True):
+                # a merged series starts when it was made, a recorded one at its first value;
+                # after the first collection, delta windows start at the one before, both alike
+                problem = _same_points(reader.get_metrics_data(), earlier_start=cumulative or round_ == 0)
+                if problem is not None:
+                    return problem
         return None
     finally:
         provider.shutdown()
+
+
+def _same_points(data: Any, *, earlier_start: bool) -> str | None:
+    points = {
+        metric.name: metric.data.data_points
+        for resource in (data.resource_metrics if data else ())
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+    }
+    if set(points) not in ({"merged", "recorded"}, set()) or len(points.get("merged", ())) > 1:
+        return f"exported {points!r}"
+    if not points:
+        return None
+    fields = ("attributes", "start_time_unix_nano", "count", "sum", "bucket_counts", "explicit_bounds")
+    for field in (*fields, "min", "max"):
+        got, want = getattr(points["merged"][0], field), getattr(points["recorded"][0], field)
+        if got != want and not (earlier_start and field == "start_time_unix_nano" and got <= want):
+            return f"merged {field} {got!r}, record() gives {want!r}"
+    return None
 
 
 # logging each reason once per provider
@@ -677,3 +728,24 @@ def _log_once(provider: object, level: int, message: str, error: BaseException |
             return
         seen.add(message)
     logger.log(level, "%s", message, exc_info=error)
+
+
+# after a fork, the child's copies of our locks may be held by a thread that no longer exists
+
+
+_live: weakref.WeakSet[FastHistogram] = weakref.WeakSet()
+
+
+def _new_locks_in_child() -> None:
+    global _hooks_lock, _self_test_lock, _logged_lock
+    _hooks_lock, _self_test_lock, _logged_lock = threading.Lock(), threading.Lock(), threading.Lock()
+    for hook in list(_hooks.values()):
+        hook._lock = threading.Lock()
+    for histogram in list(_live):
+        histogram._lock = threading.Lock()
+        for series in histogram._series.values():
+            series._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_locks_in_child)
