@@ -112,35 +112,48 @@ async def _unwind_to_the_end(
     exc: BaseException | None,
     tb: TracebackType | None,
 ) -> bool | None:
-    if asyncio._get_running_loop() is None:  # trio
+    loop = asyncio._get_running_loop()  # None under trio, without the cost of an exception
+    if loop is None:
         with anyio.CancelScope(shield=True):
             suppressed = await stack.__aexit__(exc_type, exc, tb)
         return suppressed
-    if not cancellation_can_reach_task():
-        return await _outlast_cancellation(stack, exc_type, exc, tb)
-    with anyio.CancelScope(shield=True):
-        suppressed = await _outlast_cancellation(stack, exc_type, exc, tb)
+    task = _start_task(loop, _unwind_in_own_task(stack, exc_type, exc, tb))
+    if not task.done():
+        # the unwind suspended: only now can a cancellation be delivered to this task
+        _unwind_tasks.add(task)
+        task.add_done_callback(_unwind_tasks.discard)
+        if cancellation_can_reach_task():
+            with anyio.CancelScope(shield=True):
+                cancellation = await _outlast_cancellation(loop, task)
+        else:
+            cancellation = await _outlast_cancellation(loop, task)
+    else:
+        cancellation = None
+    suppressed, escaped = task.result()  # raises only if the event loop itself cancelled the unwind
+    if escaped is not None:
+        _reraise(escaped)
+    if cancellation is not None:
+        _reraise(cancellation)
     return suppressed
 
 
-async def _outlast_cancellation(
+async def _unwind_in_own_task(
     stack: InstrumentedAsyncExitStack,
     exc_type: type[BaseException] | None,
     exc: BaseException | None,
     tb: TracebackType | None,
-) -> bool | None:
-    async def unwind_in_own_task() -> _Unwound:
-        try:
-            return await stack.__aexit__(exc_type, exc, tb), None
-        except BaseException as escaped:  # handed to the caller, who re-raises it
-            return False, escaped
+) -> _Unwound:
+    try:
+        return await stack.__aexit__(exc_type, exc, tb), None
+    except BaseException as escaped:  # handed to the caller, who re-raises it
+        return False, escaped
 
-    loop = asyncio.get_running_loop()
-    task = _start_task(loop, unwind_in_own_task())
+
+async def _outlast_cancellation(
+    loop: asyncio.AbstractEventLoop, task: asyncio.Task[_Unwound]
+) -> asyncio.CancelledError | None:
+    """Wait for the unwind's task through any number of cancellations; returns the first."""
     cancellation: asyncio.CancelledError | None = None
-    if not task.done():
-        _unwind_tasks.add(task)
-        task.add_done_callback(_unwind_tasks.discard)
     while not task.done():
         # a future of our own to wait on: cancelling this task cancels it, never the unwind's task
         # (what asyncio.shield does, with one future fewer per wait)
@@ -150,12 +163,7 @@ async def _outlast_cancellation(
             await waiter
         except asyncio.CancelledError as cancelled:
             cancellation = cancellation or cancelled
-    suppressed, escaped = task.result()  # raises only if the event loop itself cancelled the unwind
-    if escaped is not None:
-        _reraise(escaped)
-    if cancellation is not None:
-        _reraise(cancellation)
-    return suppressed
+    return cancellation
 
 
 def _wake(waiter: asyncio.Future[None], _task: object) -> None:

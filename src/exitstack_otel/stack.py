@@ -48,10 +48,18 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
     on with the next callback. Sync callbacks cannot be interrupted and are never timed out.
     """
 
-    route: str | None
+    # Class-level defaults: a stack stores only what differs from them, which is most of what
+    # making one per request costs beyond contextlib's own.
+    route: str | None = None
     """``http.route`` of the unwind: set by the integration that owns the stack."""
-    method: str | None
+    method: str | None = None
     """``http.request.method`` of the unwind, likewise."""
+    running_callback: tuple[CallbackInfo, float, float | None] | None = None
+    """The reported callback running now, since when, and its hung-warning threshold."""
+    awaits_on_exit = False
+    """True once an async exit callback was pushed: only then can unwinding await anything."""
+    _callback_timeout: float | None = None
+    _parent_context: otel_context.Context | None = None
 
     def __init__(
         self,
@@ -64,22 +72,16 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
         if telemetry is _UNSET:
             telemetry = global_telemetry()
         if callback_timeout is _UNSET:
-            callback_timeout = telemetry.options.callback_timeout if telemetry is not None else None
-        else:
-            callback_timeout = checked_callback_timeout(callback_timeout)
-        self._callback_timeout = callback_timeout
+            if telemetry is not None and telemetry.options.callback_timeout is not None:
+                self._callback_timeout = telemetry.options.callback_timeout
+        elif callback_timeout is not None:
+            self._callback_timeout = checked_callback_timeout(callback_timeout)
         self._telemetry = telemetry
         self._name = name
         self._reported: list[tuple[Callable[..., Any], CallbackInfo]] = []
-        self.route = self.method = None
-        self.running_callback: tuple[CallbackInfo, float, float | None] | None = None
-        """The reported callback running now, since when, and its hung-warning threshold."""
-        self.awaits_on_exit = False
-        """True once an async exit callback was pushed: only then can unwinding await anything."""
-        # the unwind span's parent is the span current where the stack was made (the request's)
-        self._parent_context = (
-            otel_context.get_current() if telemetry is not None and telemetry.tracer is not None else None
-        )
+        if telemetry is not None and telemetry.tracer is not None:
+            # the unwind span's parent is the span current where the stack was made (the request's)
+            self._parent_context = otel_context.get_current()
 
     @property
     def name(self) -> str:
