@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from exitstack_otel import semconv
 from exitstack_otel.fastapi import instrument_fastapi, uninstrument_fastapi
+from exitstack_otel.instruments import FOLD_EVERY
 from exitstack_otel.stack import InstrumentedAsyncExitStack
 from exitstack_otel.telemetry import MAX_ERROR_TYPES
 
@@ -176,3 +177,19 @@ async def test_a_failed_callback_keeps_its_exemplar_and_quick_ones_cost_none(sdk
     [exemplar] = points[semconv.OUTCOME_ERROR].exemplars
     assert (exemplar.trace_id, exemplar.span_id) == (span.context.trace_id, span.context.span_id)
     assert list(points[semconv.OUTCOME_OK].exemplars) == []
+
+
+async def test_callback_durations_stay_folded_however_rarely_a_reader_collects(sdk: Sdk) -> None:
+    # the fast path appends each duration; the unwinds fold them now and then, with no collection
+    telemetry = sdk.telemetry()
+    pushed = 3 * FOLD_EVERY
+    for _ in range(pushed // 3):
+        async with InstrumentedAsyncExitStack("s", telemetry=telemetry) as stack:
+            for _ in range(3):
+                stack.callback(len, "")
+    assert telemetry.instruments is not None
+    series = list(telemetry.instruments.callback_duration._series.values())
+    assert series
+    assert sum(len(one._pending) for one in series) < FOLD_EVERY
+    (point,) = histogram_points(sdk.metrics()[semconv.CALLBACK_DURATION])
+    assert point.count == pushed  # folded, not lost

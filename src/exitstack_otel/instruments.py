@@ -21,6 +21,9 @@ from .version import __version__
 
 Attributes = Mapping[str, AttributeValue]
 
+FOLD_EVERY = 4096
+"""Callback durations appended, over all series, between two folds."""
+
 
 class Count:
     __slots__ = ("attributes", "value")
@@ -37,6 +40,7 @@ class Instruments:
         meter = meter_provider.get_meter(semconv.SCOPE_NAME, __version__)
         self.pushed: dict[tuple[str, str, str], Count] = {}
         self.active: dict[str, Count] = {}
+        self._unfolded = 0  # callback durations appended since the last fold (racy: only a hint)
 
         def histogram(name: str, unit: str, description: str, boundaries: tuple[float, ...]) -> FastHistogram:
             return FastHistogram(
@@ -73,6 +77,14 @@ class Instruments:
             unit=semconv.UNIT_UNWIND,
             description="Unwinds started and not yet finished.",
         )
+
+    def count_recorded(self, values: int) -> None:
+        """Called after each unwind with the callbacks it recorded; folds their pending values
+        now and then, so that memory stays bounded however rarely a reader collects."""
+        self._unfolded += values
+        if self._unfolded >= FOLD_EVERY:
+            self._unfolded = 0
+            self.callback_duration.fold()
 
     def pushed_count(self, key: tuple[str, str, str]) -> Count:
         found = self.pushed.get(key)

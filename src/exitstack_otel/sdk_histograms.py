@@ -32,12 +32,10 @@ import os
 import threading
 import time
 import weakref
-from bisect import bisect_left
-from collections import Counter
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import reduce
-from itertools import repeat
 from operator import add
 from typing import Any
 
@@ -175,6 +173,12 @@ class HistogramSeries:
             with self._lock:
                 self._fold()
 
+    @property
+    def recorder(self) -> Callable[[float], None]:
+        """``record`` without the check that folds: for callers that call ``FastHistogram.fold``
+        often enough themselves (one check per unwind instead of one per callback)."""
+        return self._pending.append
+
     def _fold(self) -> None:
         """Move the pending values into the counts. Called with _lock held."""
         pending = self._pending
@@ -188,17 +192,27 @@ class HistogramSeries:
         counts, boundaries = self._counts, self._boundaries
         try:
             # The usual batch: numbers in [0, inf), no NaN (which would make the sum NaN). Then C
-            # does the work: a bucket count per value, the sum added in record()'s order.
-            low, high = min(values), max(values)
+            # does the work: one sort, a bisect per bucket, the sum added in record()'s order.
+            ordered = sorted(values)
+            low, high = ordered[0], ordered[-1]
             total = reduce(add, values, self._sum)
             fast = low >= 0 and high < _INFINITY and total == total
         except TypeError:
             fast = False
         if fast:
-            for index, count in Counter(map(bisect_left, repeat(boundaries, taken), values)).items():
-                counts[index] += count
+            counted = 0
+            for index, boundary in enumerate(
+                boundaries
+            ):  # bucket i: boundaries[i-1] < value <= boundaries[i]
+                upto = bisect_right(ordered, boundary, counted)
+                if upto != counted:
+                    counts[index] += upto - counted
+                    counted = upto
+            counts[-1] += taken - counted
             self._sum = total
-            # the SDK keeps min(old, new) and max(old, new): the earlier one on a tie, as min() does
+            # the SDK keeps min(old, new) and max(old, new), the earlier one on a tie (0 == 0.0): the
+            # sort is stable, so the first of the equal lowest and of the equal highest
+            high = ordered[bisect_left(ordered, high)]
             self._min = min(self._min, low)
             self._max = max(self._max, high)
             return
@@ -219,6 +233,16 @@ class HistogramSeries:
             else:
                 self._histogram.record(value, self._attributes)  # the SDK logs and drops it
         self._sum, self._min, self._max = total, low, high
+
+    def _record_pending(self) -> None:
+        """Give the pending values to the SDK's record(), exactly. Called with _lock held."""
+        pending = self._pending
+        taken = len(pending)
+        values = pending[:taken]
+        del pending[:taken]
+        record = self._histogram.record
+        for value in values:
+            record(value, self._attributes)
 
     def _take(self, now_ns: int) -> _Batch | None:
         if not self._pending and self._max == -_INFINITY:  # every accepted value raises max
@@ -243,6 +267,10 @@ class _ForwardingSeries(HistogramSeries):
 
     def record(self, value: float) -> None:
         self._histogram.record(value, self._attributes)
+
+    @property
+    def recorder(self) -> Callable[[float], None]:
+        return self.record
 
 
 class FastHistogram:
@@ -312,6 +340,19 @@ class FastHistogram:
             if series is None:
                 series = self._series[key] = HistogramSeries(self._histogram, kept, key, self._boundaries)
             return series
+
+    def fold(self) -> None:
+        """Fold every series' pending values: what bounds the memory of ``HistogramSeries.recorder``."""
+        with self._lock:
+            fast = self._fast
+            series_list = list(self._series.values())
+        for series in series_list:
+            if series._pending:
+                with series._lock:
+                    if fast:
+                        series._fold()
+                    else:  # appended through a recorder taken before the switch
+                        series._record_pending()
 
     def record(
         self, value: float, attributes: Mapping[str, AttributeValue], context: Context | None = None
@@ -444,6 +485,9 @@ class FastHistogram:
         # a record() that began just before the switch may still have added to a series
         now = time.time_ns()
         for series in self._series.values():
+            if series._pending:  # values appended since the switch, through a recorder: exact
+                with series._lock:
+                    series._record_pending()
             batch = series._take(now)
             if batch is not None:
                 _replay(series, batch)

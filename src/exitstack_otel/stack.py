@@ -191,7 +191,7 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
                         outcome_suppressed = cb_suppress and exc_details[0] is not None
                         try:
                             if duration < span_threshold:
-                                (info.suppressed if outcome_suppressed else info.ok).record(duration)
+                                (info.record_suppressed if outcome_suppressed else info.record_ok)(duration)
                             else:
                                 unwinding = self._slow_path(
                                     unwinding, info, cb_start, cb_start + duration,
@@ -272,6 +272,8 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
             if escaped is not None:
                 outcome = semconv.OUTCOME_CANCELLED if is_cancellation(escaped) else semconv.OUTCOME_ERROR
             series = telemetry.unwind_series(self._name, self.route, self.method, outcome)
+            if telemetry.instruments is not None:
+                telemetry.instruments.count_recorded(count)
             if unwinding is None and escaped is not None and telemetry.tracer is not None:
                 # an unwind that ended in an error or a cancellation is a problem of its own
                 unwinding = telemetry.unwinding(self._name, self.route, start, self._parent_context)

@@ -55,6 +55,10 @@ class _NullSeries:
     def record(self, value: float) -> None:
         pass
 
+    @property
+    def recorder(self) -> Callable[[float], None]:
+        return self.record
+
 
 NULL_SERIES: Any = _NullSeries()
 
@@ -62,7 +66,18 @@ NULL_SERIES: Any = _NullSeries()
 class CallbackInfo:
     """What is known of one (stack, callback name, kind) when it is pushed; shared by pushes."""
 
-    __slots__ = ("base", "kind", "name", "ok", "outcome_attributes", "pushed", "span_name", "suppressed")
+    __slots__ = (
+        "base",
+        "kind",
+        "name",
+        "ok",
+        "outcome_attributes",
+        "pushed",
+        "record_ok",
+        "record_suppressed",
+        "span_name",
+        "suppressed",
+    )
 
     def __init__(self, stack_name: str, name: str, kind: str, pushed: Count, instruments: Instruments | None):
         self.name = name
@@ -77,6 +92,9 @@ class CallbackInfo:
             self.suppressed = instruments.callback_duration.series(
                 self.attributes(semconv.OUTCOME_SUPPRESSED, None)
             )
+        # the fast path's: a bare append, folded by Instruments.count_recorded
+        self.record_ok = self.ok.recorder
+        self.record_suppressed = self.suppressed.recorder
 
     def attributes(self, outcome: str, error_type: str | None) -> Attributes:
         key = (outcome, error_type)
