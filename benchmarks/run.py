@@ -9,7 +9,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import floor, inprocess, memory, report, wrk
+from . import floor, inprocess, instructions, memory, report, wrk
 from .variants import BASELINE, CALLBACK_COUNTS, VARIANTS, VARIANTS_BY_NAME
 
 
@@ -23,7 +23,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--wrk-rounds", type=int, default=2)
     parser.add_argument("--memory-requests", type=int, default=100_000)
     parser.add_argument("--memory-callbacks", type=int, default=3)
+    parser.add_argument(
+        "--instruction-requests", type=int, default=1000, help="requests counted under valgrind"
+    )
+    parser.add_argument(
+        "--instruction-callbacks", nargs="+", type=int, default=[0, 3], help="callback counts under valgrind"
+    )
     parser.add_argument("--skip-wrk", action="store_true")
+    parser.add_argument("--skip-instructions", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--quick", action="store_true", help="tiny counts: checks the harness, not the code")
     return parser
@@ -34,6 +41,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     if args.quick:
         args.requests, args.repeats, args.memory_requests = 20, 2, 200
         args.wrk_seconds, args.wrk_rounds = 1, 1
+        args.instruction_requests = 20
     variants: list[str] = list(args.variants)
     if BASELINE not in variants:
         variants.insert(0, BASELINE)
@@ -51,6 +59,19 @@ def main(argv: Sequence[str] | None = None) -> str:
         print("memory ...", file=sys.stderr)
         growth = [memory.measure(name, args.memory_callbacks, args.memory_requests) for name in variants]
     text = report.table(variants, args.callbacks, in_process, load, growth, sdk_floor)
+    if not args.skip_instructions:
+        if instructions.available() is None:
+            text += "\n\nInstructions per request: not counted, valgrind is not installed"
+        else:
+            print("instructions (valgrind) ...", file=sys.stderr)
+            counted_variants = [name for name in variants if name != "peer-asgi"]  # slow, and not ours
+            counts = instructions.measure(
+                counted_variants, args.instruction_callbacks, args.instruction_requests
+            )
+            lines = instructions.table(
+                counted_variants, args.instruction_callbacks, counts, in_process, BASELINE
+            )
+            text += "\n" + "\n".join(lines)
     print(text)
     return text
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from benchmarks import inprocess, memory, profile, report, run, wrk
+from benchmarks import inprocess, instructions, memory, profile, report, run, wrk
 from benchmarks.floor import SdkFloor
 from benchmarks.variants import BASELINE, PEER, VARIANTS, VARIANTS_BY_NAME
 from opentelemetry.sdk.metrics.export import Histogram
@@ -59,7 +59,7 @@ def test_each_variant_records_what_its_name_says(variant: str) -> None:
 
 
 def test_quick_run_prints_every_variant_and_every_target(capsys: pytest.CaptureFixture[str]) -> None:
-    text = run.main(["--quick", "--skip-wrk", "--skip-memory"])
+    text = run.main(["--quick", "--skip-wrk", "--skip-memory", "--skip-instructions"])
     assert text in capsys.readouterr().out
     for variant in VARIANTS:
         for callbacks in (0, 3, 10):
@@ -118,6 +118,18 @@ def test_wrk_loads_real_uvicorn_servers() -> None:
     for load in loads.values():
         assert load.requests_per_second > 0
         assert load.p99_ms > 0
+
+
+@pytest.mark.integration
+def test_instructions_are_counted_under_valgrind_for_each_variant() -> None:
+    require_program("valgrind")
+    counts = instructions.measure([BASELINE, "ours-default"], [3], requests=10)
+    assert set(counts) == {(BASELINE, 3), ("ours-default", 3)}
+    # a request through Starlette runs tens of thousands of instructions, whatever the variant
+    assert all(count > 10_000 for count in counts.values())
+    lines = instructions.table([BASELINE, "ours-default"], [3], counts, {(BASELINE, 3): 20.0}, BASELINE)
+    assert any(line.startswith(f"| {BASELINE} | 3 | ") and "| 1.00 | +0 | +0.0 |" in line for line in lines)
+    assert any(line.startswith("| ours-default | 3 | ") for line in lines)
 
 
 def test_parse_wrk_reads_requests_per_second_and_p99_in_any_unit() -> None:

@@ -24,6 +24,7 @@ from opentelemetry.util.types import AttributeValue
 from . import naming, semconv, spans
 from .cleanup_log import FailureLog
 from .instruments import Count, Instruments, instruments_for
+from .naming import identity
 from .options import CallbackNamer, CallbackSpans, TelemetryOptions
 from .version import __version__
 
@@ -206,30 +207,39 @@ class Telemetry:
         self, stack_name: str, callback: Callable[..., Any], is_sync: bool, depth: int
     ) -> CallbackInfo:
         # the same code pushed again (nearly every push) is known by its code, without naming it
-        key = naming.identity(callback, is_sync, stack_name) if self._by_code_allowed else None
+        key = identity(callback, is_sync, stack_name) if self._by_code_allowed else None
         info = self._infos_by_code.get(key) if key is not None else None
         if info is None:
-            kind, target = naming.classify(callback, is_sync)
-            name = self._name(kind, target)
-            name_key = (stack_name, name, kind)
-            info = self._infos.get(name_key)
-            if info is None:
-                info = self._new_info(name_key)
-            if key is not None and len(self._infos_by_code) < MAX_KNOWN_CODE:
-                self._infos_by_code[key] = info
+            info = self._info_by_name(stack_name, callback, is_sync, key)
         info.pushed.value += 1
         if self.all_spans:
-            span = trace.get_current_span()
-            if span.is_recording():
-                span.add_event(
-                    semconv.EVENT_PUSH,
-                    {
-                        semconv.CALLBACK_NAME: info.name,
-                        semconv.CALLBACK_KIND: info.kind,
-                        semconv.STACK_DEPTH: depth,
-                    },
-                )
+            self._push_event(info, depth)
         return info
+
+    def _info_by_name(
+        self, stack_name: str, callback: Callable[..., Any], is_sync: bool, key: tuple[object, ...] | None
+    ) -> CallbackInfo:
+        kind, target = naming.classify(callback, is_sync)
+        name = self._name(kind, target)
+        name_key = (stack_name, name, kind)
+        info = self._infos.get(name_key)
+        if info is None:
+            info = self._new_info(name_key)
+        if key is not None and len(self._infos_by_code) < MAX_KNOWN_CODE:
+            self._infos_by_code[key] = info
+        return info
+
+    def _push_event(self, info: CallbackInfo, depth: int) -> None:
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.add_event(
+                semconv.EVENT_PUSH,
+                {
+                    semconv.CALLBACK_NAME: info.name,
+                    semconv.CALLBACK_KIND: info.kind,
+                    semconv.STACK_DEPTH: depth,
+                },
+            )
 
     def _new_info(self, key: tuple[str, str, str]) -> CallbackInfo:
         stack_name, name, kind = key
