@@ -193,3 +193,27 @@ async def test_callback_durations_stay_folded_however_rarely_a_reader_collects(s
     assert sum(len(one._pending) for one in series) < FOLD_EVERY
     (point,) = histogram_points(sdk.metrics()[semconv.CALLBACK_DURATION])
     assert point.count == pushed  # folded, not lost
+
+
+async def test_with_all_spans_only_a_troubled_unwind_keeps_an_exemplar(sdk: Sdk) -> None:
+    def fail() -> None:
+        raise RuntimeError("refused")
+
+    telemetry = sdk.telemetry(callback_spans="all")
+    async with InstrumentedAsyncExitStack("well", telemetry=telemetry) as stack:
+        stack.callback(print, end="")
+    with pytest.raises(RuntimeError):
+        async with InstrumentedAsyncExitStack("troubled", telemetry=telemetry) as stack:
+            stack.callback(fail)
+    unwind_spans = {
+        (span.attributes or {})[semconv.STACK_NAME]: span for span in sdk.spans_named(semconv.SPAN_UNWIND)
+    }
+    assert set(unwind_spans) == {"well", "troubled"}  # "all": a span for the unwind that went well too
+    points = {
+        attrs(point)[semconv.STACK_NAME]: point
+        for point in histogram_points(sdk.metrics()[semconv.UNWIND_DURATION])
+    }
+    assert list(points["well"].exemplars) == []
+    [exemplar] = points["troubled"].exemplars
+    troubled = unwind_spans["troubled"].context
+    assert (exemplar.trace_id, exemplar.span_id) == (troubled.trace_id, troubled.span_id)

@@ -305,7 +305,17 @@ class Telemetry:
 class Unwinding:
     """One unwind that makes spans or records with exemplars: with ``"all"``, or once a problem happened."""
 
-    __slots__ = ("failed", "live", "parent", "problems", "route", "stack_name", "start", "telemetry")
+    __slots__ = (
+        "failed",
+        "live",
+        "parent",
+        "problems",
+        "route",
+        "stack_name",
+        "start",
+        "telemetry",
+        "troubled",
+    )
 
     def __init__(
         self,
@@ -321,6 +331,8 @@ class Unwinding:
         self.start = start
         self.parent = parent
         self.failed = 0
+        self.troubled = False
+        """a callback failed or was slow: the unwind's measurement keeps an exemplar too"""
         self.problems: list[spans.CallbackRun] = []
         self.live: spans.LiveUnwind | None = None
         if telemetry.all_spans and telemetry.tracer is not None:
@@ -345,7 +357,9 @@ class Unwinding:
             context = live.callback_span(telemetry.tracer, run)  # type: ignore[arg-type]
         if not problem:
             (info.suppressed if outcome == semconv.OUTCOME_SUPPRESSED else info.ok).record(end - start)
-        elif live is not None:
+            return
+        self.troubled = True
+        if live is not None:
             self._record_problem(run, context)
         else:
             self.problems.append(run)  # its span, and its measurement with it, once the unwind is over
@@ -402,6 +416,8 @@ class Unwinding:
             for run in self.problems:
                 self._record_problem(run, None)
         instruments = telemetry.instruments
-        if instruments is not None:
+        if instruments is not None and (self.troubled or exc is not None):
             instruments.unwind_duration.record(end - self.start, series.duration_attributes, unwind_context)
+        else:  # an unwind that went well ("all" makes its span all the same): no exemplar
+            series.duration.record(end - self.start)
         series.callbacks.record(count)
