@@ -12,6 +12,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+from opentelemetry.util.types import AttributeValue
 
 from exitstack_otel import semconv
 
@@ -33,6 +34,10 @@ class SdkFloor:
     """the same inside a sampled span: the SDK's trace-based exemplar filter then keeps an exemplar"""
     span_us: float
     """start and end of one span (always-on sampler, batch processor)"""
+    full_spans_us: float
+    """the four spans ``callback_spans="all"`` makes for 3 callbacks, made as it makes them: the
+    unwind span with its five attributes, three callback spans under it with four each, explicit
+    start and end times (``spans_like_full_mode``)"""
     task_us: float
     """one asyncio task that does nothing, created and awaited: what the unwind's own task costs
     on Python 3.10 and 3.11, where tasks cannot start eagerly"""
@@ -65,10 +70,42 @@ def measure(calls: int) -> SdkFloor:
         for _ in range(calls):
             tracer.start_span(semconv.SPAN_UNWIND).end()
         span = _per_call_us(calls, start)
+        start = time.perf_counter_ns()
+        for _ in range(calls):
+            spans_like_full_mode(tracer, 3)
+        tracer_provider.force_flush()  # as each in-process batch's own flush is inside its timing
+        full_spans = _per_call_us(calls, start)
     finally:
         tracer_provider.shutdown()
         meter_provider.shutdown()
-    return SdkFloor(record, record_in_span, span, asyncio.run(_task_us(calls)))
+    return SdkFloor(record, record_in_span, span, full_spans, asyncio.run(_task_us(calls)))
+
+
+_UNWIND_ATTRIBUTES: dict[str, AttributeValue] = {
+    semconv.STACK_NAME: "exitstack_middleware",
+    semconv.CALLBACK_COUNT: 3,
+    semconv.CALLBACK_FAILED: 0,
+    semconv.HTTP_ROUTE: "/cb/{n:int}",
+    semconv.HTTP_REQUEST_METHOD: "GET",
+}
+
+
+def spans_like_full_mode(tracer: trace.Tracer, callbacks: int) -> None:
+    """The SDK calls "all" makes for one unwind, and nothing of ours around them."""
+    start_ns = time.time_ns()
+    unwind = tracer.start_span(semconv.SPAN_UNWIND, kind=trace.SpanKind.INTERNAL, start_time=start_ns)
+    context = trace.set_span_in_context(unwind)
+    for index in range(callbacks):
+        span = tracer.start_span(
+            f"{semconv.SPAN_CALLBACK} _Resource",
+            context=context,
+            kind=trace.SpanKind.INTERNAL,
+            attributes=_ATTRIBUTES,
+            start_time=start_ns + index * 1000,
+        )
+        span.end(end_time=start_ns + index * 1000 + 500)
+    unwind.set_attributes(_UNWIND_ATTRIBUTES)
+    unwind.end(end_time=start_ns + callbacks * 1000)
 
 
 async def _nothing() -> None:
