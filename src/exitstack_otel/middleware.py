@@ -68,19 +68,22 @@ class ExitStackMiddleware:
             await self.app(scope, receive, send)
             return
 
+        telemetry = self.telemetry.current()
         stack = InstrumentedAsyncExitStack(
-            self.stack_name, telemetry=self.telemetry.current(), callback_timeout=self.callback_timeout
+            self.stack_name, telemetry=telemetry, callback_timeout=self.callback_timeout
         )
         scope[self.scope_key] = stack
         in_flight = inflight.entered()  # in-flight hook: wait_for_unwinds() waits for this request
         try:
             await self.app(scope, receive, send)
         except BaseException as exc:
-            stack.route, stack.method = http_route(scope), request_method(scope)
+            if telemetry is not None:  # the route is known once routing ran
+                stack.route, stack.method = http_route(scope), request_method(scope)
             if not await unwind(stack, type(exc), exc, exc.__traceback__):
                 raise
         else:
-            stack.route, stack.method = http_route(scope), request_method(scope)
+            if telemetry is not None:
+                stack.route, stack.method = http_route(scope), request_method(scope)
             await unwind(stack, None, None, None)
         finally:  # in-flight hook
             in_flight.left()

@@ -126,17 +126,17 @@ def identity(pushed: Callable[..., Any], is_sync: bool, stack_name: str) -> tupl
     """A key that stands for the stack, kind and default name of ``pushed``, found without naming
     it: the code behind it, decided by exact types as the names are. None where no key is cheap
     and certain (builtins, partials, other objects, FastAPI's wrappers)."""
-    code = getattr(pushed, "__code__", None)
-    if code is _SYNC_CB_CODE or code is _ASYNC_CB_CODE:
-        target: Any = getattr(pushed, "__wrapped__", None)
-        kind = type(target)
-        if kind is FunctionType:
-            return stack_name, code, target.__code__
-        if kind is MethodType and type(target.__func__) is FunctionType:
-            return stack_name, code, target.__func__
-        return None
     kind = type(pushed)
     if kind is FunctionType:
+        code = pushed.__code__
+        if code is _SYNC_CB_CODE or code is _ASYNC_CB_CODE:
+            target: Any = getattr(pushed, "__wrapped__", None)
+            target_kind = type(target)
+            if target_kind is FunctionType:
+                return stack_name, code, target.__code__
+            if target_kind is MethodType and type(target.__func__) is FunctionType:
+                return stack_name, code, target.__func__
+            return None
         return stack_name, is_sync, code
     if kind is MethodType and pushed.__name__ in ("__exit__", "__aexit__"):
         manager_type = type(pushed.__self__)  # type: ignore[attr-defined]
