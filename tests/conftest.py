@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from .otel_helpers import Sdk
+from tests.support.otel_helpers import Sdk
 
 
 @pytest.fixture

@@ -23,9 +23,8 @@ from starlette.middleware import Middleware
 
 from exitstack_otel import ExitStackMiddleware, semconv
 from exitstack_otel.fastapi import FastAPIExitStack, instrument_fastapi, uninstrument_fastapi
-
-from . import fastapi_app
-from .fastapi_app import TeardownFailed, build_app
+from tests.support import fastapi_app
+from tests.support.fastapi_app import TeardownFailed, build_app
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence
@@ -183,7 +182,7 @@ async def test_teardown_that_raises_is_an_error_and_fastapi_reacts_as_without_us
 
     failed = recorder.callback("get_failing_teardown")
     assert failed[semconv.CALLBACK_OUTCOME] == semconv.OUTCOME_ERROR
-    assert failed[semconv.ERROR_TYPE] == "tests.fastapi_app.TeardownFailed"
+    assert failed[semconv.ERROR_TYPE] == "tests.support.fastapi_app.TeardownFailed"
 
 
 @pytest.mark.anyio

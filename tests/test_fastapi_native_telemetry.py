@@ -25,8 +25,7 @@ from exitstack_otel.fastapi import (
     uninstrument_fastapi,
 )
 from exitstack_otel.instrumentor import ExitStackInstrumentor
-
-from .otel_helpers import Sdk, attrs, histogram_points
+from tests.support.otel_helpers import Sdk, attrs, histogram_points
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator, MutableMapping

@@ -23,8 +23,8 @@ from starlette.routing import Route
 from starlette.types import Message
 
 from exitstack_otel import ExitStackMiddleware, read_form, semconv
-from tests.leaks import temp_files
-from tests.upload_app import (
+from tests.support.leaks import temp_files
+from tests.support.upload_app import (
     BAD_UPLOADS,
     GOOD_UPLOADS,
     MULTIPART,

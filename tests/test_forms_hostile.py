@@ -13,8 +13,16 @@ import httpx
 import pytest
 from starlette.datastructures import UploadFile
 
-from tests.leaks import temp_files
-from tests.upload_app import BOUNDARY, MULTIPART, TEST_LIMITS, create_app, field_part, file_part, multipart
+from tests.support.leaks import temp_files
+from tests.support.upload_app import (
+    BOUNDARY,
+    MULTIPART,
+    TEST_LIMITS,
+    create_app,
+    field_part,
+    file_part,
+    multipart,
+)
 
 from .test_forms import post
 

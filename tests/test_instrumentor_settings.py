@@ -1,6 +1,6 @@
 """ExitStackInstrumentor reads the OTEL_PYTHON_EXITSTACK_* variables; instrument() keywords win.
 
-The zero-code tests run ``opentelemetry-instrument python -m tests.zero_code_probe``: the
+The zero-code tests run ``opentelemetry-instrument python -m tests.support.zero_code_probe``: the
 instrumentor is loaded from its entry point, as in production, and configured by nothing but the
 environment.
 """
@@ -21,9 +21,8 @@ from starlette.requests import Request
 from exitstack_otel import ExitStackMiddleware, TelemetryOptions, semconv, settings
 from exitstack_otel.fastapi import instrument_fastapi, uninstrument_fastapi
 from exitstack_otel.instrumentor import ExitStackInstrumentor
-
-from .fastapi_app import build_app
-from .otel_helpers import Sdk, attrs, histogram_points
+from tests.support.fastapi_app import build_app
+from tests.support.otel_helpers import Sdk, attrs, histogram_points
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -42,7 +41,7 @@ def run_probe(**variables: str) -> subprocess.CompletedProcess[str]:
         "OTEL_LOGS_EXPORTER": "none",
         **variables,
     }
-    command = [str(instrument), sys.executable, "-m", "tests.zero_code_probe"]
+    command = [str(instrument), sys.executable, "-m", "tests.support.zero_code_probe"]
     return subprocess.run(
         command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=RUN_DEADLINE, check=False
     )

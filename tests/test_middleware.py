@@ -24,9 +24,8 @@ from exitstack_otel.middleware import (
     get_exit_stack,
 )
 from exitstack_otel.stack import InstrumentedAsyncExitStack
-
-from .cleanup_app import CleanupFailed, EndpointFailed, make_app
-from .otel_helpers import Sdk, attrs, histogram_points, number_points
+from tests.support.cleanup_app import CleanupFailed, EndpointFailed, make_app
+from tests.support.otel_helpers import Sdk, attrs, histogram_points, number_points
 
 if TYPE_CHECKING:
     from starlette.types import Message, Receive, Scope, Send

@@ -12,8 +12,7 @@ from opentelemetry.util._once import Once
 from exitstack_otel import semconv
 from exitstack_otel.middleware import ExitStackMiddleware, get_exit_stack
 from exitstack_otel.providers import global_meter_provider, global_tracer_provider
-
-from .otel_helpers import Sdk
+from tests.support.otel_helpers import Sdk
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

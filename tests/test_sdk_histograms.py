@@ -47,8 +47,7 @@ from opentelemetry.util.types import AttributeValue
 from prometheus_client import CollectorRegistry, generate_latest
 
 from exitstack_otel.sdk_histograms import FastHistogram, HistogramSeries
-
-from .otlp_receiver import OtlpReceiver
+from tests.support.otlp_receiver import OtlpReceiver
 
 NAME = "exitstack.test.duration"
 BOUNDARIES = (0.005, 0.01, 0.1, 1.0, 10.0)

@@ -17,8 +17,7 @@ from exitstack_otel.asgi import http_route, request_method
 from exitstack_otel.stack import InstrumentedAsyncExitStack
 from exitstack_otel.telemetry import error_type
 from exitstack_otel.version import __version__
-
-from .otel_helpers import Sdk, attrs, histogram_points, number_points
+from tests.support.otel_helpers import Sdk, attrs, histogram_points, number_points
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan

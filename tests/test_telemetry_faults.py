@@ -15,10 +15,9 @@ from exitstack_otel import semconv
 from exitstack_otel.providers import TelemetrySource
 from exitstack_otel.stack import InstrumentedAsyncExitStack
 from exitstack_otel.telemetry import Telemetry, TelemetryOptions
-
-from .cleanup_app import CleanupFailed, make_app
-from .otel_helpers import Sdk, number_points
-from .stack_scenarios import Push, Scenario, run
+from tests.support.cleanup_app import CleanupFailed, make_app
+from tests.support.otel_helpers import Sdk, number_points
+from tests.support.stack_scenarios import Push, Scenario, run
 
 if TYPE_CHECKING:
     pass
