@@ -95,12 +95,11 @@ def test_a_bad_value_stops_startup_with_its_message() -> None:
 # -- in process: instrument() keywords over the environment -----------------------------------------
 
 
-@pytest.fixture
-def sdk() -> Iterator[Sdk]:
-    sdk = Sdk()
-    yield sdk
-    ExitStackInstrumentor().uninstrument()
-    sdk.shutdown()
+@pytest.fixture(autouse=True)
+def _uninstrument_afterwards() -> Iterator[None]:
+    yield
+    if ExitStackInstrumentor().is_instrumented_by_opentelemetry:
+        ExitStackInstrumentor().uninstrument()
 
 
 def instrument(sdk: Sdk, **options: Any) -> None:

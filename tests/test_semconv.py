@@ -100,31 +100,27 @@ def test_metrics_table_names_every_metric_and_prometheus_series() -> None:
 
 
 @pytest.mark.anyio
-async def test_sdk_output_matches_the_metrics_table() -> None:
-    sdk = Sdk()
-    try:
-        telemetry = sdk.telemetry()
-        stack = InstrumentedAsyncExitStack("s", telemetry=telemetry)
-        stack.route, stack.method = "/x", "GET"
-        stack.callback(divmod, 1, 0)
-        with pytest.raises(ZeroDivisionError):
-            await stack.aclose()
-        rows = _metric_rows()
-        found = sdk.metrics()
-        assert set(found) == set(rows)
-        for name, metric in found.items():
-            instrument, unit, documented_attributes = rows[name]
-            assert metric.unit == unit, name
-            for point in metric.data.data_points:
-                assert set(attrs(point)) <= documented_attributes, name
-            kind = type(metric.data).__name__
-            expected_kind = {
-                "Histogram": "Histogram",
-                "Counter (observable)": "Sum",
-                "UpDownCounter (observable)": "Sum",
-            }
-            assert kind == expected_kind[instrument], name
-            if kind == "Sum":
-                assert metric.data.is_monotonic == instrument.startswith("Counter"), name  # type: ignore[union-attr]
-    finally:
-        sdk.shutdown()
+async def test_sdk_output_matches_the_metrics_table(sdk: Sdk) -> None:
+    telemetry = sdk.telemetry()
+    stack = InstrumentedAsyncExitStack("s", telemetry=telemetry)
+    stack.route, stack.method = "/x", "GET"
+    stack.callback(divmod, 1, 0)
+    with pytest.raises(ZeroDivisionError):
+        await stack.aclose()
+    rows = _metric_rows()
+    found = sdk.metrics()
+    assert set(found) == set(rows)
+    for name, metric in found.items():
+        instrument, unit, documented_attributes = rows[name]
+        assert metric.unit == unit, name
+        for point in metric.data.data_points:
+            assert set(attrs(point)) <= documented_attributes, name
+        kind = type(metric.data).__name__
+        expected_kind = {
+            "Histogram": "Histogram",
+            "Counter (observable)": "Sum",
+            "UpDownCounter (observable)": "Sum",
+        }
+        assert kind == expected_kind[instrument], name
+        if kind == "Sum":
+            assert metric.data.is_monotonic == instrument.startswith("Counter"), name  # type: ignore[union-attr]

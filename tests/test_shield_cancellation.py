@@ -20,7 +20,8 @@ from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
 from exitstack_otel import ExitStackMiddleware, get_exit_stack, semconv, wait_for_unwinds
-from tests.support.polling import Sdk, wait_until
+from tests.support.otel_helpers import Sdk
+from tests.support.polling import wait_until
 from tests.support.servers import running_server
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
@@ -84,8 +85,7 @@ async def discard(message: Message) -> None:
 
 
 @pytest.mark.anyio
-async def test_cancel_scope_around_the_app_runs_every_callback_then_propagates() -> None:
-    sdk = Sdk()
+async def test_cancel_scope_around_the_app_runs_every_callback_then_propagates(sdk: Sdk) -> None:
     cleanup = Cleanup()
     started = anyio.Event()
     finished_normally = False
@@ -111,7 +111,7 @@ async def test_cancel_scope_around_the_app_runs_every_callback_then_propagates()
     assert not finished_normally
     assert cleanup.log == ["close", "release"]
     assert unwind_outcomes(sdk) == {semconv.OUTCOME_CANCELLED: 1}
-    [unwind] = [span for span in sdk.spans.get_finished_spans() if span.name == semconv.SPAN_UNWIND]
+    [unwind] = [span for span in sdk.spans() if span.name == semconv.SPAN_UNWIND]
     assert unwind.attributes is not None
     assert unwind.attributes[semconv.CALLBACK_COUNT] == 2
     assert unwind.attributes[semconv.CALLBACK_FAILED] == 0
@@ -120,14 +120,12 @@ async def test_cancel_scope_around_the_app_runs_every_callback_then_propagates()
         "asyncio.exceptions.CancelledError",
         "trio.Cancelled",
     )
-    sdk.shutdown()
 
 
 @pytest.mark.anyio
-async def test_client_disconnect_mid_stream_runs_every_callback() -> None:
+async def test_client_disconnect_mid_stream_runs_every_callback(sdk: Sdk) -> None:
     # Starlette's StreamingResponse (ASGI spec < 2.4) watches for http.disconnect and cancels the
     # stream through an anyio task group: the endpoint's cleanup must outlive that cancellation.
-    sdk = Sdk()
     cleanup = Cleanup()
     first_chunk_sent = anyio.Event()
 
@@ -159,12 +157,10 @@ async def test_client_disconnect_mid_stream_runs_every_callback() -> None:
 
     assert cleanup.log == ["close", "release"]
     assert sum(unwind_outcomes(sdk).values()) == 1
-    sdk.shutdown()
 
 
 @pytest.mark.anyio
-async def test_client_disconnect_mid_body_runs_every_callback() -> None:
-    sdk = Sdk()
+async def test_client_disconnect_mid_body_runs_every_callback(sdk: Sdk) -> None:
     cleanup = Cleanup()
 
     async def read_body(request: Request) -> PlainTextResponse:
@@ -192,11 +188,9 @@ async def test_client_disconnect_mid_body_runs_every_callback() -> None:
     assert cleanup.log == ["close", "release"]
     # the endpoint's failure is not the unwind's: its cleanup went fine
     assert unwind_outcomes(sdk) == {semconv.OUTCOME_OK: 1}
-    sdk.shutdown()
 
 
-def test_real_client_hanging_up_mid_stream_runs_every_callback() -> None:
-    sdk = Sdk()
+def test_real_client_hanging_up_mid_stream_runs_every_callback(sdk: Sdk) -> None:
     cleanup = Cleanup()
 
     async def endless() -> AsyncIterator[bytes]:
@@ -217,15 +211,13 @@ def test_real_client_hanging_up_mid_stream_runs_every_callback() -> None:
         with httpx.Client(base_url=server.url()) as client, client.stream("GET", "/stream") as response:
             assert next(response.iter_bytes()).startswith(b"chunk")
         # the client has hung up; the server notices on its next write
-        wait_until(lambda: len(cleanup.log) == 2)
+        wait_until(lambda: len(cleanup.log) == 2, "the server to notice the hang-up and unwind")
     assert cleanup.log == ["close", "release"]
     assert sum(unwind_outcomes(sdk).values()) == 1
-    sdk.shutdown()
 
 
-def test_native_asyncio_cancel_during_the_unwind_does_not_cut_a_callback_short() -> None:
+def test_native_asyncio_cancel_during_the_unwind_does_not_cut_a_callback_short(sdk: Sdk) -> None:
     # Task.cancel() bypasses anyio's shielded scopes; uvicorn's graceful-shutdown timeout does this.
-    sdk = Sdk()
     cleanup = Cleanup(pause=0.05)
 
     async def respond(scope: Scope, receive: Receive, send: Send) -> None:
@@ -246,11 +238,9 @@ def test_native_asyncio_cancel_during_the_unwind_does_not_cut_a_callback_short()
     assert cleanup.log == ["close", "release"]
     # the request itself had finished; only its cleanup was interrupted (and survived it)
     assert unwind_outcomes(sdk) == {semconv.OUTCOME_OK: 1}
-    sdk.shutdown()
 
 
-def test_native_asyncio_cancel_of_the_request_then_of_its_unwind() -> None:
-    sdk = Sdk()
+def test_native_asyncio_cancel_of_the_request_then_of_its_unwind(sdk: Sdk) -> None:
     cleanup = Cleanup(pause=0.05)
     started = asyncio.Event()
 
@@ -273,7 +263,6 @@ def test_native_asyncio_cancel_of_the_request_then_of_its_unwind() -> None:
     asyncio.run(main())
     assert cleanup.log == ["close", "release"]
     assert unwind_outcomes(sdk) == {semconv.OUTCOME_CANCELLED: 1}
-    sdk.shutdown()
 
 
 def test_a_suppressed_failure_does_not_swallow_a_native_cancel_of_the_unwind() -> None:
@@ -298,11 +287,10 @@ def test_a_suppressed_failure_does_not_swallow_a_native_cancel_of_the_unwind() -
     assert cleanup.log == ["close", "release"]
 
 
-def test_uvicorn_shutdown_with_requests_in_flight_runs_their_cleanup() -> None:
+def test_uvicorn_shutdown_with_requests_in_flight_runs_their_cleanup(sdk: Sdk) -> None:
     # Past timeout_graceful_shutdown uvicorn cancels the requests' tasks (native asyncio cancel)
     # while one is still in its endpoint and another is already unwinding, then ends its event
     # loop as soon as the lifespan shutdown returns: wait_for_unwinds() there keeps it running.
-    sdk = Sdk()
     in_endpoint = Cleanup(pause=0.02)
     unwinding = Cleanup(pause=0.3)
     entered = threading.Event()
@@ -345,7 +333,7 @@ def test_uvicorn_shutdown_with_requests_in_flight_runs_their_cleanup() -> None:
         ]
         for thread in threads:
             thread.start()
-        wait_until(lambda: entered.is_set() and unwinding.unwinding.is_set())
+        wait_until(lambda: entered.is_set() and unwinding.unwinding.is_set(), "both requests to be in place")
     for thread in threads:
         thread.join(30)
 
@@ -355,4 +343,3 @@ def test_uvicorn_shutdown_with_requests_in_flight_runs_their_cleanup() -> None:
     outcomes = unwind_outcomes(sdk)
     assert outcomes.get(semconv.OUTCOME_CANCELLED) == 1
     assert sum(outcomes.values()) == 2
-    sdk.shutdown()

@@ -53,20 +53,16 @@ def _test_case_on(telemetry: Telemetry | None) -> Any:
 
 
 @pytest.mark.parametrize("mode", ["problems", "all", "none"])
-def test_cpython_test_async_exit_stack_passes_on_our_class(mode: str) -> None:
-    sdk = Sdk()
-    try:
-        case = _test_case_on(None if mode == "none" else sdk.telemetry(callback_spans=mode))
-        names = [
-            name for name in unittest.TestLoader().getTestCaseNames(case) if name not in INTERNAL_FRAME_TESTS
-        ]
-        result = unittest.TestResult()
-        unittest.TestSuite(case(name) for name in names).run(result)
-        assert result.testsRun == len(names) > 20
-        failures = [(str(test), text[-800:]) for test, text in result.failures + result.errors]
-        assert failures == []
-    finally:
-        sdk.shutdown()
+def test_cpython_test_async_exit_stack_passes_on_our_class(mode: str, sdk: Sdk) -> None:
+    case = _test_case_on(None if mode == "none" else sdk.telemetry(callback_spans=mode))
+    names = [
+        name for name in unittest.TestLoader().getTestCaseNames(case) if name not in INTERNAL_FRAME_TESTS
+    ]
+    result = unittest.TestResult()
+    unittest.TestSuite(case(name) for name in names).run(result)
+    assert result.testsRun == len(names) > 20
+    failures = [(str(test), text[-800:]) for test, text in result.failures + result.errors]
+    assert failures == []
 
 
 def test_the_traceback_test_is_left_out_only_where_it_pins_another_line() -> None:

@@ -27,7 +27,7 @@ from opentelemetry.trace import NoOpTracerProvider
 
 from exitstack_otel import InstrumentedAsyncExitStack, semconv
 from exitstack_otel.telemetry import Telemetry, TelemetryOptions
-from tests.support.polling import Sdk
+from tests.support.otel_helpers import Sdk
 
 KINDS = ("callback", "async_callback", "exit", "async_exit", "context", "async_context")
 EXIT_KINDS = frozenset({"exit", "async_exit", "context", "async_context"})
@@ -221,9 +221,15 @@ def recorded_outcomes(sdk: Sdk) -> dict[tuple[str, str], int]:
 def check(program: Program, backend: str) -> None:
     # trio.Cancelled cannot be raised by hand; trio's real cancellation is in test_cancellation.py
     cancellation: type[BaseException] = asyncio.CancelledError if backend == "asyncio" else Interrupt
-    sdk = Sdk()
-    stacks = make_stacks(sdk)
+    sdk = Sdk()  # not the fixture: hypothesis calls this once per example
+    try:
+        _check_on(sdk, program, backend, cancellation)
+    finally:
+        sdk.shutdown()
 
+
+def _check_on(sdk: Sdk, program: Program, backend: str, cancellation: type[BaseException]) -> None:
+    stacks = make_stacks(sdk)
     raised_before = ExplodingProcessor.raised
 
     async def compare() -> None:
@@ -244,7 +250,6 @@ def check(program: Program, backend: str) -> None:
         trio.run(compare)
     if program.entries:  # the bug really fired, at least on the unwind span (an empty one makes none)
         assert ExplodingProcessor.raised > raised_before
-    sdk.shutdown()
 
 
 entries = st.builds(

@@ -21,7 +21,7 @@ from exitstack_otel import (
     semconv,
 )
 from exitstack_otel.telemetry import Telemetry, TelemetryOptions
-from tests.support.polling import Sdk
+from tests.support.otel_helpers import Sdk
 
 TIMEOUT_ERROR = f"{CallbackTimeoutError.__module__}.{CallbackTimeoutError.__qualname__}"
 
@@ -48,8 +48,7 @@ async def hang_forever() -> None:
 
 
 @pytest.mark.anyio
-async def test_a_hanging_callback_is_abandoned_and_the_rest_still_run() -> None:
-    sdk = Sdk()
+async def test_a_hanging_callback_is_abandoned_and_the_rest_still_run(sdk: Sdk) -> None:
     ran: list[str] = []
 
     async def release() -> None:
@@ -78,7 +77,7 @@ async def test_a_hanging_callback_is_abandoned_and_the_rest_still_run() -> None:
             None,
         ),
     }
-    spans = {span.name: span for span in sdk.spans.get_finished_spans()}
+    spans = {span.name: span for span in sdk.spans()}
     timed_out = spans[f"{semconv.SPAN_CALLBACK} hang_forever"]
     assert timed_out.status.status_code is StatusCode.ERROR
     assert [event.name for event in timed_out.events] == ["exception"]
@@ -86,7 +85,6 @@ async def test_a_hanging_callback_is_abandoned_and_the_rest_still_run() -> None:
     assert unwind_span.attributes is not None
     assert unwind_span.attributes[semconv.CALLBACK_FAILED] == 1
     assert unwind_span.attributes[semconv.ERROR_TYPE] == TIMEOUT_ERROR
-    sdk.shutdown()
 
 
 @pytest.mark.anyio
@@ -118,8 +116,7 @@ async def test_a_later_exit_callback_sees_the_timeout_and_may_suppress_it() -> N
 
 
 @pytest.mark.anyio
-async def test_sync_callbacks_are_never_interrupted() -> None:
-    sdk = Sdk()
+async def test_sync_callbacks_are_never_interrupted(sdk: Sdk) -> None:
     finished: list[bool] = []
 
     def slow_close() -> None:
@@ -133,12 +130,10 @@ async def test_sync_callbacks_are_never_interrupted() -> None:
     assert list(outcomes) == [
         ("test_sync_callbacks_are_never_interrupted.<locals>.slow_close", semconv.OUTCOME_OK)
     ]
-    sdk.shutdown()
 
 
 @pytest.mark.anyio
-async def test_an_outer_cancellation_stays_a_cancellation() -> None:
-    sdk = Sdk()
+async def test_an_outer_cancellation_stays_a_cancellation(sdk: Sdk) -> None:
     started = anyio.Event()
 
     async def wait() -> None:
@@ -156,7 +151,6 @@ async def test_an_outer_cancellation_stays_a_cancellation() -> None:
 
     [(_, outcome)] = callback_outcomes(sdk)
     assert outcome == semconv.OUTCOME_CANCELLED
-    sdk.shutdown()
 
 
 @pytest.mark.anyio
@@ -172,8 +166,7 @@ async def test_a_timeout_leaves_the_callback_list_as_contextlib_has_it() -> None
 
 
 @pytest.mark.anyio
-async def test_through_the_middleware_the_response_is_sent_before_the_timeout_is_raised() -> None:
-    sdk = Sdk()
+async def test_through_the_middleware_the_response_is_sent_before_the_timeout_is_raised(sdk: Sdk) -> None:
     sent: list[Message] = []
     closed: list[bool] = []
 
@@ -201,7 +194,6 @@ async def test_through_the_middleware_the_response_is_sent_before_the_timeout_is
     assert [message["type"] for message in sent] == ["http.response.start", "http.response.body"]
     assert closed == [True]
     assert ("hang_forever", semconv.OUTCOME_TIMEOUT) in callback_outcomes(sdk)
-    sdk.shutdown()
 
 
 @pytest.mark.parametrize("bad", [0, -1.0, math.nan, "5", True])
@@ -221,8 +213,7 @@ def active_unwinds(sdk: Sdk) -> int:
 
 
 @pytest.mark.anyio
-async def test_an_unwind_that_never_finishes_shows_as_active() -> None:
-    sdk = Sdk()
+async def test_an_unwind_that_never_finishes_shows_as_active(sdk: Sdk) -> None:
     stuck = anyio.Event()
     release = anyio.Event()
 
@@ -241,4 +232,3 @@ async def test_an_unwind_that_never_finishes_shows_as_active() -> None:
         assert active_unwinds(sdk) == 1
         release.set()
     assert active_unwinds(sdk) == 0
-    sdk.shutdown()

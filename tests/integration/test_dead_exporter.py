@@ -33,6 +33,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from exitstack_otel import ExitStackMiddleware, get_exit_stack
+from tests.support.leaks import rss_bytes
 from tests.support.polling import wait_until
 from tests.support.servers import running_server
 
@@ -130,11 +131,6 @@ class Figures:
         return statistics.quantiles(self.latencies, n=100)[q - 1]
 
 
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * 4096
-
-
 async def load(url: str, requests: int, figures: Figures | None, hole: Blackhole | None) -> None:
     async with httpx.AsyncClient(base_url=url, limits=httpx.Limits(max_connections=CONCURRENCY)) as client:
 
@@ -182,7 +178,8 @@ def run_against(endpoint: str, hole: Blackhole | None = None) -> tuple[Figures, 
     with running_server(app) as server:
         asyncio.run(load(server.url(), WARMUP, None, hole))
         if hole is not None:
-            wait_until(lambda: hole.hanging)  # the first export now hangs: measure from here
+            # the first export now hangs: measure from here
+            wait_until(lambda: hole.hanging, "the first export to reach the silent collector")
         figures.rss_after_warmup = rss_bytes()
         asyncio.run(load(server.url(), REQUESTS, figures, hole))
         figures.rss_at_end = rss_bytes()

@@ -19,7 +19,7 @@ from starlette.routing import Route
 
 from exitstack_otel import ExitStackMiddleware, InstrumentedAsyncExitStack, get_exit_stack, semconv
 from exitstack_otel.telemetry import Telemetry, TelemetryOptions
-from tests.support.polling import Sdk
+from tests.support.otel_helpers import Sdk
 from tests.support.servers import running_server
 
 MARK = "zx9q"  # in every hostile value; must never show up in what telemetry exports
@@ -71,7 +71,7 @@ def exported_strings(sdk: Sdk) -> list[tuple[str, str]]:
             found.append((where, str(key)))
             found.append((f"{where} {key}", str(value)))
 
-    for span in sdk.spans.get_finished_spans():
+    for span in sdk.spans():
         found.append(("span name", span.name))
         add(span.name, span.attributes)
         found.append((f"{span.name} status", span.status.description or ""))
@@ -99,8 +99,7 @@ def raw_request(port: int, head: str) -> bytes:
 HOSTILE_METHODS = [f"PURGE{MARK.upper()}"]
 
 
-def test_hostile_names_paths_headers_and_methods_never_reach_an_attribute() -> None:
-    sdk = Sdk()
+def test_hostile_names_paths_headers_and_methods_never_reach_an_attribute(sdk: Sdk) -> None:
     app = ExitStackMiddleware(
         Starlette(
             routes=[
@@ -128,7 +127,7 @@ def test_hostile_names_paths_headers_and_methods_never_reach_an_attribute() -> N
             assert raw_request(server.port, head).startswith(b"HTTP/1.1 ")
 
     strings = exported_strings(sdk)
-    unwinds = [span for span in sdk.spans.get_finished_spans() if span.name == semconv.SPAN_UNWIND]
+    unwinds = [span for span in sdk.spans() if span.name == semconv.SPAN_UNWIND]
     assert len(unwinds) == 4  # the upload and three item requests; the 404s pushed nothing
     callback_names = {value for where, value in strings if where.endswith(semconv.CALLBACK_NAME)}
     assert callback_names == {"FormData.close", "discard", "upload.<locals>.<lambda>", "scratch_copy"}
@@ -136,14 +135,12 @@ def test_hostile_names_paths_headers_and_methods_never_reach_an_attribute() -> N
     assert methods == {"GET", "POST", semconv.OTHER_NAME}
     leaks = [(where, value) for where, value in strings if MARK in value.lower()]
     assert leaks == []
-    sdk.shutdown()
 
 
 @pytest.mark.anyio
-async def test_a_failing_callback_exports_its_message_only_in_the_exception_event() -> None:
+async def test_a_failing_callback_exports_its_message_only_in_the_exception_event(sdk: Sdk) -> None:
     # OpenTelemetry's exception event carries exception.message by design; everything else,
     # error.type and the span status included, names the class only.
-    sdk = Sdk()
     telemetry = Telemetry.create(sdk.tracer_provider, sdk.meter_provider, TelemetryOptions())
 
     def remove(path: str) -> None:
@@ -154,18 +151,16 @@ async def test_a_failing_callback_exports_its_message_only_in_the_exception_even
             stack.callback(remove, f"/tmp/{MARK}")
 
     assert [value for _, value in exported_strings(sdk) if MARK in value] == []
-    [failed] = [span for span in sdk.spans.get_finished_spans() if span.name != semconv.SPAN_UNWIND]
+    [failed] = [span for span in sdk.spans() if span.name != semconv.SPAN_UNWIND]
     assert failed.attributes is not None
     assert failed.attributes[semconv.ERROR_TYPE] == "FileNotFoundError"
     [event] = failed.events
     assert event.attributes is not None
     assert MARK in str(event.attributes["exception.message"])
-    sdk.shutdown()
 
 
 @pytest.mark.anyio
-async def test_callback_names_are_capped_per_middleware() -> None:
-    sdk = Sdk()
+async def test_callback_names_are_capped_per_middleware(sdk: Sdk) -> None:
     telemetry = Telemetry.create(
         sdk.tracer_provider, sdk.meter_provider, TelemetryOptions(max_callback_names=5)
     )
@@ -185,11 +180,9 @@ async def test_callback_names_are_capped_per_middleware() -> None:
     assert semconv.OTHER_NAME in names
     pushed = sum(point.value for point in sdk.points(semconv.CALLBACK_PUSHED))
     assert pushed == 100  # capped names, not lost counts
-    sdk.shutdown()
 
 
-def test_http_route_is_only_ever_a_template() -> None:
-    sdk = Sdk()
+def test_http_route_is_only_ever_a_template(sdk: Sdk) -> None:
     app = ExitStackMiddleware(
         Starlette(
             routes=[Route("/items/{item_id}", item), Route("/upload/{folder}", upload, methods=["POST"])]
@@ -203,7 +196,7 @@ def test_http_route_is_only_ever_a_template() -> None:
             client.get(path)
     routes = [
         (span.attributes or {}).get(semconv.HTTP_ROUTE)
-        for span in sdk.spans.get_finished_spans()
+        for span in sdk.spans()
         if span.name == semconv.SPAN_UNWIND
     ]
     # the GET of the POST-only upload route and the unmatched path pushed nothing: no unwind
@@ -212,4 +205,3 @@ def test_http_route_is_only_ever_a_template() -> None:
         point.attributes.get(semconv.HTTP_ROUTE) for point in sdk.points(semconv.UNWIND_DURATION)
     }
     assert metric_routes == {"/items/{item_id}"}
-    sdk.shutdown()

@@ -28,7 +28,8 @@ from starlette.types import ASGIApp
 from exitstack_otel import ExitStackMiddleware, get_exit_stack, wait_for_unwinds
 from exitstack_otel.fastapi import instrument_fastapi, uninstrument_fastapi
 from exitstack_otel.inflight import requests_in_flight
-from tests.support.polling import Sdk, wait_until
+from tests.support.otel_helpers import Sdk
+from tests.support.polling import wait_until
 from tests.support.servers import running_server
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
@@ -110,13 +111,12 @@ def shut_down_with_requests_in_flight(app: ASGIApp, cleanups: Cleanups, paths: l
         clients = [threading.Thread(target=read_until_dropped, args=(server.url(path),)) for path in paths]
         for client in clients:
             client.start()
-        wait_until(lambda: cleanups.pushed == len(paths))
+        wait_until(lambda: cleanups.pushed == len(paths), "every request to push its cleanup")
     for client in clients:
         client.join(30)
 
 
-def test_every_cleanup_of_a_starlette_app_finishes_at_shutdown() -> None:
-    sdk = Sdk()
+def test_every_cleanup_of_a_starlette_app_finishes_at_shutdown(sdk: Sdk) -> None:
     cleanups = Cleanups()
     shutdown = Shutdown()
 
@@ -151,11 +151,9 @@ def test_every_cleanup_of_a_starlette_app_finishes_at_shutdown() -> None:
     assert shutdown.drained == [True]
     assert shutdown.left_in_flight == [0]
     assert cleanups.finished == len(paths)
-    sdk.shutdown()
 
 
-def test_every_dependency_teardown_of_an_instrumented_fastapi_app_finishes_at_shutdown() -> None:
-    sdk = Sdk()
+def test_every_dependency_teardown_of_an_instrumented_fastapi_app_finishes_at_shutdown(sdk: Sdk) -> None:
     cleanups = Cleanups()
     shutdown = Shutdown()
 
@@ -187,4 +185,3 @@ def test_every_dependency_teardown_of_an_instrumented_fastapi_app_finishes_at_sh
     assert shutdown.drained == [True]
     assert shutdown.left_in_flight == [0]
     assert cleanups.finished == len(paths)
-    sdk.shutdown()

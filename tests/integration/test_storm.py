@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import os
 import tempfile
 import time
 from collections import Counter
@@ -20,8 +19,9 @@ import pytest
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from exitstack_otel import semconv
-from tests.support.leaks import open_fds, temp_files
-from tests.support.polling import Sdk, wait_until
+from tests.support.leaks import open_fds, rss_bytes, temp_files
+from tests.support.otel_helpers import Sdk
+from tests.support.polling import wait_until
 from tests.support.servers import running_server
 from tests.support.upload_app import BAD_UPLOADS, GOOD_UPLOADS, TEST_LIMITS, Upload, closed_forms, create_app
 
@@ -89,17 +89,12 @@ async def storm(
     await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
 
 
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 @pytest.mark.slow
 def test_upload_storm_leaves_nothing_behind(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], sdk: Sdk
 ) -> None:
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # spooled uploads land here, and only here
-    sdk = Sdk()  # its tracer provider; the app makes its meter provider around `reader`
+    # sdk: its tracer provider; the app makes its meter provider around `reader`
     reader = InMemoryMetricReader()
     app = create_app(TEST_LIMITS, reader=reader, tracer_provider=sdk.tracer_provider)
     answers: Counter[tuple[str, str, str]] = Counter()
@@ -113,13 +108,13 @@ def test_upload_storm_leaves_nothing_behind(
         per_chunk = REQUESTS // CHUNKS
         for chunk in range(CHUNKS):
             asyncio.run(storm(server.port, chunk * per_chunk, per_chunk, answers, temp_files_seen))
-            sdk.spans.clear()  # the test's in-memory exporter would otherwise hold every unwind span
+            sdk.spans_exporter.clear()  # the test's in-memory exporter would otherwise hold every unwind span
             gc.collect()
             rss.append(rss_bytes())
             objects.append(len(gc.get_objects()))
         elapsed = time.perf_counter() - started
         # every connection is closed on the client side; wait for uvicorn to close its ends too
-        wait_until(lambda: len(open_fds()) <= len(fds_before))
+        wait_until(lambda: len(open_fds()) <= len(fds_before), "the last connections to close")
         fds_after = open_fds()
         left = temp_files(tmp_path)
 
@@ -155,7 +150,6 @@ def test_upload_storm_leaves_nothing_behind(
     # accumulates: a leak of one object per request would add 6,000 here
     assert objects[-1] - objects[1] < 1_000
     assert rss[-1] - rss[1] < 32 * 2**20  # RSS also moves with fragmentation: a loose bound
-    sdk.shutdown()
 
     with capsys.disabled():
         rate = REQUESTS / elapsed

@@ -9,16 +9,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from starlette.types import ASGIApp
 
 from exitstack_otel.demo.report import CleanupReport, read_report
 from exitstack_otel.fastapi import app_instrumentation, uninstrument_fastapi
 
+from .otel_helpers import Sdk
 from .servers import running_server
 
 AppFactory = Callable[..., ASGIApp]
@@ -35,20 +33,17 @@ class RunningDemo:
 
 @contextmanager
 def serve_in_thread(factory: AppFactory, **app_options: object) -> Iterator[RunningDemo]:
-    reader = InMemoryMetricReader()
-    spans = InMemorySpanExporter()
-    tracer_provider = TracerProvider()
-    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
-    meter_provider = MeterProvider(metric_readers=[reader])
-    app = factory(tracer_provider=tracer_provider, meter_provider=meter_provider, **app_options)
+    sdk = Sdk()
     try:
-        with running_server(app, log_level="critical") as server:
-            demo = RunningDemo(server.url(), app, reader, spans)
-            yield demo
-        # the server has stopped: every unwind has ended
-        demo.report = read_report(reader)
+        app = factory(tracer_provider=sdk.tracer_provider, meter_provider=sdk.meter_provider, **app_options)
+        try:
+            with running_server(app, log_level="critical") as server:
+                demo = RunningDemo(server.url(), app, sdk.reader, sdk.spans_exporter)
+                yield demo
+            # the server has stopped: every unwind has ended
+            demo.report = read_report(sdk.reader)
+        finally:
+            if app_instrumentation(app) is not None:
+                uninstrument_fastapi(app)  # puts back FastAPI's own AsyncExitStack for the next tests
     finally:
-        if app_instrumentation(app) is not None:
-            uninstrument_fastapi(app)  # puts back FastAPI's own AsyncExitStack for the next tests
-        tracer_provider.shutdown()
-        meter_provider.shutdown()
+        sdk.shutdown()

@@ -1,4 +1,4 @@
-"""Counting a process's open descriptors and temporary files, for leak tests.
+"""Counting a process's open descriptors, temporary files and resident memory, for leak tests.
 
 Linux only (``/proc``). Python's ``TemporaryFile`` uses ``O_TMPFILE`` where it can: such a file
 has no directory entry, only a descriptor whose link names the directory, so temporary files are
@@ -8,10 +8,11 @@ found both ways: descriptors pointing into the directory, and entries left in it
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from .polling import last_reading
 
 
 def open_fds(pid: int | None = None) -> dict[int, str]:
@@ -34,6 +35,12 @@ def temp_files(tempdir: Path, pid: int | None = None) -> list[str]:
     return held + on_disk
 
 
+def rss_bytes(pid: int | None = None) -> int:
+    """Resident set size: ``/proc/PID/statm`` counts pages, of the machine's own page size."""
+    with open(f"/proc/{pid or 'self'}/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 @dataclass(frozen=True)
 class Usage:
     fds: dict[int, str]
@@ -54,9 +61,4 @@ def settle(check: Callable[[], Usage], done: Callable[[Usage], bool], timeout: f
     Cleanup runs after the response has been sent, so a client can see its answer a moment before
     the server has closed everything; callers assert on what this returns.
     """
-    deadline = time.monotonic() + timeout
-    while True:
-        current = check()
-        if done(current) or time.monotonic() > deadline:
-            return current
-        time.sleep(0.05)
+    return last_reading(check, done, timeout)

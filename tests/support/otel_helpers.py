@@ -1,15 +1,22 @@
-"""Real OpenTelemetry SDK providers with in-memory exporters, and readers for what they hold."""
+"""Real OpenTelemetry SDK providers with in-memory exporters, and readers for what they hold.
+
+Tests take the ``sdk`` fixture of tests/conftest.py (shut down after the test); one that needs a
+second pair of providers makes an ``Sdk()`` and shuts it down in a ``finally``.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from opentelemetry import trace
+from opentelemetry.metrics import _internal as metrics_internal
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader, Metric, NumberDataPoint
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.util._once import Once
 
 from exitstack_otel.telemetry import Telemetry, TelemetryOptions
 
@@ -50,9 +57,25 @@ class Sdk:
                     found[metric.name] = metric
         return found
 
+    def points(self, metric_name: str) -> list[Any]:
+        """Every data point of one metric, whatever its type; none before anything was recorded."""
+        metric = self.metrics().get(metric_name)
+        return [] if metric is None else list(metric.data.data_points)
+
     def shutdown(self) -> None:
         self.tracer_provider.shutdown()
         self.meter_provider.shutdown()
+
+
+def reset_global_providers() -> None:
+    """Forget the global tracer and meter providers, which the API lets a process set only once.
+
+    Private to the API, as its own test utilities do it; for tests of what the globals give.
+    """
+    trace._TRACER_PROVIDER_SET_ONCE = Once()
+    trace._TRACER_PROVIDER = None
+    metrics_internal._METER_PROVIDER_SET_ONCE = Once()
+    metrics_internal._METER_PROVIDER = None
 
 
 def points(metric: Metric) -> Sequence[Any]:

@@ -1,49 +1,44 @@
-"""SDK providers and a polling helper for the reliability tests (cancellation, storm, exporters).
+"""Waiting for what another thread or process makes true: the one polling helper of the tests.
 
-Their servers come from tests/servers.py.
+A test polls only where nothing can tell it the moment (a server's cleanup after the response it
+already sent, a child process's port, the descriptors of another process). The timeout is a
+bound for a loaded machine that fails the test with ``why``; it never measures anything.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TypeVar
 
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricsData
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+T = TypeVar("T")
 
-
-class Sdk:
-    """A tracer and a meter provider that keep everything they record in memory."""
-
-    def __init__(self) -> None:
-        self.spans = InMemorySpanExporter()
-        self.tracer_provider = TracerProvider()
-        self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.spans))
-        self.reader = InMemoryMetricReader()
-        self.meter_provider = MeterProvider(metric_readers=[self.reader])
-
-    def points(self, metric_name: str) -> list[Any]:
-        data: MetricsData | None = self.reader.get_metrics_data()
-        found: list[Any] = []
-        for resource_metrics in data.resource_metrics if data else ():
-            for scope_metrics in resource_metrics.scope_metrics:
-                for metric in scope_metrics.metrics:
-                    if metric.name == metric_name:
-                        found.extend(metric.data.data_points)
-        return found
-
-    def shutdown(self) -> None:
-        self.tracer_provider.shutdown()
-        self.meter_provider.shutdown()
+# seconds; generous bounds for a loaded machine, never measurements
+TIMEOUT = 30.0
+# seconds between two looks: short next to any timeout, long enough to leave the CPU to the others
+INTERVAL = 0.01
 
 
-def wait_until(condition: Any, timeout: float = 30.0) -> None:
-    """Polls a condition another thread makes true; a timeout fails the test, it measures nothing."""
+def wait_until(predicate: Callable[[], object], why: str, timeout: float = TIMEOUT) -> None:
+    """Return once ``predicate()`` is true; fail with ``why`` after ``timeout`` seconds.
+
+    ``predicate`` may raise to give up early (a server thread that died, a process that exited).
+    """
     deadline = time.monotonic() + timeout
-    while not condition():
+    while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError("condition not reached within the time limit")
-        time.sleep(0.005)
+            raise AssertionError(f"not within {timeout} s: {why}")
+        time.sleep(INTERVAL)
+
+
+def last_reading(read: Callable[[], T], done: Callable[[T], bool], timeout: float = TIMEOUT) -> T:
+    """Read until ``done(reading)`` holds, and return that reading; the last one after ``timeout``.
+
+    For tests that assert on the reading itself, so that a failure shows what was left.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        reading = read()
+        if done(reading) or time.monotonic() > deadline:
+            return reading
+        time.sleep(INTERVAL)

@@ -16,7 +16,6 @@ numbers read afterwards are final.
 from __future__ import annotations
 
 import threading
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -24,6 +23,8 @@ from typing import TYPE_CHECKING
 import uvicorn
 
 from exitstack_otel.demo.server import bind
+
+from .polling import wait_until
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -64,13 +65,13 @@ def running_server(app: ASGIApp, **config: object) -> Iterator[RunningServer]:
     )
     thread.start()
     try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while not server.started:
+
+        def started() -> bool:
             if not thread.is_alive():
                 raise RuntimeError("uvicorn stopped before it started; see the log above")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"uvicorn did not start within {STARTUP_TIMEOUT} s")
-            time.sleep(0.01)
+            return server.started
+
+        wait_until(started, f"uvicorn to start on port {port}", STARTUP_TIMEOUT)
         yield RunningServer("127.0.0.1", port, server)
     finally:
         server.should_exit = True
