@@ -100,7 +100,7 @@ def _fault_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [
         record
         for record in caplog.records
-        if record.name == "exitstack_otel" and "telemetry" in record.getMessage()
+        if record.name.startswith("exitstack_otel") and "telemetry" in record.getMessage()
     ]
 
 

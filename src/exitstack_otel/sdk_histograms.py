@@ -46,7 +46,7 @@ from opentelemetry.context import Context
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.util.types import AttributeValue
 
-logger = logging.getLogger("exitstack_otel")
+logger = logging.getLogger(__name__)
 
 _INFINITY = math.inf
 _FOLD_AT = 256

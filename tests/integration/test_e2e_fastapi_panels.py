@@ -17,8 +17,9 @@ import pytest
 import yaml
 
 from tests.conftest import require_program
-from tests.integration.test_e2e_stack import GRAFANA_VARIABLES, Stack, _free_port, _Processes, _Webhook
+from tests.integration.test_e2e_stack import GRAFANA_VARIABLES, Stack, _Processes, _Webhook
 from tests.support.panel_service import SLOW_TEARDOWN_SECONDS
+from tests.support.processes import free_port
 from tests.support.stack_files import dashboards, panel_targets
 
 pytestmark = pytest.mark.integration
@@ -51,7 +52,7 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     program = require_program("prometheus")
     tmp = tmp_path_factory.mktemp("panels")
     processes = _Processes(tmp)
-    port, metrics_port, prometheus_port = _free_port(), _free_port(), _free_port()
+    port, metrics_port, prometheus_port = free_port(), free_port(), free_port()
     config = {
         "global": {"scrape_interval": "1s"},
         "scrape_configs": [{"job_name": JOB, "static_configs": [{"targets": [f"127.0.0.1:{metrics_port}"]}]}],

@@ -10,11 +10,9 @@ import json
 import math
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,6 +24,8 @@ import pytest
 import yaml
 
 from tests.conftest import require_program
+from tests.support.polling import wait_for
+from tests.support.processes import free_port
 from tests.support.stack_files import (
     ALERTMANAGER_CONFIG,
     RULES_FILE,
@@ -70,24 +70,18 @@ FAILURES_SEEN = (
 T = TypeVar("T")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _wait_for(what: str, probe: Callable[[], T | None], process_logs: list[Path]) -> T:
-    deadline = time.monotonic() + WAIT_SECONDS
-    while time.monotonic() < deadline:
+    def read() -> T | None:
         try:
-            value = probe()
-        except httpx.HTTPError:
-            value = None
-        if value is not None:
-            return value
-        time.sleep(0.5)
-    logs = "\n".join(f"--- {log.name}\n{log.read_text()[-2000:]}" for log in process_logs if log.exists())
-    pytest.fail(f"gave up waiting for {what}\n{logs}")
+            return probe()
+        except httpx.HTTPError:  # not listening yet
+            return None
+
+    try:
+        return wait_for(read, what, WAIT_SECONDS, interval=0.5)
+    except AssertionError as gave_up:
+        logs = "\n".join(f"--- {log.name}\n{log.read_text()[-2000:]}" for log in process_logs if log.exists())
+        pytest.fail(f"{gave_up}\n{logs}")
 
 
 @dataclass
@@ -217,7 +211,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     webhook = _Webhook()
     webhook_server = webhook.serve()
     service_port, metrics_port, prometheus_port, alertmanager_port, dead_port = (
-        _free_port() for _ in range(5)
+        free_port() for _ in range(5)
     )
     try:
         # the demo service, started as users start it: its CLI, with the Prometheus exporter

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +13,8 @@ import pytest
 
 from exitstack_otel import semconv
 from tests.support.otlp_receiver import OtlpReceiver
+from tests.support.polling import wait_until
+from tests.support.processes import free_port, stop, wait_until_serving
 
 ROOT = Path(__file__).resolve().parents[2]
 # seconds; generous bounds for a loaded 2-core machine, never measurements
@@ -25,44 +24,23 @@ EXPORT_DEADLINE = 30.0
 pytestmark = pytest.mark.integration
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def wait_until_serving(process: subprocess.Popen[bytes], base_url: str) -> None:
-    deadline = time.monotonic() + STARTUP_DEADLINE
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"server exited with {process.returncode}")
-        try:
-            httpx.get(base_url + "/api/items/0", timeout=2)
-        except httpx.TransportError:
-            time.sleep(0.2)
-        else:
-            return
-    raise AssertionError("server did not start")
-
-
 def wait_for_exports(receiver: OtlpReceiver) -> None:
     # the span processor exports every 200 ms and the metric reader every 500 ms; wait for the
     # last request's span and metric point instead of relying on the flush at shutdown
-    deadline = time.monotonic() + EXPORT_DEADLINE
-    while time.monotonic() < deadline:
+    def arrived() -> bool:
         spans, points = receiver.received.snapshot()
         span_names = {span["name"] for span in spans}
         metric_names = {point["attributes"].get(semconv.CALLBACK_NAME) for point in points}
-        if (
+        return (
             f"{semconv.SPAN_CALLBACK} get_failing_teardown" in span_names
             and {
                 "get_failing_teardown",
                 "release_connection",
             }
             <= metric_names
-        ):
-            return
-        time.sleep(0.1)
+        )
+
+    wait_until(arrived, "the last request's span and metric points", EXPORT_DEADLINE, interval=0.1)
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +65,7 @@ def exported() -> tuple[list[dict[str, Any]], list[dict[str, Any]], str]:
         command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
         process = subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.PIPE)
         try:
-            wait_until_serving(process, base_url)
+            wait_until_serving(process, base_url + "/api/items/0", STARTUP_DEADLINE)
             with httpx.Client(base_url=base_url, timeout=30) as http:
                 upload = {"file": ("report.txt", b"hello upload", "text/plain")}
                 response = http.post("/api/upload", data={"title": "report"}, files=upload)
@@ -98,12 +76,7 @@ def exported() -> tuple[list[dict[str, Any]], list[dict[str, Any]], str]:
                 assert http.get("/api/teardown-fails").json() == {"value": "x"}
         finally:
             wait_for_exports(receiver)
-            process.send_signal(signal.SIGTERM)
-            try:
-                _, stderr = process.communicate(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                _, stderr = process.communicate()
+            stderr = stop(process)
         spans, points = receiver.received.snapshot()
         assert receiver.received.errors == []
     return spans, points, stderr.decode(errors="replace")[-2000:]

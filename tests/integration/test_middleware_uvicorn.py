@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING
 
 import httpx
@@ -13,6 +12,7 @@ from websockets.sync.client import connect
 from exitstack_otel import semconv
 from tests.support.cleanup_app import make_app
 from tests.support.otel_helpers import Sdk, attrs, histogram_points
+from tests.support.polling import wait_until
 from tests.support.servers import running_server
 
 if TYPE_CHECKING:
@@ -39,9 +39,7 @@ def server(app: Starlette) -> Iterator[RunningServer]:
 
 
 def _unwinds(sdk: Sdk, count: int) -> list[ReadableSpan]:
-    deadline = time.monotonic() + CLEANUP_WAIT
-    while len(sdk.spans_named(semconv.SPAN_UNWIND)) < count and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: len(sdk.spans_named(semconv.SPAN_UNWIND)) >= count, "the unwinds", CLEANUP_WAIT)
     unwinds = sdk.spans_named(semconv.SPAN_UNWIND)
     assert len(unwinds) == count
     return unwinds
@@ -67,18 +65,18 @@ def test_failing_cleanup_after_a_sent_response(
     assert app.state.log == ["cleanup last pushed", "cleanup broken", "cleanup first pushed"]
     assert unwind.status.status_code is StatusCode.ERROR
     assert dict(unwind.attributes or {})[semconv.ERROR_TYPE] == "tests.support.cleanup_app.CleanupFailed"
+
     # the same exception reached the server, which logs it
-    deadline = time.monotonic() + CLEANUP_WAIT
-
     def servers_errors() -> list[BaseException | None]:
-        return [r.exc_info[1] for r in caplog.records if r.exc_info and r.name != "exitstack_otel"]
+        return [
+            r.exc_info[1] for r in caplog.records if r.exc_info and not r.name.startswith("exitstack_otel")
+        ]
 
-    while not servers_errors() and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(servers_errors, "uvicorn's error log of the failed cleanup", CLEANUP_WAIT)
     errors = servers_errors()
     assert [type(error).__name__ for error in errors] == ["CleanupFailed"]
     # and ours, with the route the server's line lacks (tests/test_cleanup_log.py)
-    [ours] = [record for record in caplog.records if record.name == "exitstack_otel"]
+    [ours] = [record for record in caplog.records if record.name.startswith("exitstack_otel")]
     assert "(route /failing-cleanup)" in ours.getMessage()
 
 

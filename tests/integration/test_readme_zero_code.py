@@ -12,11 +12,8 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import signal
-import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, metadata
 from pathlib import Path
@@ -27,6 +24,8 @@ import pytest
 
 from exitstack_otel import semconv
 from tests.support.otlp_receiver import OtlpReceiver
+from tests.support.polling import last_reading, wait_for
+from tests.support.processes import free_port, stop, wait_until_serving
 from tests.support.readme_apps import readme_block
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,12 +64,6 @@ def parse(block: str) -> ZeroCode:
                 found.env[name] = value
             found.argv = words
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def test_the_readme_installs_what_it_runs() -> None:
@@ -116,20 +109,6 @@ def serve(
     return process, f"http://{host}:{app_port}", metrics_url
 
 
-def wait_until_serving(process: subprocess.Popen[bytes], url: str) -> None:
-    deadline = time.monotonic() + STARTUP_DEADLINE
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"the server exited with {process.returncode}")
-        try:
-            httpx.get(url, timeout=2)
-        except httpx.TransportError:
-            time.sleep(0.2)
-        else:
-            return
-    raise AssertionError("the server did not start")
-
-
 def executed(lines: list[str], callback: str) -> float:
     """How often ``callback`` ran, by the duration histogram's count series."""
     return sum(
@@ -142,24 +121,23 @@ def executed(lines: list[str], callback: str) -> float:
 
 def our_metric_lines(metrics_url: str, pattern: str, callback: str, count: int) -> list[str]:
     """What the README's ``curl | grep`` shows, once ``callback`` has run ``count`` times."""
-    deadline = time.monotonic() + EXPORT_DEADLINE
-    lines: list[str] = []
-    while time.monotonic() < deadline:
+
+    def scrape() -> list[str] | None:
         text = httpx.get(metrics_url, timeout=5).text
         lines = [line for line in text.splitlines() if re.search(pattern, line)]
-        if executed(lines, callback) >= count:
-            return lines
-        time.sleep(0.2)
-    raise AssertionError(f"{callback} did not run {count} times by {metrics_url}: {lines}")
+        return lines if executed(lines, callback) >= count else None
+
+    return wait_for(scrape, f"{callback} to run {count} times by {metrics_url}", EXPORT_DEADLINE, 0.2)
 
 
 def wait_for_spans(receiver: OtlpReceiver, name: str, count: int) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + EXPORT_DEADLINE
-    while True:
-        spans, _ = receiver.received.snapshot()
-        if [span["name"] for span in spans].count(name) >= count or time.monotonic() > deadline:
-            return spans
-        time.sleep(0.1)
+    def spans() -> list[dict[str, Any]]:
+        return receiver.received.snapshot()[0]
+
+    # the caller asserts on what arrived, so that a failure shows it
+    return last_reading(
+        spans, lambda found: [span["name"] for span in found].count(name) >= count, EXPORT_DEADLINE
+    )
 
 
 @pytest.mark.parametrize(
@@ -174,19 +152,14 @@ def test_the_readme_commands_serve_metrics_and_join_the_server_spans(target: str
     with OtlpReceiver() as receiver:
         process, url, metrics_url = serve(zero_code, target, receiver)
         try:
-            wait_until_serving(process, url + "/orders/0")
+            wait_until_serving(process, url + "/orders/0", STARTUP_DEADLINE)
             for order_id in (1, 2, 3):  # slow cleanups: spans by default too
                 assert httpx.get(f"{url}/orders/{order_id}?slow=1", timeout=30).status_code == 200
             # the readiness probe's request and the three slow ones
             lines = our_metric_lines(metrics_url, zero_code.metrics_pattern, callback, 4)
             spans = wait_for_spans(receiver, f"{semconv.SPAN_CALLBACK} {callback}", 3)
         finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                _, stderr = process.communicate(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                _, stderr = process.communicate()
+            stderr = stop(process)
         log = stderr.decode(errors="replace")[-3000:]
         assert receiver.received.errors == [], log
 

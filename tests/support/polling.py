@@ -19,7 +19,9 @@ TIMEOUT = 30.0
 INTERVAL = 0.01
 
 
-def wait_until(predicate: Callable[[], object], why: str, timeout: float = TIMEOUT) -> None:
+def wait_until(
+    predicate: Callable[[], object], why: str, timeout: float = TIMEOUT, interval: float = INTERVAL
+) -> None:
     """Return once ``predicate()`` is true; fail with ``why`` after ``timeout`` seconds.
 
     ``predicate`` may raise to give up early (a server thread that died, a process that exited).
@@ -28,7 +30,23 @@ def wait_until(predicate: Callable[[], object], why: str, timeout: float = TIMEO
     while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {timeout} s: {why}")
-        time.sleep(INTERVAL)
+        time.sleep(interval)
+
+
+def wait_for(
+    read: Callable[[], T | None], why: str, timeout: float = TIMEOUT, interval: float = INTERVAL
+) -> T:
+    """The first reading that is not None; fail with ``why`` after ``timeout`` seconds."""
+    found: list[T] = []
+
+    def ready() -> bool:
+        reading = read()
+        if reading is not None:
+            found.append(reading)
+        return bool(found)
+
+    wait_until(ready, why, timeout, interval)
+    return found[0]
 
 
 def last_reading(read: Callable[[], T], done: Callable[[T], bool], timeout: float = TIMEOUT) -> T:

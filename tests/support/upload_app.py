@@ -20,16 +20,13 @@ Routes: ``POST /upload`` (``read_form``), ``POST /plain-upload`` (Starlette's ow
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
@@ -41,6 +38,8 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
 from exitstack_otel import ExitStackMiddleware, read_form, semconv
+
+from .processes import free_port, wait_until_serving
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV_PREFIX = "UPLOAD_APP_"
@@ -247,12 +246,6 @@ class UploadServer:
         return f"http://127.0.0.1:{self.port}"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def run_upload_server(
     tempdir: Path,
@@ -276,7 +269,7 @@ def run_upload_server(
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=output)
     server = UploadServer(process, port, tempdir, log)
     try:
-        wait_until_up(server, startup_timeout)
+        wait_until_serving(process, server.url + "/health", startup_timeout)
         yield server
     finally:
         process.terminate()
@@ -285,18 +278,3 @@ def run_upload_server(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-
-
-def wait_until_up(server: UploadServer, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"upload server exited with {server.process.returncode}")
-        try:
-            if httpx.get(server.url + "/health", timeout=1.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"upload server not answering on {server.url} after {timeout} s")
-        time.sleep(0.05)
