@@ -23,6 +23,7 @@ from starlette.routing import Route
 from starlette.types import Message
 
 from exitstack_otel import ExitStackMiddleware, read_form, semconv
+from tests.support.asgi import http_scope
 from tests.support.leaks import temp_files
 from tests.support.upload_app import (
     BAD_UPLOADS,
@@ -331,20 +332,7 @@ async def test_nonsense_limits_are_refused(limit: str, value: int) -> None:
 
 
 def upload_scope() -> dict[str, Any]:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/upload",
-        "raw_path": b"/upload",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"content-type", MULTIPART.encode()), (b"host", b"testserver")],
-        "client": ("127.0.0.1", 1234),
-        "server": ("127.0.0.1", 80),
-    }
+    return http_scope("/upload", method="POST", headers=[(b"content-type", MULTIPART.encode())])
 
 
 # the part is still open when the upload stops

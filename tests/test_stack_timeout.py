@@ -120,7 +120,9 @@ async def test_sync_callbacks_are_never_interrupted(sdk: Sdk) -> None:
     finished: list[bool] = []
 
     def slow_close() -> None:
-        time.sleep(0.05)  # blocks the loop: nothing can interrupt it, and it must not be reported so
+        # real time, 50 times the timeout: a sync callback blocks the loop, nothing can interrupt it,
+        # and it must not be reported as timed out
+        time.sleep(0.05)
         finished.append(True)
 
     async with InstrumentedAsyncExitStack(telemetry=telemetry_for(sdk), callback_timeout=0.001) as stack:

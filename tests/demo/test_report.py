@@ -4,6 +4,7 @@ import bisect
 import math
 
 import anyio
+import anyio.lowlevel
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -21,6 +22,7 @@ from exitstack_otel.demo.report import (
 )
 from exitstack_otel.providers import TelemetrySource
 from exitstack_otel.stack import InstrumentedAsyncExitStack
+from tests.support.clock import SteppedClock
 
 BOUNDS = semconv.DURATION_BUCKETS
 
@@ -126,24 +128,28 @@ async def test_report_counts_pushed_executed_failed_and_never_ran_from_the_sdk()
     assert f"failed 1x with {__name__}.Boom" in table
 
 
+SLOW = 0.0625  # seconds, a binary fraction: the clock's readings differ by exactly this
+
+
 @pytest.mark.anyio
-async def test_a_slow_run_shows_in_max_and_not_in_p99() -> None:
+async def test_a_slow_run_shows_in_max_and_not_in_p99(stepped_clock: SteppedClock) -> None:
     reader = InMemoryMetricReader()
     telemetry = TelemetrySource(TracerProvider(), MeterProvider(metric_readers=[reader])).current()
 
     async def release(seconds: float) -> None:
-        await anyio.sleep(seconds)
+        await anyio.lowlevel.checkpoint()
+        stepped_clock.advance(seconds)  # lasts exactly this long, however busy the machine
 
     for index in range(200):
         async with InstrumentedAsyncExitStack("requests", telemetry=telemetry) as stack:
-            stack.push_async_callback(release, 0.05 if index == 100 else 0.0)
+            stack.push_async_callback(release, SLOW if index == 100 else 0.0)
     report = read_report(reader)
     (row,) = report.rows
     durations = row.quantiles()
     assert durations["max"] is not None
-    assert durations["max"] >= 0.05
+    assert durations["max"] >= SLOW
     assert durations["p99"] is not None
-    assert durations["p99"] < 0.05
+    assert durations["p99"] < SLOW
     assert row.as_dict()["duration_s"]["max"] == durations["max"]
     release_line = next(line for line in render_table(report).splitlines() if "release" in line)
     assert release_line.split()[-1] == format_seconds(durations["max"])

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import anyio
+import anyio.lowlevel
 import httpx
 import pytest
 from fastapi import Depends, FastAPI
@@ -54,8 +55,8 @@ class Cleanups:
             self.pushed += 1
 
     async def run(self) -> None:
-        await anyio.sleep(0.02)
-        await anyio.sleep(0.02)  # a second await: a second cancellation would land here
+        await anyio.lowlevel.checkpoint()  # the cancellation, unshielded, would land here
+        await anyio.lowlevel.checkpoint()  # or here, where asyncio redelivers it
         with self._lock:
             self.finished += 1
 
@@ -84,7 +85,7 @@ def endless_chunks() -> StreamingResponse:
     async def chunks() -> AsyncIterator[bytes]:
         while True:
             yield b"chunk\n"
-            await anyio.sleep(0.01)
+            await anyio.sleep(0.01)  # a paced stream, not a flood: the client reads until dropped
 
     return StreamingResponse(chunks())
 
@@ -93,7 +94,9 @@ async def await_in_finally() -> None:
     try:
         await anyio.sleep_forever()
     finally:
-        await anyio.sleep(0.05)  # the endpoint's own cleanup, before the stack unwinds
+        # the endpoint's own cleanup, before the stack unwinds: a few loop turns more
+        for _ in range(3):
+            await anyio.lowlevel.checkpoint()
 
 
 def read_until_dropped(url: str) -> None:

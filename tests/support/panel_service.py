@@ -18,6 +18,7 @@ from fastapi import Depends, FastAPI
 from exitstack_otel.demo.sdk import build_sdk
 from exitstack_otel.fastapi import instrument_fastapi
 
+# real seconds: the dashboard's slow-teardown panel reads them from a real Prometheus scrape
 SLOW_TEARDOWN_SECONDS = 0.3
 
 
