@@ -9,7 +9,7 @@ Exceptions are compared by class and label because each run raises fresh instanc
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import anyio
 from hypothesis import strategies as st
@@ -30,19 +30,9 @@ PushKind = Literal[
     "enter_async_context",
     "nested_stack",
 ]
-PUSH_KINDS: tuple[PushKind, ...] = (
-    "callback",
-    "push_async_callback",
-    "push",
-    "push_async_exit",
-    "push_cm",
-    "push_async_cm",
-    "enter_context",
-    "enter_async_context",
-    "nested_stack",
-)
+PUSH_KINDS: tuple[PushKind, ...] = get_args(PushKind)  # the Literal's values, in its order
 Behaviour = Literal["ok", "raise", "raise_base", "suppress", "enter_fails"]
-BEHAVIOURS: tuple[Behaviour, ...] = ("ok", "raise", "raise_base", "suppress", "enter_fails")
+BEHAVIOURS: tuple[Behaviour, ...] = get_args(Behaviour)
 BodyEnd = Literal["ok", "raise", "raise_base"]
 
 
