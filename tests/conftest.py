@@ -10,6 +10,9 @@ import pytest
 from tests.support.clock import SteppedClock
 from tests.support.otel_helpers import Sdk
 
+# fixtures that live beside the helpers they go with
+pytest_plugins = ["tests.support.forms"]
+
 
 @pytest.fixture
 def anyio_backend(request: pytest.FixtureRequest) -> str:

@@ -6,7 +6,6 @@ has a real client hanging up and a real server shutting down."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import anyio
 import anyio.lowlevel
@@ -14,13 +13,13 @@ import anyio.to_thread
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import PlainTextResponse, StreamingResponse
+from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
 from exitstack_otel import ExitStackMiddleware, get_exit_stack, semconv
 from tests.support.asgi import discard, http_scope, never_receive
-from tests.support.cleanups import Cleanup, unwind_outcomes
+from tests.support.cleanups import Cleanup, endless_stream_app, unwind_outcomes
 from tests.support.otel_helpers import Sdk
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
@@ -71,20 +70,7 @@ async def test_client_disconnect_mid_stream_runs_every_callback(sdk: Sdk) -> Non
     cleanup = Cleanup()
     first_chunk_sent = anyio.Event()
 
-    async def endless() -> AsyncIterator[bytes]:
-        while True:
-            yield b"chunk\n"
-            await anyio.lowlevel.checkpoint()
-
-    async def stream(request: Request) -> StreamingResponse:
-        cleanup.push(request.scope)
-        return StreamingResponse(endless())
-
-    app = ExitStackMiddleware(
-        Starlette(routes=[Route("/stream", stream)]),
-        tracer_provider=sdk.tracer_provider,
-        meter_provider=sdk.meter_provider,
-    )
+    app = endless_stream_app(cleanup, sdk, b"chunk\n")
 
     async def receive() -> Message:
         await first_chunk_sent.wait()

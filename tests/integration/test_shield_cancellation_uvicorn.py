@@ -14,11 +14,11 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, StreamingResponse
+from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from exitstack_otel import ExitStackMiddleware, semconv, wait_for_unwinds
-from tests.support.cleanups import Cleanup, unwind_outcomes
+from tests.support.cleanups import Cleanup, endless_stream_app, unwind_outcomes
 from tests.support.otel_helpers import Sdk
 from tests.support.polling import wait_until
 from tests.support.servers import running_server
@@ -29,20 +29,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptio
 def test_real_client_hanging_up_mid_stream_runs_every_callback(sdk: Sdk) -> None:
     cleanup = Cleanup()
 
-    async def endless() -> AsyncIterator[bytes]:
-        while True:
-            yield b"chunk\n" * 100
-            await anyio.lowlevel.checkpoint()
-
-    async def stream(request: Request) -> StreamingResponse:
-        cleanup.push(request.scope)
-        return StreamingResponse(endless())
-
-    app = ExitStackMiddleware(
-        Starlette(routes=[Route("/stream", stream)]),
-        tracer_provider=sdk.tracer_provider,
-        meter_provider=sdk.meter_provider,
-    )
+    app = endless_stream_app(cleanup, sdk, b"chunk\n" * 100)
     with running_server(app) as server:
         with httpx.Client(base_url=server.url()) as client, client.stream("GET", "/stream") as response:
             assert next(response.iter_bytes()).startswith(b"chunk")

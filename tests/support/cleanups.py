@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import anyio.lowlevel
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
+from starlette.routing import Route
 
-from exitstack_otel import get_exit_stack, semconv
+from exitstack_otel import ExitStackMiddleware, get_exit_stack, semconv
 
 if TYPE_CHECKING:
     from starlette.types import Scope
@@ -45,6 +49,25 @@ class Cleanup:
             await self.go_on()
         await anyio.lowlevel.checkpoint()  # a second await: a cancellation redelivered on asyncio lands here
         self.log.append("release")
+
+
+def endless_stream_app(cleanup: Cleanup, sdk: Sdk, chunk: bytes) -> ExitStackMiddleware:
+    """``GET /stream``: pushes ``cleanup``, then streams ``chunk`` until the client goes away."""
+
+    async def endless() -> AsyncIterator[bytes]:
+        while True:
+            yield chunk
+            await anyio.lowlevel.checkpoint()
+
+    async def stream(request: Request) -> StreamingResponse:
+        cleanup.push(request.scope)
+        return StreamingResponse(endless())
+
+    return ExitStackMiddleware(
+        Starlette(routes=[Route("/stream", stream)]),
+        tracer_provider=sdk.tracer_provider,
+        meter_provider=sdk.meter_provider,
+    )
 
 
 def unwind_outcomes(sdk: Sdk) -> dict[str, int]:
