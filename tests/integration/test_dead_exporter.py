@@ -174,27 +174,29 @@ def run_against(endpoint: str, hole: Blackhole | None = None) -> tuple[Figures, 
         meter_provider=meter_provider,
         callback_spans="all",
     )
-    figures = Figures()
-    with running_server(app) as server:
-        asyncio.run(load(server.url(), WARMUP, None, hole))
-        if hole is not None:
-            # the first export now hangs: measure from here
-            wait_until(lambda: hole.hanging, "the first export to reach the silent collector")
-        figures.rss_after_warmup = rss_bytes()
-        asyncio.run(load(server.url(), REQUESTS, figures, hole))
-        figures.rss_at_end = rss_bytes()
-        telemetry = app.telemetry.current()
-        assert telemetry is not None
-        queue = processor._batch_processor._queue
-        sizes = {
-            "span queue": len(queue),
-            "callback infos": len(telemetry._infos),
-            "unwind series": len(telemetry._unwind_series),
-            "pushed counters": len(telemetry.instruments.pushed) if telemetry.instruments else 0,
-        }
-        assert queue.maxlen == MAX_QUEUE
-    tracer_provider.shutdown()
-    meter_provider.shutdown()
+    try:
+        figures = Figures()
+        with running_server(app) as server:
+            asyncio.run(load(server.url(), WARMUP, None, hole))
+            if hole is not None:
+                # the first export now hangs: measure from here
+                wait_until(lambda: hole.hanging, "the first export to reach the silent collector")
+            figures.rss_after_warmup = rss_bytes()
+            asyncio.run(load(server.url(), REQUESTS, figures, hole))
+            figures.rss_at_end = rss_bytes()
+            telemetry = app.telemetry.current()
+            assert telemetry is not None
+            queue = processor._batch_processor._queue
+            sizes = {
+                "span queue": len(queue),
+                "callback infos": len(telemetry._infos),
+                "unwind series": len(telemetry._unwind_series),
+                "pushed counters": len(telemetry.instruments.pushed) if telemetry.instruments else 0,
+            }
+            assert queue.maxlen == MAX_QUEUE
+    finally:
+        tracer_provider.shutdown()
+        meter_provider.shutdown()
     return figures, sizes
 
 

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from tests.conftest import require_program
-from tests.integration.test_e2e_stack import GRAFANA_VARIABLES, Stack, _Processes, _Webhook
+from tests.support.monitoring_stack import GRAFANA_VARIABLES, Processes, Stack, Webhook
 from tests.support.panel_service import SLOW_TEARDOWN_SECONDS
 from tests.support.processes import free_port
 from tests.support.stack_files import dashboards, panel_targets
@@ -51,7 +51,7 @@ def _by_route_and_stack(stack: Stack, promql: str) -> dict[tuple[str, str], floa
 def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     program = require_program("prometheus")
     tmp = tmp_path_factory.mktemp("panels")
-    processes = _Processes(tmp)
+    processes = Processes(tmp)
     port, metrics_port, prometheus_port = free_port(), free_port(), free_port()
     config = {
         "global": {"scrape_interval": "1s"},
@@ -72,7 +72,7 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 f"--web.listen-address=127.0.0.1:{prometheus_port}",
             ],
         )
-        stack = Stack(f"http://127.0.0.1:{prometheus_port}", "", _Webhook(), processes.logs)
+        stack = Stack(f"http://127.0.0.1:{prometheus_port}", "", Webhook(), processes.logs)
         service = f"http://127.0.0.1:{port}"
         stack.wait_for("the service", lambda: httpx.get(f"{service}/two-deps").is_success or None)
 

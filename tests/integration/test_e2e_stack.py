@@ -6,25 +6,20 @@ Collector-down alert must hold back the target-down warning."""
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import shutil
-import subprocess
 import sys
-import threading
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
 import yaml
 
 from tests.conftest import require_program
-from tests.support.polling import wait_for
+from tests.support.monitoring_stack import GRAFANA_VARIABLES, Processes, Stack, Webhook
 from tests.support.processes import free_port
 from tests.support.stack_files import (
     ALERTMANAGER_CONFIG,
@@ -38,24 +33,10 @@ pytestmark = pytest.mark.integration
 
 SERVICE_JOB = "exitstack-otel-demo"
 TRAFFIC_SECONDS = 40  # long enough to query every panel while traffic still flows
-WAIT_SECONDS = 60.0  # generous upper bound for each thing we wait for; normally a few seconds
 FAILURE_ALERT = "ExitstackCleanupCallbacksFailing"
 SLOW_ALERT = "ExitstackCleanupSlow"
 COLLECTOR_DOWN = "ExitstackCollectorDown"
 TARGET_DOWN = "MonitoringTargetDown"
-# Grafana fills these in (the _ms one first: it starts with the other's name); a rate window of 15 s holds
-# 15 scrapes at the test's 1 s interval
-GRAFANA_VARIABLES = {
-    "$__rate_interval_ms": "15000",
-    "$__rate_interval": "15s",
-    "$__range": "5m",
-    "$service": ".*",
-    "$instance": ".*",
-    "$stack": ".*",
-    "$route": ".*",
-    "$callback": ".*",
-}
-
 # slow flushes take 0.6 s, above the 0.5 s p99 threshold
 DEMO = [sys.executable, "-m", "exitstack_otel", "demo", "--serve", "--slow-seconds", "0.6"]
 TRAFFIC_OPTIONS = [
@@ -66,92 +47,6 @@ TRAFFIC_OPTIONS = [
 FAILURES_SEEN = (
     'increase(exitstack_callback_duration_seconds_count{exitstack_callback_outcome="error"}[15s]) > 0'
 )
-
-T = TypeVar("T")
-
-
-def _wait_for(what: str, probe: Callable[[], T | None], process_logs: list[Path]) -> T:
-    def read() -> T | None:
-        try:
-            return probe()
-        except httpx.HTTPError:  # not listening yet
-            return None
-
-    try:
-        return wait_for(read, what, WAIT_SECONDS, interval=0.5)
-    except AssertionError as gave_up:
-        logs = "\n".join(f"--- {log.name}\n{log.read_text()[-2000:]}" for log in process_logs if log.exists())
-        pytest.fail(f"{gave_up}\n{logs}")
-
-
-@dataclass
-class _Webhook:
-    """Alertmanager's webhook receivers, on loopback: collects the notifications sent to each path."""
-
-    received: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-
-    def alerts(self, path: str) -> list[dict[str, Any]]:
-        return [alert for to, body in list(self.received) if to == path for alert in body["alerts"]]
-
-    def serve(self) -> ThreadingHTTPServer:
-        received = self.received
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                received.append((self.path, json.loads(body)))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        return server
-
-
-@dataclass
-class Stack:
-    prometheus: str
-    alertmanager: str
-    webhook: _Webhook
-    logs: list[Path]
-
-    def query(self, promql: str) -> list[dict[str, Any]]:
-        response = httpx.get(f"{self.prometheus}/api/v1/query", params={"query": promql}, timeout=10)
-        body = response.json()
-        assert body["status"] == "success", f"{promql}\n{body}"
-        result: list[dict[str, Any]] = body["data"]["result"]
-        return result
-
-    def wait_for(self, what: str, probe: Callable[[], T | None]) -> T:
-        return _wait_for(what, probe, self.logs)
-
-
-class _Processes:
-    def __init__(self, log_dir: Path) -> None:
-        self.log_dir = log_dir
-        self.running: list[subprocess.Popen[bytes]] = []
-        self.logs: list[Path] = []
-
-    def start(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
-        log = self.log_dir / f"{name}.log"
-        self.logs.append(log)
-        with log.open("wb") as out:
-            process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
-        self.running.append(process)
-        return process
-
-    def stop_all(self) -> None:
-        for process in reversed(self.running):
-            process.terminate()
-        for process in self.running:
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
 
 
 def _alertmanager_program() -> str:
@@ -207,8 +102,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     prometheus = require_program("prometheus")
     alertmanager = _alertmanager_program()
     tmp = tmp_path_factory.mktemp("stack")
-    processes = _Processes(tmp)
-    webhook = _Webhook()
+    processes = Processes(tmp)
+    webhook = Webhook()
     webhook_server = webhook.serve()
     service_port, metrics_port, prometheus_port, alertmanager_port, dead_port = (
         free_port() for _ in range(5)
