@@ -24,6 +24,7 @@ from exitstack_otel.demo.server import bind
 from exitstack_otel.fastapi_stack import STACK_KEYS
 from tests.support.polling import wait_for
 from tests.support.processes import free_port
+from tests.support.servers import serving_http
 
 COMMAND = [sys.executable, "-m", "exitstack_otel"]
 CONSOLE_SCRIPT = str(Path(sys.executable).parent / "exitstack-otel")
@@ -297,14 +298,8 @@ class _Collector(BaseHTTPRequestHandler):
 def otlp_collector() -> Iterator[tuple[str, dict[str, list[bytes]]]]:
     received: dict[str, list[bytes]] = {}
     handler = type("Collector", (_Collector,), {"received": received})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", received
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving_http(ThreadingHTTPServer(("127.0.0.1", 0), handler)) as url:
+        yield url, received
 
 
 def test_otlp_export_honours_the_standard_environment_variable() -> None:

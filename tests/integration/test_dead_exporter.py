@@ -35,7 +35,7 @@ from starlette.routing import Route
 from exitstack_otel import ExitStackMiddleware, get_exit_stack
 from tests.support.leaks import rss_bytes
 from tests.support.polling import wait_until
-from tests.support.servers import running_server
+from tests.support.servers import running_server, serving_http
 
 REQUESTS = 600
 WARMUP = 60
@@ -64,14 +64,9 @@ class _ReceivingServer(http.server.ThreadingHTTPServer):
 @contextmanager
 def healthy_receiver() -> Iterator[str]:
     server = _ReceivingServer(("127.0.0.1", 0), _Receiver)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+    with serving_http(server) as url:
+        yield url
         assert server.received > 0, "the healthy receiver got no export"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @contextmanager

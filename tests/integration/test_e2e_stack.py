@@ -104,66 +104,65 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("stack")
     processes = Processes(tmp)
     webhook = Webhook()
-    webhook_server = webhook.serve()
     service_port, metrics_port, prometheus_port, alertmanager_port, dead_port = (
         free_port() for _ in range(5)
     )
-    try:
-        # the demo service, started as users start it: its CLI, with the Prometheus exporter
-        processes.start(
-            "demo",
-            [*DEMO, "--port", str(service_port), "--prometheus-port", str(metrics_port)],
-        )
-        webhook_url = f"http://127.0.0.1:{webhook_server.server_address[1]}"
-        processes.start(
-            "alertmanager",
-            [
-                alertmanager,
-                f"--config.file={_test_alertmanager_config(tmp, webhook_url)}",
-                f"--storage.path={tmp / 'alertmanager-data'}",
-                f"--web.listen-address=127.0.0.1:{alertmanager_port}",
-                "--cluster.listen-address=",
-            ],
-        )
-        prometheus_config = _prometheus_config(
-            tmp, _test_rules(tmp), metrics_port, alertmanager_port, dead_port
-        )
-        processes.start(
-            "prometheus",
-            [
-                prometheus,
-                f"--config.file={prometheus_config}",
-                f"--storage.tsdb.path={tmp / 'prometheus-data'}",
-                f"--web.listen-address=127.0.0.1:{prometheus_port}",
-                "--enable-feature=exemplar-storage",
-            ],
-        )
-        running = Stack(
-            f"http://127.0.0.1:{prometheus_port}",
-            f"http://127.0.0.1:{alertmanager_port}",
-            webhook,
-            processes.logs,
-        )
-        service = f"http://127.0.0.1:{service_port}"
-        running.wait_for("the demo service", lambda: httpx.get(f"{service}/healthz").is_success or None)
-        running.wait_for(
-            "Alertmanager", lambda: httpx.get(f"{running.alertmanager}/-/ready").is_success or None
-        )
-        running.wait_for("Prometheus", lambda: httpx.get(f"{running.prometheus}/-/ready").is_success or None)
-        processes.start(
-            "traffic",
-            [sys.executable, "-m", "exitstack_otel", "traffic", "--target", service, *TRAFFIC_OPTIONS],
-        )
-        # a rate needs two scrapes of a failed run: wait until Prometheus sees failures increase
-        running.wait_for(
-            "failed cleanups in Prometheus",
-            lambda: running.query(FAILURES_SEEN) or None,
-        )
-        yield running
-    finally:
-        processes.stop_all()
-        webhook_server.shutdown()
-        webhook_server.server_close()
+    with webhook.serving() as webhook_url:
+        try:
+            # the demo service, started as users start it: its CLI, with the Prometheus exporter
+            processes.start(
+                "demo",
+                [*DEMO, "--port", str(service_port), "--prometheus-port", str(metrics_port)],
+            )
+            processes.start(
+                "alertmanager",
+                [
+                    alertmanager,
+                    f"--config.file={_test_alertmanager_config(tmp, webhook_url)}",
+                    f"--storage.path={tmp / 'alertmanager-data'}",
+                    f"--web.listen-address=127.0.0.1:{alertmanager_port}",
+                    "--cluster.listen-address=",
+                ],
+            )
+            prometheus_config = _prometheus_config(
+                tmp, _test_rules(tmp), metrics_port, alertmanager_port, dead_port
+            )
+            processes.start(
+                "prometheus",
+                [
+                    prometheus,
+                    f"--config.file={prometheus_config}",
+                    f"--storage.tsdb.path={tmp / 'prometheus-data'}",
+                    f"--web.listen-address=127.0.0.1:{prometheus_port}",
+                    "--enable-feature=exemplar-storage",
+                ],
+            )
+            running = Stack(
+                f"http://127.0.0.1:{prometheus_port}",
+                f"http://127.0.0.1:{alertmanager_port}",
+                webhook,
+                processes.logs,
+            )
+            service = f"http://127.0.0.1:{service_port}"
+            running.wait_for("the demo service", lambda: httpx.get(f"{service}/healthz").is_success or None)
+            running.wait_for(
+                "Alertmanager", lambda: httpx.get(f"{running.alertmanager}/-/ready").is_success or None
+            )
+            running.wait_for(
+                "Prometheus", lambda: httpx.get(f"{running.prometheus}/-/ready").is_success or None
+            )
+            processes.start(
+                "traffic",
+                [sys.executable, "-m", "exitstack_otel", "traffic", "--target", service, *TRAFFIC_OPTIONS],
+            )
+            # a rate needs two scrapes of a failed run: wait until Prometheus sees failures increase
+            running.wait_for(
+                "failed cleanups in Prometheus",
+                lambda: running.query(FAILURES_SEEN) or None,
+            )
+            yield running
+        finally:
+            processes.stop_all()
 
 
 def _with_variables(promql: str) -> str:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 import subprocess
-import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from .polling import wait_for
+from .servers import serving_http
 
 WAIT_SECONDS = 60.0  # generous upper bound for each thing we wait for; normally a few seconds
 
@@ -58,7 +59,8 @@ class Webhook:
     def alerts(self, path: str) -> list[dict[str, Any]]:
         return [alert for to, body in list(self.received) if to == path for alert in body["alerts"]]
 
-    def serve(self) -> ThreadingHTTPServer:
+    def serving(self) -> AbstractContextManager[str]:
+        """Serve until the block ends; its base URL."""
         received = self.received
 
         class Handler(BaseHTTPRequestHandler):
@@ -71,9 +73,7 @@ class Webhook:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        return server
+        return serving_http(ThreadingHTTPServer(("127.0.0.1", 0), Handler))
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import threading
+from contextlib import ExitStack
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
@@ -11,6 +12,8 @@ from typing import Any
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+
+from .servers import serving_http
 
 
 def value_of(any_value: AnyValue) -> object:
@@ -130,7 +133,7 @@ class OtlpReceiver:
 
     def __init__(self) -> None:
         self._server = _Server()
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._serving = ExitStack()
 
     @property
     def endpoint(self) -> str:
@@ -142,12 +145,10 @@ class OtlpReceiver:
         return self._server.received
 
     def __enter__(self) -> OtlpReceiver:
-        self._thread.start()
+        self._serving.enter_context(serving_http(self._server))
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
+        self._serving.close()

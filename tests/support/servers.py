@@ -1,4 +1,6 @@
-"""A real uvicorn on 127.0.0.1 and a free port, in a thread of the test process: the one server helper.
+"""Servers in a thread of the test process, on 127.0.0.1 and a free port: a real uvicorn for the app
+under test (``running_server``), and the standard library's HTTP server for the fakes that receive
+what it sends (``serving_http``: an OTLP receiver, Alertmanager's webhook).
 
     with running_server(app) as server:
         httpx.get(server.url("/items"))
@@ -18,6 +20,7 @@ from __future__ import annotations
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
+from http.server import ThreadingHTTPServer
 from typing import TYPE_CHECKING
 
 import uvicorn
@@ -79,3 +82,17 @@ def running_server(app: ASGIApp, **config: object) -> Iterator[RunningServer]:
         sock.close()
         if thread.is_alive():
             raise RuntimeError(f"uvicorn on port {port} did not stop within {STOP_TIMEOUT} s")
+
+
+@contextmanager
+def serving_http(server: ThreadingHTTPServer) -> Iterator[str]:
+    """Serve with ``server`` (bound already) until the block ends; yields its base URL."""
+    thread = threading.Thread(target=server.serve_forever, name="http-fake", daemon=True)
+    thread.start()
+    try:
+        host, port = server.server_address[:2]
+        yield f"http://{host!s}:{port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(STOP_TIMEOUT)
