@@ -126,7 +126,7 @@ def test_each_thread_counts_its_own_requests() -> None:
 
     server = threading.Thread(target=anyio.run, args=(serve_one,))
     server.start()
-    entered.wait(10)
+    assert entered.wait(30), "the other thread's request never started"
     seen_elsewhere.append(requests_in_flight())
     release.set()
     server.join(10)
