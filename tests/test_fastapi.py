@@ -45,7 +45,7 @@ class Recorder(Sdk):
 
     def dependency_names(self) -> list[str]:
         # FastAPI's own bookkeeping (a CancelScope, a dict.pop) shares the stacks; the dependencies
-        # of tests/fastapi_app.py are all called get_*
+        # of tests/support/fastapi_app.py are all called get_*
         names = [str(attrs[semconv.CALLBACK_NAME]) for attrs in self.callbacks()]
         return [name for name in names if name.startswith("get_")]
 

@@ -220,7 +220,7 @@ def recorded_outcomes(sdk: Sdk) -> dict[tuple[str, str], int]:
 
 
 def check(program: Program, backend: str) -> None:
-    # trio.Cancelled cannot be raised by hand; trio's real cancellation is in test_cancellation.py
+    # trio.Cancelled cannot be raised by hand; trio's real cancellation is in test_shield_cancellation.py
     cancellation: type[BaseException] = asyncio.CancelledError if backend == "asyncio" else Interrupt
     sdk = Sdk()  # not the fixture: hypothesis calls this once per example
     try:

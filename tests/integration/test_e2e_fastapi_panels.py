@@ -1,6 +1,6 @@
 """The per-route panels state the truth for a FastAPI app and its three stacks, in a real Prometheus.
 
-A FastAPI service whose cleanup is known (tests/panel_service.py) is scraped by Debian's Prometheus
+A FastAPI service whose cleanup is known (tests/support/panel_service.py) is scraped by Debian's Prometheus
 while traffic flows; the dashboard's own queries for "Callbacks per unwind by route and stack" and
 "Unwind duration by route and stack" must give what the app does: FastAPI's empty stacks nowhere,
 two dependencies as 2, a 0.3 s teardown as 0.3 s.

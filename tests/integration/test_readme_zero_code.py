@@ -2,7 +2,7 @@
 the Prometheus exporter serves ``/metrics`` with our metrics, and the unwinds join the server span.
 
 The commands come from README.md itself, so the test fails when the README drifts. What the test
-changes is only what a machine of its own needs: the app (one of tests/readme_apps.py), free ports
+changes is only what a machine of its own needs: the app (one of tests/support/readme_apps.py), free ports
 for uvicorn and ``/metrics``, a local OTLP receiver as the collector, and a short span export
 delay so the spans arrive while the server runs.
 """

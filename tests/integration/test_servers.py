@@ -1,4 +1,4 @@
-"""The listening sockets of the demo and of tests/servers.py give every connection TCP_NODELAY.
+"""The listening sockets of the demo and of tests/support/servers.py give every connection TCP_NODELAY.
 
 asyncio sets TCP_NODELAY only on connections of a listening socket made with ``IPPROTO_TCP``;
 without it a keep-alive request waits for the client's delayed ACK. Checked on the server's side

@@ -1,5 +1,5 @@
 """Upload storm: 10,000 requests through real uvicorn at 64 concurrent connections against the
-upload service of tests/upload_app.py (``read_form`` under TEST_LIMITS, so every file over 1 KiB
+upload service of tests/support/upload_app.py (``read_form`` under TEST_LIMITS, so every file over 1 KiB
 goes to a temporary file): good uploads, every malformed and oversized body of BAD_UPLOADS, and
 clients that hang up mid-body or right after the headers. Afterwards nothing is left: no temporary
 file, no extra file descriptor, every pushed callback executed, memory flat. Figures are printed."""

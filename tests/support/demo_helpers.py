@@ -1,4 +1,4 @@
-"""A demo app served by tests/servers.py's uvicorn, with an in-memory SDK and its report afterwards.
+"""A demo app served by tests/support/servers.py's uvicorn, with an in-memory SDK and its report afterwards.
 
 Stopping the server waits for in-flight requests and their cleanup: the report is final.
 """

@@ -1,4 +1,4 @@
-"""The apps tests/test_readme_zero_code.py serves with the README's zero-code commands.
+"""The apps tests/integration/test_readme_zero_code.py serves with the README's zero-code commands.
 
 ``fastapi_app`` mentions neither OpenTelemetry nor exitstack-otel: the instrumentor finds it.
 ``starlette_app`` is what the README's Starlette snippet builds (it is run here, so the app served

@@ -8,7 +8,7 @@ Routes: ``POST /upload`` (``read_form``), ``POST /plain-upload`` (Starlette's ow
 ``request.form()``, never closed: the leak ``read_form`` fixes), ``GET /health`` and
 ``GET /closed-forms`` (how many ``FormData.close`` callbacks ran, from the server's own metrics).
 ``GOOD_UPLOADS`` and ``BAD_UPLOADS`` carry request bodies with the status each must get under
-``TEST_LIMITS``. Reuse, as tests/test_forms_server.py does::
+``TEST_LIMITS``. Reuse, as tests/integration/test_forms_server.py does::
 
     with run_upload_server(tmp_path, TEST_LIMITS) as server:
         baseline = usage(server.tempdir, server.pid)  # from tests.leaks

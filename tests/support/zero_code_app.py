@@ -1,7 +1,7 @@
 """Served by ``opentelemetry-instrument uvicorn tests.support.zero_code_app:app`` in test_instrumentor_otlp.
 
 Nothing here mentions OpenTelemetry or instruments anything: a Starlette app that uses
-ExitStackMiddleware, with the FastAPI app of tests/fastapi_app.py mounted under /api.
+ExitStackMiddleware, with the FastAPI app of tests/support/fastapi_app.py mounted under /api.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Run by ``opentelemetry-instrument python -m tests.support.zero_code_probe`` in test_instrumentor_settings.
 
-Sends two requests to the FastAPI app of tests/fastapi_app.py in process (the instrumentor has
+Sends two requests to the FastAPI app of tests/support/fastapi_app.py in process (the instrumentor has
 patched FastAPI by the time this runs) and prints our spans as JSON lines on stdout.
 """
 
