@@ -10,10 +10,13 @@ import importlib.util
 import pkgutil
 import sys
 from collections.abc import AsyncIterator
-from typing import Any
+from pathlib import Path
 
 import anyio
 import anyio.lowlevel
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for tests.support
+from tests.support.asgi import get_status
 
 # the demo and its CLI need the demo extra (the SDK among it); everything else is the library
 NEEDS_DEMO_EXTRA = ("exitstack_otel.demo", "exitstack_otel.cli", "exitstack_otel.__main__")
@@ -29,35 +32,6 @@ def import_every_module() -> list[str]:
         importlib.import_module(module.name)
         names.append(module.name)
     return names
-
-
-async def call(app: Any, path: str) -> int:
-    """One GET through the raw ASGI interface; the response's status."""
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [],
-        "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 80),
-    }
-    statuses: list[int] = []
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            statuses.append(message["status"])
-
-    await app(scope, receive, send)
-    return statuses[0]
 
 
 async def starlette_request(log: list[str]) -> None:
@@ -80,7 +54,7 @@ async def starlette_request(log: list[str]) -> None:
         return PlainTextResponse("ok")
 
     app = Starlette(routes=[Route("/", endpoint)], middleware=[Middleware(ExitStackMiddleware)])
-    assert await call(app, "/") == 200
+    assert await get_status(app, "/") == 200
     assert log == ["async cleanup", "sync cleanup"], log
 
 
@@ -101,13 +75,13 @@ async def fastapi_request(log: list[str]) -> None:
         return "ok"
 
     instrument_fastapi(app)
-    assert await call(app, "/") == 200
+    assert await get_status(app, "/") == 200
     uninstrument_fastapi(app)
     instrumentor = ExitStackInstrumentor()
     instrumentor.instrument()  # BaseInstrumentor checks _instruments (FastAPI) against what is installed
     assert instrumentor.is_instrumented_by_opentelemetry
     try:
-        assert await call(FastAPI(), "/missing") == 404
+        assert await get_status(FastAPI(), "/missing") == 404
     finally:
         instrumentor.uninstrument()
     assert log == ["teardown"], log

@@ -2,11 +2,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Iterator
 
 import pytest
 
-from .otel_helpers import Sdk
+from tests.support.clock import SteppedClock
+from tests.support.otel_helpers import Sdk
+
+# fixtures that live beside the helpers they go with
+pytest_plugins = ["tests.support.forms"]
 
 
 @pytest.fixture
@@ -20,6 +25,17 @@ def sdk() -> Iterator[Sdk]:
     sdk = Sdk()
     yield sdk
     sdk.shutdown()
+
+
+@pytest.fixture
+def stepped_clock(monkeypatch: pytest.MonkeyPatch) -> SteppedClock:
+    """``time.perf_counter`` replaced for the test: the stack's durations are what the test says.
+
+    trio reads its own clock (imported before), asyncio and the SDK use other clocks.
+    """
+    clock = SteppedClock()
+    monkeypatch.setattr(time, "perf_counter", clock)
+    return clock
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -13,31 +13,23 @@ import fastapi.routing
 import httpx
 import pytest
 from fastapi import APIRouter, Depends, FastAPI, File, UploadFile
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader, NumberDataPoint
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.metrics.export import HistogramDataPoint, NumberDataPoint
+from opentelemetry.sdk.trace import TracerProvider
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
 from exitstack_otel import ExitStackMiddleware, semconv
 from exitstack_otel.fastapi import FastAPIExitStack, instrument_fastapi, uninstrument_fastapi
-
-from . import fastapi_app
-from .fastapi_app import TeardownFailed, build_app
+from tests.support import fastapi_app
+from tests.support.fastapi_app import TeardownFailed, build_app
+from tests.support.otel_helpers import Sdk
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.exporter = InMemorySpanExporter()
-        self.tracer_provider = TracerProvider()
-        self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.exporter))
-        self.reader = InMemoryMetricReader()
-        self.meter_provider = MeterProvider(metric_readers=[self.reader])
+class Recorder(Sdk):
+    """The SDK of tests/support/otel_helpers.py, with readers for FastAPI's three stacks."""
 
     def instrument(self, app: FastAPI) -> None:
         instrument_fastapi(
@@ -47,20 +39,13 @@ class Recorder:
             callback_spans="all",
         )
 
-    def spans(self, name: str) -> list[ReadableSpan]:
-        return [span for span in self.exporter.get_finished_spans() if span.name == name]
-
     def callbacks(self) -> list[Mapping[str, Any]]:
         prefix = semconv.SPAN_CALLBACK + " "
-        return [
-            dict(span.attributes or {})
-            for span in self.exporter.get_finished_spans()
-            if span.name.startswith(prefix)
-        ]
+        return [dict(span.attributes or {}) for span in self.spans() if span.name.startswith(prefix)]
 
     def dependency_names(self) -> list[str]:
         # FastAPI's own bookkeeping (a CancelScope, a dict.pop) shares the stacks; the dependencies
-        # of tests/fastapi_app.py are all called get_*
+        # of tests/support/fastapi_app.py are all called get_*
         names = [str(attrs[semconv.CALLBACK_NAME]) for attrs in self.callbacks()]
         return [name for name in names if name.startswith("get_")]
 
@@ -68,19 +53,6 @@ class Recorder:
         found = [attrs for attrs in self.callbacks() if attrs[semconv.CALLBACK_NAME] == name]
         assert len(found) == 1, f"{name}: {self.callbacks()}"
         return found[0]
-
-    def points(self, name: str) -> list[Any]:
-        data = self.reader.get_metrics_data()
-        if data is None:  # nothing recorded at all
-            return []
-        return [
-            point
-            for resource_metrics in data.resource_metrics
-            for scope_metrics in resource_metrics.scope_metrics
-            for metric in scope_metrics.metrics
-            if metric.name == name
-            for point in metric.data.data_points
-        ]
 
     def duration_points(self, name: str) -> list[HistogramDataPoint]:
         return [point for point in self.points(name) if isinstance(point, HistogramDataPoint)]
@@ -98,8 +70,7 @@ def recorder() -> Iterator[Recorder]:
     fastapi_app.events.clear()
     recorder = Recorder()
     yield recorder
-    recorder.tracer_provider.shutdown()
-    recorder.meter_provider.shutdown()
+    recorder.shutdown()
 
 
 @pytest.fixture
@@ -142,7 +113,7 @@ async def test_upload_with_dependencies_reports_all_three_stacks(app: FastAPI, r
 
     unwinds = {
         span.attributes[semconv.STACK_NAME]: span
-        for span in recorder.spans(semconv.SPAN_UNWIND)
+        for span in recorder.spans_named(semconv.SPAN_UNWIND)
         if span.attributes
     }
     assert set(unwinds) == {"fastapi_middleware_astack", "fastapi_inner_astack", "fastapi_function_astack"}
@@ -183,7 +154,7 @@ async def test_teardown_that_raises_is_an_error_and_fastapi_reacts_as_without_us
 
     failed = recorder.callback("get_failing_teardown")
     assert failed[semconv.CALLBACK_OUTCOME] == semconv.OUTCOME_ERROR
-    assert failed[semconv.ERROR_TYPE] == "tests.fastapi_app.TeardownFailed"
+    assert failed[semconv.ERROR_TYPE] == "tests.support.fastapi_app.TeardownFailed"
 
 
 @pytest.mark.anyio
@@ -273,7 +244,7 @@ async def test_websocket_dependency_teardown_is_reported(app: FastAPI, recorder:
     assert fastapi_app.events == ["get_db open", "get_db close"]
     assert recorder.callback("get_db")[semconv.STACK_NAME] == "fastapi_inner_astack"
     # the other two stacks held nothing to report: their unwinds appear nowhere
-    unwinds = recorder.spans(semconv.SPAN_UNWIND)
+    unwinds = recorder.spans_named(semconv.SPAN_UNWIND)
     assert {span.attributes[semconv.STACK_NAME] for span in unwinds if span.attributes} == {
         "fastapi_inner_astack"
     }
@@ -287,7 +258,7 @@ async def test_other_apps_in_the_process_stay_plain(app: FastAPI, recorder: Reco
 
     assert response.json() == {"item_id": 3, "db": "db"}
     assert fastapi_app.events == ["get_db open", "get_db close"]
-    assert recorder.exporter.get_finished_spans() == ()
+    assert recorder.spans() == ()
     assert recorder.duration_points(semconv.CALLBACK_DURATION) == []
 
 
@@ -396,7 +367,7 @@ async def test_broken_provider_never_breaks_a_request(caplog: pytest.LogCaptureF
 
     assert (first.status_code, second.status_code) == (200, 200)
     assert fastapi_app.events == ["get_db open", "get_db close"] * 2
-    logged = [record for record in caplog.records if record.name == "exitstack_otel"]
+    logged = [record for record in caplog.records if record.name.startswith("exitstack_otel")]
     assert len(logged) == 1  # once, not per request
     assert "tracer provider broken" in str(logged[0].exc_info)
 

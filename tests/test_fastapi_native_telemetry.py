@@ -14,8 +14,6 @@ import httpx
 import pytest
 from fastapi import Depends, FastAPI, Request
 from opentelemetry import metrics, trace
-from opentelemetry.metrics import _internal as metrics_internal
-from opentelemetry.util._once import Once
 
 from exitstack_otel import semconv
 from exitstack_otel.fastapi import (
@@ -25,8 +23,7 @@ from exitstack_otel.fastapi import (
     uninstrument_fastapi,
 )
 from exitstack_otel.instrumentor import ExitStackInstrumentor
-
-from .otel_helpers import Sdk, attrs, histogram_points
+from tests.support.otel_helpers import Sdk, attrs, histogram_points, reset_global_providers
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator, MutableMapping
@@ -40,30 +37,20 @@ pytestmark = pytest.mark.skipif(
 CLEANUP_SPAN = "session.close"
 
 
-def _reset_globals() -> None:
-    # the API sets each global provider once per process; undone as its own test utils do
-    trace._TRACER_PROVIDER_SET_ONCE = Once()
-    trace._TRACER_PROVIDER = None
-    metrics_internal._METER_PROVIDER_SET_ONCE = Once()
-    metrics_internal._METER_PROVIDER = None
-
-
 @pytest.fixture
 def global_sdk() -> Iterator[Sdk]:
-    _reset_globals()
+    reset_global_providers()
     sdk = Sdk()
     trace.set_tracer_provider(sdk.tracer_provider)
     metrics.set_meter_provider(sdk.meter_provider)
     yield sdk
-    _reset_globals()
+    reset_global_providers()
     sdk.shutdown()
 
 
 @pytest.fixture
-def fastapi_sdk() -> Iterator[Sdk]:
-    sdk = Sdk()
-    yield sdk
-    sdk.shutdown()
+def fastapi_sdk(sdk: Sdk) -> Sdk:
+    return sdk
 
 
 async def get_session(request: Request) -> AsyncIterator[str]:
@@ -260,16 +247,11 @@ async def test_the_instrumentor_uses_each_apps_fastapi_providers(global_sdk: Sdk
     assert len(ours(fastapi_sdk.spans()[before:])) == 0
 
 
-def test_the_settings_read_from_an_app() -> None:
-    sdk = Sdk()
-    try:
+def test_the_settings_read_from_an_app(sdk: Sdk) -> None:
+    def exclude(scope: MutableMapping[str, Any]) -> bool:
+        return False
 
-        def exclude(scope: MutableMapping[str, Any]) -> bool:
-            return False
-
-        app = FastAPI(telemetry={"tracer_provider": sdk.tracer_provider, "exclude": exclude})
-        assert fastapi_telemetry(app) == FastAPITelemetry(sdk.tracer_provider, None, exclude)
-        assert fastapi_telemetry(FastAPI()) == FastAPITelemetry()
-        assert fastapi_telemetry(object()) == FastAPITelemetry()
-    finally:
-        sdk.shutdown()
+    app = FastAPI(telemetry={"tracer_provider": sdk.tracer_provider, "exclude": exclude})
+    assert fastapi_telemetry(app) == FastAPITelemetry(sdk.tracer_provider, None, exclude)
+    assert fastapi_telemetry(FastAPI()) == FastAPITelemetry()
+    assert fastapi_telemetry(object()) == FastAPITelemetry()

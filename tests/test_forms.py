@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import anyio
-import httpx
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -23,8 +21,10 @@ from starlette.routing import Route
 from starlette.types import Message
 
 from exitstack_otel import ExitStackMiddleware, read_form, semconv
-from tests.leaks import temp_files
-from tests.upload_app import (
+from tests.support.asgi import http_scope
+from tests.support.forms import client_for, post
+from tests.support.leaks import temp_files
+from tests.support.upload_app import (
     BAD_UPLOADS,
     GOOD_UPLOADS,
     MULTIPART,
@@ -40,15 +40,6 @@ from tests.upload_app import (
 
 
 @pytest.fixture
-def tempdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    # spooled files roll over into this directory, where the test can find the ones left open
-    private = tmp_path / "spool"
-    private.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(private))
-    return private
-
-
-@pytest.fixture
 def reader() -> InMemoryMetricReader:
     return InMemoryMetricReader()
 
@@ -56,36 +47,6 @@ def reader() -> InMemoryMetricReader:
 @pytest.fixture
 def spans() -> InMemorySpanExporter:
     return InMemorySpanExporter()
-
-
-def client_for(app: Any) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")
-
-
-class OneChunk(httpx.AsyncByteStream):
-    """A request body that is not an async generator.
-
-    httpx's own body streams are; when the app stops reading early (a 413, say) one is left
-    unfinished, and trio warns about it whenever the garbage collector gets to it, in any test.
-    """
-
-    def __init__(self, body: bytes) -> None:
-        self._body: bytes | None = body
-
-    def __aiter__(self) -> OneChunk:
-        return self
-
-    async def __anext__(self) -> bytes:
-        body, self._body = self._body, None
-        if body is None:
-            raise StopAsyncIteration
-        return body
-
-
-async def post(client: httpx.AsyncClient, path: str, body: bytes, content_type: str) -> httpx.Response:
-    request = client.build_request("POST", path, content=body, headers={"content-type": content_type})
-    request.stream = OneChunk(body)
-    return await client.send(request)
 
 
 @pytest.mark.anyio
@@ -132,25 +93,17 @@ async def test_bad_input_gets_a_client_error_and_leaves_nothing_open(
 
 
 @pytest.mark.anyio
-async def test_every_file_created_before_a_failure_is_closed(tempdir: Path) -> None:
-    seen: list[UploadFile] = []
-
+async def test_every_file_created_before_a_failure_is_closed(
+    tempdir: Path, created_files: list[UploadFile]
+) -> None:
     # the endpoint never gets a form here; the files are caught where the parser hands them out
-    original = UploadFile.__init__
-
-    def record(self: UploadFile, *args: Any, **kwargs: Any) -> None:
-        original(self, *args, **kwargs)
-        seen.append(self)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(UploadFile, "__init__", record)
-        body = b"".join(file_part(f"f{i}", "x.bin", b"q" * 4096) for i in range(3))[:-10]
-        async with client_for(create_app(TEST_LIMITS)) as client:
-            response = await post(client, "/upload", body, MULTIPART)
+    body = b"".join(file_part(f"f{i}", "x.bin", b"q" * 4096) for i in range(3))[:-10]
+    async with client_for(create_app(TEST_LIMITS)) as client:
+        response = await post(client, "/upload", body, MULTIPART)
     assert response.status_code == 400
     assert response.text == "Multipart body ended before its closing boundary."
-    assert len(seen) == 3
-    assert all(upload.file.closed for upload in seen)
+    assert len(created_files) == 3
+    assert all(upload.file.closed for upload in created_files)
 
 
 @pytest.mark.anyio
@@ -331,20 +284,7 @@ async def test_nonsense_limits_are_refused(limit: str, value: int) -> None:
 
 
 def upload_scope() -> dict[str, Any]:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/upload",
-        "raw_path": b"/upload",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"content-type", MULTIPART.encode()), (b"host", b"testserver")],
-        "client": ("127.0.0.1", 1234),
-        "server": ("127.0.0.1", 80),
-    }
+    return http_scope("/upload", method="POST", headers=[(b"content-type", MULTIPART.encode())])
 
 
 # the part is still open when the upload stops

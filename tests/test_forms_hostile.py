@@ -4,51 +4,31 @@ part headers. Each gets a client error, and every file the parser created is clo
 from __future__ import annotations
 
 import codecs
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 from starlette.datastructures import UploadFile
 
-from tests.leaks import temp_files
-from tests.upload_app import BOUNDARY, MULTIPART, TEST_LIMITS, create_app, field_part, file_part, multipart
-
-from .test_forms import post
+from tests.support.forms import client_for, post
+from tests.support.leaks import temp_files
+from tests.support.upload_app import (
+    BOUNDARY,
+    MULTIPART,
+    TEST_LIMITS,
+    create_app,
+    field_part,
+    file_part,
+    multipart,
+)
 
 # the issue's reproduction: 20 MiB of 3.5 million tiny headers in one part; python-multipart
 # before 0.0.27 has no limit on them and spends half a minute and half a gigabyte on it
 HEADER_FLOOD = 3_500_000
 
 
-@pytest.fixture
-def tempdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    private = tmp_path / "spool"
-    private.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(private))
-    return private
-
-
-@pytest.fixture
-def created_files() -> Iterator[list[UploadFile]]:
-    """Every UploadFile made during the test, caught where the parser makes it."""
-    seen: list[UploadFile] = []
-    original = UploadFile.__init__
-
-    def record(self: UploadFile, *args: Any, **kwargs: Any) -> None:
-        original(self, *args, **kwargs)
-        seen.append(self)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(UploadFile, "__init__", record)
-        yield seen
-
-
 def client() -> httpx.AsyncClient:
-    app = create_app(TEST_LIMITS)
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")
+    return client_for(create_app(TEST_LIMITS))
 
 
 @pytest.mark.anyio

@@ -38,7 +38,7 @@ async def test_waits_for_a_request_that_takes_many_loop_turns_to_reach_its_unwin
     entered = anyio.Event()
 
     async def cleanup() -> None:
-        await anyio.sleep(0.01)
+        await anyio.lowlevel.checkpoint()  # an unwind that awaits: it runs in a task of its own
         cleaned.append("cleanup")
 
     async def slow_to_unwind(scope: Scope, receive: Receive, send: Send) -> None:
@@ -78,12 +78,12 @@ async def test_every_waiter_is_woken_and_one_that_gave_up_is_forgotten() -> None
         group.start_soon(app, dict(_SCOPE), _receive, _send)
         while requests_in_flight() == 0:
             await anyio.lowlevel.checkpoint()
-        with anyio.move_on_after(0.01) as gave_up:
+        with anyio.move_on_after(0.01) as gave_up:  # a waiter that gives up: its deadline must pass
             await wait_until_idle()
         assert gave_up.cancelled_caught
         group.start_soon(waiter, "first")
         group.start_soon(waiter, "second")
-        await anyio.sleep(0.01)
+        await anyio.wait_all_tasks_blocked()  # both waiters wait, the request too
         assert woken == []
         release.set()
     assert sorted(woken) == ["first", "second"]
@@ -126,7 +126,7 @@ def test_each_thread_counts_its_own_requests() -> None:
 
     server = threading.Thread(target=anyio.run, args=(serve_one,))
     server.start()
-    entered.wait(10)
+    assert entered.wait(30), "the other thread's request never started"
     seen_elsewhere.append(requests_in_flight())
     release.set()
     server.join(10)

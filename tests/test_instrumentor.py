@@ -18,8 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from exitstack_otel import semconv
 from exitstack_otel.fastapi import FastAPIExitStack
 from exitstack_otel.instrumentor import ExitStackInstrumentor
-
-from .fastapi_app import build_app
+from tests.support.fastapi_app import build_app
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

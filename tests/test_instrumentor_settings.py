@@ -1,17 +1,11 @@
 """ExitStackInstrumentor reads the OTEL_PYTHON_EXITSTACK_* variables; instrument() keywords win.
 
-The zero-code tests run ``opentelemetry-instrument python -m tests.zero_code_probe``: the
-instrumentor is loaded from its entry point, as in production, and configured by nothing but the
-environment.
+In process here; tests/integration/test_instrumentor_settings_zero_code.py runs the same settings
+under ``opentelemetry-instrument``.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -21,87 +15,20 @@ from starlette.requests import Request
 from exitstack_otel import ExitStackMiddleware, TelemetryOptions, semconv, settings
 from exitstack_otel.fastapi import instrument_fastapi, uninstrument_fastapi
 from exitstack_otel.instrumentor import ExitStackInstrumentor
-
-from .fastapi_app import build_app
-from .otel_helpers import Sdk, attrs, histogram_points
+from tests.support.fastapi_app import build_app
+from tests.support.otel_helpers import Sdk, attrs, histogram_points
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-ROOT = Path(__file__).resolve().parent.parent
 GET_DB_SPAN = f"{semconv.SPAN_CALLBACK} get_db"
-RUN_DEADLINE = 120.0  # seconds; a bound for a loaded machine, never a measurement
 
 
-def run_probe(**variables: str) -> subprocess.CompletedProcess[str]:
-    instrument = Path(sys.executable).parent / "opentelemetry-instrument"
-    env = {
-        **{name: value for name, value in os.environ.items() if not name.startswith("OTEL_")},
-        "OTEL_TRACES_EXPORTER": "none",
-        "OTEL_METRICS_EXPORTER": "none",
-        "OTEL_LOGS_EXPORTER": "none",
-        **variables,
-    }
-    command = [str(instrument), sys.executable, "-m", "tests.zero_code_probe"]
-    return subprocess.run(
-        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=RUN_DEADLINE, check=False
-    )
-
-
-def probe_spans(**variables: str) -> list[dict[str, Any]]:
-    result = run_probe(**variables)
-    assert result.returncode == 0, result.stderr
-    done, *spans = [json.loads(line) for line in result.stdout.splitlines()]
-    assert done == {"requests": "done"}, result.stdout
-    return spans
-
-
-def callback_names(spans: list[dict[str, Any]]) -> set[str]:
-    return {
-        span["attributes"][semconv.CALLBACK_NAME] for span in spans if span["name"] != semconv.SPAN_UNWIND
-    }
-
-
-@pytest.mark.integration
-def test_without_variables_only_problem_callbacks_get_spans() -> None:
-    assert callback_names(probe_spans()) == set()
-
-
-@pytest.mark.integration
-def test_callback_spans_and_max_callback_names_from_the_environment() -> None:
-    spans = probe_spans(
-        **{settings.CALLBACK_SPANS: "all", settings.MAX_CALLBACK_NAMES: "2"},
-    )
-    names = callback_names(spans)
-    assert len(names) == 3, names  # two names kept, the rest folded into _OTHER
-    assert semconv.OTHER_NAME in names
-
-
-@pytest.mark.integration
-def test_slow_callback_threshold_from_the_environment() -> None:
-    # with a threshold of 0 every callback is slow, so "problems" gives each one its span
-    names = callback_names(probe_spans(**{settings.SLOW_CALLBACK_THRESHOLD: "0"}))
-    assert {"get_db", "get_sync_resource", "FormData.close"} <= names
-
-
-@pytest.mark.integration
-def test_a_bad_value_stops_startup_with_its_message() -> None:
-    result = run_probe(**{settings.MAX_CALLBACK_NAMES: "zero"})
-    assert result.returncode != 0
-    assert result.stdout == ""  # the app never ran
-    assert f"{settings.MAX_CALLBACK_NAMES}='zero' is not valid" in result.stderr
-    assert "a whole number >= 1" in result.stderr
-
-
-# -- in process: instrument() keywords over the environment -----------------------------------------
-
-
-@pytest.fixture
-def sdk() -> Iterator[Sdk]:
-    sdk = Sdk()
-    yield sdk
-    ExitStackInstrumentor().uninstrument()
-    sdk.shutdown()
+@pytest.fixture(autouse=True)
+def _uninstrument_afterwards() -> Iterator[None]:
+    yield
+    if ExitStackInstrumentor().is_instrumented_by_opentelemetry:
+        ExitStackInstrumentor().uninstrument()
 
 
 def instrument(sdk: Sdk, **options: Any) -> None:

@@ -24,29 +24,12 @@ from exitstack_otel.middleware import (
     get_exit_stack,
 )
 from exitstack_otel.stack import InstrumentedAsyncExitStack
-
-from .cleanup_app import CleanupFailed, EndpointFailed, make_app
-from .otel_helpers import Sdk, attrs, histogram_points, number_points
+from tests.support.asgi import http_scope
+from tests.support.cleanup_app import CleanupFailed, EndpointFailed, make_app
+from tests.support.otel_helpers import Sdk, attrs, histogram_points, number_points
 
 if TYPE_CHECKING:
     from starlette.types import Message, Receive, Scope, Send
-
-
-def _http_scope(path: str = "/") -> dict[str, Any]:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"testserver")],
-        "client": ("127.0.0.1", 1234),
-        "server": ("127.0.0.1", 80),
-    }
 
 
 def _receive_from(messages: list[Message]) -> Receive:
@@ -105,7 +88,7 @@ async def test_http_cleanup_runs_after_the_last_body_chunk(sdk: Sdk) -> None:
     middleware = _middleware(app, sdk, scope_key="my_stack")
     state_before = dict(vars(middleware))
     for _ in range(2):
-        scope = _http_scope()
+        scope = http_scope()
         await middleware(scope, _receive_from([]), send)
         assert scope["my_stack"] is stacks[-1]
     assert events == 2 * [
@@ -135,7 +118,7 @@ async def test_websocket_cleanup_runs_after_close(sdk: Sdk) -> None:
     async def send(message: Message) -> None:
         events.append(message["type"])
 
-    scope = {**_http_scope("/ws"), "type": "websocket"}
+    scope = {**http_scope("/ws"), "type": "websocket"}
     await _middleware(app, sdk)(scope, _receive_from([{"type": "websocket.connect"}]), send)
     assert events == ["websocket.accept", "websocket.send", "websocket.close", "cleanup"]
     assert isinstance(scope[DEFAULT_SCOPE_KEY], InstrumentedAsyncExitStack)
@@ -154,7 +137,7 @@ async def test_endpoint_error_escapes_unchanged_after_cleanup(sdk: Sdk) -> None:
         pass
 
     with pytest.raises(EndpointFailed) as caught:
-        await _middleware(app, sdk, callback_spans="all")(_http_scope(), _receive_from([]), send)
+        await _middleware(app, sdk, callback_spans="all")(http_scope(), _receive_from([]), send)
     assert caught.value is error
     assert events == ["cleanup"]
     # the unwind itself raised nothing: its cleanup went fine, whatever the endpoint did
@@ -180,7 +163,7 @@ async def test_a_suppressing_exit_callback_swallows_the_endpoint_error(sdk: Sdk)
     async def send(message: Message) -> None:
         pass
 
-    await _middleware(app, sdk, callback_spans="all")(_http_scope(), _receive_from([]), send)
+    await _middleware(app, sdk, callback_spans="all")(http_scope(), _receive_from([]), send)
     assert [type(exc) for exc in seen] == [EndpointFailed]
     spans = [span for span in sdk.spans() if span.name != semconv.SPAN_UNWIND]
     assert [dict(span.attributes or {})[semconv.CALLBACK_OUTCOME] for span in spans] == [
@@ -191,7 +174,7 @@ async def test_a_suppressing_exit_callback_swallows_the_endpoint_error(sdk: Sdk)
 
 
 def test_get_exit_stack_names_the_middleware_when_it_is_missing() -> None:
-    scope = _http_scope()
+    scope = http_scope()
     with pytest.raises(RuntimeError, match=r"ExitStackMiddleware.*scope_key='fastapi_middleware_astack'"):
         get_exit_stack(Request(scope))
     scope[DEFAULT_SCOPE_KEY] = object()
@@ -213,7 +196,11 @@ async def test_streaming_response_cleanup_follows_the_last_chunk(sdk: Sdk) -> No
         if message["type"] == "http.response.body":
             log.append(f"sent body more_body={message.get('more_body', False)}")
 
-    await app(_http_scope("/stream"), _receive_from([{"type": "http.request", "body": b""}]), send)
+    await app(
+        http_scope("/stream"),
+        _receive_from([{"type": "http.request", "body": b""}]),
+        send,
+    )
     assert log[-2:] == ["sent body more_body=False", "cleanup stream"]
     assert log.index("chunk 2") < log.index("cleanup stream")
 
@@ -359,7 +346,11 @@ async def test_websocket_through_starlette(sdk: Sdk) -> None:
     async def send(message: Message) -> None:
         log.append(f"sent {message['type']} {message.get('text', '')}".strip())
 
-    await app({**_http_scope("/ws"), "type": "websocket"}, _receive_from(incoming), send)
+    await app(
+        {**http_scope("/ws"), "type": "websocket"},
+        _receive_from(incoming),
+        send,
+    )
     assert log == [
         "sent websocket.accept",
         "sent websocket.send echo hi",
@@ -385,12 +376,12 @@ async def test_cancellation_cannot_skip_cleanup(sdk: Sdk) -> None:
         async def app(scope: Scope, receive: Receive, send: Send) -> None:
             get_exit_stack(scope).push_async_callback(close_slowly)
             cancel_scope.cancel()  # a disconnect or shutdown while the endpoint waits
-            await anyio.sleep(30)
+            await anyio.sleep_forever()  # until the cancellation, already pending, lands
 
         async def send(message: Message) -> None:
             pass
 
-        await _middleware(app, sdk)(_http_scope(), _receive_from([]), send)
+        await _middleware(app, sdk)(http_scope(), _receive_from([]), send)
     assert cancel_scope.cancelled_caught
     assert log == ["closed"]
 

@@ -14,8 +14,7 @@ from starlette.datastructures import FormData, Headers, UploadFile
 
 from exitstack_otel import semconv
 from exitstack_otel.stack import InstrumentedAsyncExitStack
-
-from .otel_helpers import Sdk
+from tests.support.otel_helpers import Sdk
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator

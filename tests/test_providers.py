@@ -6,14 +6,11 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from opentelemetry import metrics, trace
-from opentelemetry.metrics import _internal as metrics_internal
-from opentelemetry.util._once import Once
 
 from exitstack_otel import semconv
 from exitstack_otel.middleware import ExitStackMiddleware, get_exit_stack
 from exitstack_otel.providers import global_meter_provider, global_tracer_provider
-
-from .otel_helpers import Sdk
+from tests.support.otel_helpers import Sdk, reset_global_providers
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -21,21 +18,11 @@ if TYPE_CHECKING:
     from starlette.types import Message, Receive, Scope, Send
 
 
-def _reset_globals() -> None:
-    # the API sets each global provider once per process; tests undo it as its own test utils do
-    trace._TRACER_PROVIDER_SET_ONCE = Once()
-    trace._TRACER_PROVIDER = None
-    metrics_internal._METER_PROVIDER_SET_ONCE = Once()
-    metrics_internal._METER_PROVIDER = None
-
-
-@pytest.fixture
-def sdk() -> Iterator[Sdk]:
-    _reset_globals()
-    sdk = Sdk()
-    yield sdk
-    _reset_globals()
-    sdk.shutdown()
+@pytest.fixture(autouse=True)
+def _fresh_global_providers() -> Iterator[None]:
+    reset_global_providers()
+    yield
+    reset_global_providers()
 
 
 async def _request(app: ExitStackMiddleware) -> None:

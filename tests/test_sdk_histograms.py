@@ -47,8 +47,7 @@ from opentelemetry.util.types import AttributeValue
 from prometheus_client import CollectorRegistry, generate_latest
 
 from exitstack_otel.sdk_histograms import FastHistogram, HistogramSeries
-
-from .otlp_receiver import OtlpReceiver
+from tests.support.otlp_receiver import OtlpReceiver
 
 NAME = "exitstack.test.duration"
 BOUNDARIES = (0.005, 0.01, 0.1, 1.0, 10.0)
@@ -331,6 +330,7 @@ def test_collection_racing_with_records_from_other_threads() -> None:
         assert max(point.max for point in collected) == want["max"]
 
 
+@pytest.mark.integration  # an OTLP receiver: a server (kept here, beside the helpers it shares)
 def test_collection_in_the_periodic_readers_thread_racing_with_records() -> None:
     with OtlpReceiver() as fast_receiver, OtlpReceiver() as plain_receiver:
         fast_readers = [otlp_reader(fast_receiver, DELTA, interval_millis=5)]
@@ -384,6 +384,7 @@ def without_times(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
+@pytest.mark.integration  # an OTLP receiver: a server (kept here, beside the helpers it shares)
 @pytest.mark.parametrize("temporality", [CUMULATIVE, DELTA], ids=["cumulative", "delta"])
 def test_periodic_otlp_export_equals_record_per_measurement(
     temporality: Temporality,

@@ -23,11 +23,14 @@ async def _send(message: object) -> None:
 @pytest.mark.anyio
 async def test_cleanup_finishes_when_an_enclosing_scope_is_cancelled_mid_unwind() -> None:
     started = anyio.Event()
+    go_on = anyio.Event()
     finished: list[str] = []
 
     async def cleanup() -> None:
         started.set()
-        await anyio.sleep(0.05)  # unshielded, the group's cancellation would land here
+        # set only after the group is cancelled: unshielded, that cancellation lands here (trio
+        # and anyio's asyncio scopes both deliver it to a waiting task at once), and never returns
+        await go_on.wait()
         finished.append("cleanup")
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -38,24 +41,27 @@ async def test_cleanup_finishes_when_an_enclosing_scope_is_cancelled_mid_unwind(
         group.start_soon(middleware, dict(_SCOPE), _receive, _send)
         await started.wait()
         group.cancel_scope.cancel()
+        go_on.set()
     assert finished == ["cleanup"]
 
 
 @pytest.mark.anyio
 async def test_sync_only_stack_runs_every_callback_when_cancelled_before_the_unwind() -> None:
     finished: list[str] = []
+    pushed = anyio.Event()
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         stack = get_exit_stack(scope)
         stack.callback(finished.append, "first")
         stack.callback(finished.append, "second")
         assert not stack.awaits_on_exit
-        await anyio.sleep(10)  # cancelled here; the unwind follows with a pending cancellation
+        pushed.set()
+        await anyio.sleep_forever()  # cancelled here; the unwind follows with a pending cancellation
 
     middleware = ExitStackMiddleware(app)
     async with anyio.create_task_group() as group:
         group.start_soon(middleware, dict(_SCOPE), _receive, _send)
-        await anyio.sleep(0.01)
+        await pushed.wait()
         group.cancel_scope.cancel()
     assert finished == ["second", "first"]
 

@@ -10,8 +10,7 @@ import pytest
 
 from exitstack_otel import semconv
 from exitstack_otel.stack import InstrumentedAsyncExitStack
-
-from .otel_helpers import Sdk, histogram_points
+from tests.support.otel_helpers import Sdk, histogram_points
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator

@@ -14,9 +14,8 @@ from opentelemetry.trace import NoOpTracerProvider
 from exitstack_otel import semconv
 from exitstack_otel.stack import InstrumentedAsyncExitStack
 from exitstack_otel.telemetry import Telemetry, TelemetryOptions
-
-from .otel_helpers import Sdk, histogram_points, number_points
-from .stack_scenarios import Aclose, PopAll, Push, Scenario, run, scenarios
+from tests.support.otel_helpers import Sdk, histogram_points, number_points
+from tests.support.stack_scenarios import Aclose, PopAll, Push, Scenario, run, scenarios
 
 if TYPE_CHECKING:
     from collections.abc import Callable

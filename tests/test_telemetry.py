@@ -6,6 +6,7 @@ import functools
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
@@ -17,8 +18,8 @@ from exitstack_otel.asgi import http_route, request_method
 from exitstack_otel.stack import InstrumentedAsyncExitStack
 from exitstack_otel.telemetry import error_type
 from exitstack_otel.version import __version__
-
-from .otel_helpers import Sdk, attrs, histogram_points, number_points
+from tests.support.clock import SteppedClock
+from tests.support.otel_helpers import Sdk, attrs, histogram_points, number_points
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan
@@ -146,13 +147,18 @@ async def test_all_mode_spans_every_callback_and_records_pushes(sdk: Sdk) -> Non
 
 
 @pytest.mark.anyio
-async def test_problems_mode_records_slow_callbacks(sdk: Sdk) -> None:
+async def test_problems_mode_records_slow_callbacks(sdk: Sdk, stepped_clock: SteppedClock) -> None:
     telemetry = sdk.telemetry(slow_callback_threshold=0.01)
+
+    async def flush() -> None:
+        await anyio.lowlevel.checkpoint()
+        stepped_clock.advance(0.02)  # over the threshold, without waiting
+
     async with InstrumentedAsyncExitStack("s", telemetry=telemetry) as stack:
-        stack.push_async_callback(anyio.sleep, 0.02)  # at least 0.02 s: slower than the threshold
-        stack.callback(print, end="")  # fast enough to stay below it on any machine
+        stack.push_async_callback(flush)
+        stack.callback(print, end="")  # 0 s by the stack's clock, however busy the machine
     (slow,) = _callback_spans(sdk)
-    assert slow.name == f"{semconv.SPAN_CALLBACK} sleep"
+    assert slow.name == f"{semconv.SPAN_CALLBACK} {flush.__qualname__}"
     assert slow.attributes is not None
     assert slow.attributes[semconv.CALLBACK_OUTCOME] == semconv.OUTCOME_OK
     assert slow.status.status_code is StatusCode.UNSET
@@ -176,7 +182,10 @@ async def test_spans_made_by_callbacks_nest_under_the_unwind(sdk: Sdk) -> None:
 
 
 @pytest.mark.anyio
-async def test_problems_mode_makes_no_span_for_an_unwind_that_went_well(sdk: Sdk) -> None:
+async def test_problems_mode_makes_no_span_for_an_unwind_that_went_well(
+    sdk: Sdk, stepped_clock: SteppedClock
+) -> None:
+    # stepped_clock: every callback takes 0 s, below the default threshold on any machine
     tracer = sdk.tracer_provider.get_tracer("test")
     with tracer.start_as_current_span("request"):
         async with InstrumentedAsyncExitStack("s", telemetry=sdk.telemetry()) as stack:

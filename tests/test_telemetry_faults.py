@@ -15,10 +15,9 @@ from exitstack_otel import semconv
 from exitstack_otel.providers import TelemetrySource
 from exitstack_otel.stack import InstrumentedAsyncExitStack
 from exitstack_otel.telemetry import Telemetry, TelemetryOptions
-
-from .cleanup_app import CleanupFailed, make_app
-from .otel_helpers import Sdk, number_points
-from .stack_scenarios import Push, Scenario, run
+from tests.support.cleanup_app import CleanupFailed, make_app
+from tests.support.otel_helpers import Sdk, number_points
+from tests.support.stack_scenarios import Push, Scenario, run
 
 if TYPE_CHECKING:
     pass
@@ -101,7 +100,7 @@ def _fault_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [
         record
         for record in caplog.records
-        if record.name == "exitstack_otel" and "telemetry" in record.getMessage()
+        if record.name.startswith("exitstack_otel") and "telemetry" in record.getMessage()
     ]
 
 

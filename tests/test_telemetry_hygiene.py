@@ -18,8 +18,7 @@ from exitstack_otel.fastapi import instrument_fastapi, uninstrument_fastapi
 from exitstack_otel.instruments import FOLD_EVERY
 from exitstack_otel.stack import InstrumentedAsyncExitStack
 from exitstack_otel.telemetry import MAX_ERROR_TYPES
-
-from .otel_helpers import Sdk, attrs, histogram_points, number_points
+from tests.support.otel_helpers import Sdk, attrs, histogram_points, number_points
 
 pytestmark = pytest.mark.anyio
 

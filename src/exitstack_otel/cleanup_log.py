@@ -23,7 +23,7 @@ from opentelemetry import trace
 if TYPE_CHECKING:
     from .stack import InstrumentedAsyncExitStack
 
-logger = logging.getLogger(__name__.rpartition(".")[0])
+logger = logging.getLogger(__name__)
 
 FAILURES_PER_WINDOW = 20
 WINDOW_SECONDS = 60.0

@@ -17,39 +17,27 @@ DEFAULT_DEMO_SECONDS = 20.0
 _N = TypeVar("_N", int, float)
 
 
-def _number(text: str, convert: Callable[[str], _N], what: str) -> _N:
-    try:
-        return convert(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+def _checked(
+    convert: Callable[[str], _N], what: str, accepts: Callable[[_N], bool], rule: str
+) -> Callable[[str], _N]:
+    """An argparse ``type``: the text converted, then checked; either failure is a one-line error."""
+
+    def parse(text: str) -> _N:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+        if not accepts(value):  # NaN too: no comparison accepts it
+            raise argparse.ArgumentTypeError(f"{rule}, not {text}")
+        return value
+
+    return parse
 
 
-def _positive_float(text: str) -> float:
-    value = _number(text, float, "a number")
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
-    return value
-
-
-def _share(text: str) -> float:
-    value = _number(text, float, "a number")
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, not {text}")
-    return value
-
-
-def _count(text: str) -> int:
-    value = _number(text, int, "a whole number")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {text}")
-    return value
-
-
-def _port(text: str) -> int:
-    value = _number(text, int, "a port number")
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"a port is 0-65535, not {text}")
-    return value
+_positive_float = _checked(float, "a number", lambda value: value > 0, "must be > 0")
+_share = _checked(float, "a number", lambda value: 0.0 <= value <= 1.0, "must be between 0 and 1")
+_count = _checked(int, "a whole number", lambda value: value >= 1, "must be at least 1")
+_port = _checked(int, "a port number", lambda value: 0 <= value <= 65535, "a port is 0-65535")
 
 
 def _url(text: str) -> str:

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from .providers import TelemetrySource
     from .telemetry import Telemetry
 
-logger = logging.getLogger("exitstack_otel")
+logger = logging.getLogger(__name__)
 
 # The scope keys FastAPI stores its stacks under; each becomes the stack's ``exitstack.stack.name``.
 STACK_KEYS = ("fastapi_middleware_astack", "fastapi_inner_astack", "fastapi_function_astack")

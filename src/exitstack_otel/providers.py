@@ -17,7 +17,7 @@ from .options import TelemetryOptions
 from .telemetry import Telemetry, logger
 
 # The API's getters look the provider variables up in os.environ on every call while no provider
-# is set, which alone cost more than our whole no-SDK budget (0.6 us each). Reading the API's
+# is set, which alone cost more than our whole no-SDK budget (benchmarks/RESULTS.md). Reading the API's
 # module globals gives the same answer; the getters still run when a variable names a provider,
 # so that they load it as they would, and always when this API release keeps its globals elsewhere
 # (checked once, here).

@@ -1,8 +1,9 @@
 """Histograms aggregated in process and handed to the SDK's own aggregation at each collection.
 
-``Histogram.record`` costs about 10 µs (the SDK cleans and hashes the attributes, takes locks and
-runs the exemplar filter on every call). A :class:`HistogramSeries` keeps the bucket counts, sum,
-min and max of one (instrument, attributes) series itself; a measurement costs about 0.25 µs. An
+``Histogram.record`` is costly on the hot path (the SDK cleans and hashes the attributes, takes locks
+and runs the exemplar filter on every call). A :class:`HistogramSeries` keeps the bucket counts, sum,
+min and max of one (instrument, attributes) series itself, for a small part of that cost (the
+figures are in benchmarks/RESULTS.md, "Costs the code relies on"). An
 observable instrument's callback runs at the start of every reader's collection; ours moves what
 accumulated into the SDK's aggregation for the same instrument and attributes in every reader's
 storage, where it is exported as if each value had gone through ``record()``: the same count,
@@ -44,7 +45,7 @@ from opentelemetry.context import Context
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.util.types import AttributeValue
 
-logger = logging.getLogger("exitstack_otel")
+logger = logging.getLogger(__name__)
 
 _INFINITY = math.inf
 _FOLD_AT = 256
@@ -557,9 +558,10 @@ def _collected_delta_aggregation(match: Any, series: HistogramSeries) -> Any:
     """The series' aggregation that the last delta collection took out, if it can serve again.
 
     The SDK drops a delta stream's aggregations at each collection and makes new ones on the next
-    record(); making one (its exemplar reservoir has a bucket per boundary) costs about 6 µs, which
-    for 1,000 series would triple a collection. One that was collected last time is as new: empty,
-    its exemplars taken, its window starting at that collection. Called with match._lock held.
+    record(); making one (its exemplar reservoir has a bucket per boundary) costs more than merging
+    into it, so that for many series it would dominate a collection (benchmarks/RESULTS.md). One
+    that was collected last time is as new: empty, its exemplars taken, its window starting at that
+    collection. Called with match._lock held.
     """
     aggregation = series._made.get(match)
     if aggregation is None:

@@ -1,7 +1,7 @@
 """Every span, metric and attribute name of the telemetry contract (docs/telemetry.md).
 
 Nothing else in the package spells one of these strings; dashboards, alert rules and tests
-follow the same document, and tests/test_contract.py checks that they agree with this module.
+follow the same document, and tests/test_semconv.py checks that they agree with this module.
 """
 
 from __future__ import annotations

@@ -10,10 +10,11 @@ as is. For the others:
   runs in a task of its own, and the request's task waits for it through any number of
   cancellations before passing the first one on. That task runs in a copy of the request's
   context: callbacks see the endpoint's context variables, but variables they set no longer leak
-  out to the middleware's caller. The anyio shield (about 4 us) is added only where an anyio scope
-  encloses the request's task; otherwise nothing could re-deliver a cancellation every loop turn.
-  The task is what costs (about 14 us per request on Python 3.11); on 3.12 and newer it starts
-  eagerly, so an unwind that never suspends is over before the task would have been scheduled.
+  out to the middleware's caller. The task is what costs most (benchmarks/RESULTS.md has the
+  figures); on 3.12 and newer it starts eagerly, so an unwind that never suspends is over before
+  the task would have been scheduled, and nothing more is done. Only for an unwind that suspended
+  is the anyio shield (not free either) put around the wait, and only where an anyio scope
+  encloses the request's task: otherwise nothing could re-deliver a cancellation every loop turn.
   A task of its own is the only way: a cancellation a callback's own timeout sends (anyio's
   ``move_on_after``, ``asyncio.timeout``) must reach it, one sent to the request must not, and
   both are ``Task.cancel()`` on whichever task runs the callback.

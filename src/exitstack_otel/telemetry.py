@@ -35,7 +35,7 @@ except ImportError:  # another API layout: a provider not set yet is looked up a
 
 __all__ = ["CallbackNamer", "CallbackSpans", "Telemetry", "TelemetryOptions", "error_type"]
 
-logger = logging.getLogger(__name__.rpartition(".")[0])
+logger = logging.getLogger(__name__)
 
 Attributes = Mapping[str, AttributeValue]
 
