@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Awaitable, Coroutine
-from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -118,16 +117,18 @@ async def _unwind_to_the_end(
         with anyio.CancelScope(shield=True):
             suppressed = await stack.__aexit__(exc_type, exc, tb)
         return suppressed
-    task = _start_task(loop, _unwind_in_own_task(stack, exc_type, exc, tb))
+    waiting = _Waiting()
+    task = _start_task(loop, _unwind_in_own_task(stack, exc_type, exc, tb, waiting))
     if not task.done():
         # the unwind suspended: only now can a cancellation be delivered to this task
         _unwind_tasks.add(task)
         task.add_done_callback(_unwind_tasks.discard)
+        task.add_done_callback(waiting.wake)  # should the unwind's task end without a word
         if cancellation_can_reach_task():
             with anyio.CancelScope(shield=True):
-                cancellation = await _outlast_cancellation(loop, task)
+                cancellation = await _outlast_cancellation(loop, task, waiting)
         else:
-            cancellation = await _outlast_cancellation(loop, task)
+            cancellation = await _outlast_cancellation(loop, task, waiting)
     else:
         cancellation = None
     suppressed, escaped = task.result()  # raises only if the event loop itself cancelled the unwind
@@ -138,38 +139,54 @@ async def _unwind_to_the_end(
     return suppressed
 
 
+class _Waiting:
+    """The future the request's task waits on now; the unwind's task resolves it as it ends.
+
+    Waking the request from inside the unwind's last step, not from the task's done callback,
+    saves an event-loop turn: done callbacks run one turn after the task ends, and the request
+    resumes one turn after that.
+    """
+
+    __slots__ = ("waiter",)
+
+    def __init__(self) -> None:
+        self.waiter: asyncio.Future[None] | None = None
+
+    def wake(self, _task: object = None) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
 async def _unwind_in_own_task(
     stack: InstrumentedAsyncExitStack,
     exc_type: type[BaseException] | None,
     exc: BaseException | None,
     tb: TracebackType | None,
+    waiting: _Waiting,
 ) -> _Unwound:
     try:
-        return await stack.__aexit__(exc_type, exc, tb), None
+        unwound: _Unwound = await stack.__aexit__(exc_type, exc, tb), None
     except BaseException as escaped:  # handed to the caller, who re-raises it
-        return False, escaped
+        unwound = False, escaped
+    waiting.wake()
+    return unwound
 
 
 async def _outlast_cancellation(
-    loop: asyncio.AbstractEventLoop, task: asyncio.Task[_Unwound]
+    loop: asyncio.AbstractEventLoop, task: asyncio.Task[_Unwound], waiting: _Waiting
 ) -> asyncio.CancelledError | None:
     """Wait for the unwind's task through any number of cancellations; returns the first."""
     cancellation: asyncio.CancelledError | None = None
     while not task.done():
         # a future of our own to wait on: cancelling this task cancels it, never the unwind's task
         # (what asyncio.shield does, with one future fewer per wait)
-        waiter = loop.create_future()
-        task.add_done_callback(partial(_wake, waiter))
+        waiter = waiting.waiter = loop.create_future()
         try:
             await waiter
         except asyncio.CancelledError as cancelled:
             cancellation = cancellation or cancelled
     return cancellation
-
-
-def _wake(waiter: asyncio.Future[None], _task: object) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
 
 
 def _reraise(exc: BaseException) -> NoReturn:
