@@ -9,7 +9,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import floor, inprocess, instructions, memory, report, wrk
+from . import floor, inprocess, instructions, memory, report, server_instructions, wrk
 from .variants import BASELINE, CALLBACK_COUNTS, VARIANTS, VARIANTS_BY_NAME
 
 
@@ -29,6 +29,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--instruction-callbacks", nargs="+", type=int, default=[0, 3], help="callback counts under valgrind"
     )
+    parser.add_argument(
+        "--server-instruction-requests", type=int, default=500, help="requests to uvicorn under valgrind"
+    )
     parser.add_argument("--skip-wrk", action="store_true")
     parser.add_argument("--skip-instructions", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
@@ -41,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     if args.quick:
         args.requests, args.repeats, args.memory_requests = 20, 2, 200
         args.wrk_seconds, args.wrk_rounds = 1, 1
-        args.instruction_requests = 20
+        args.instruction_requests = args.server_instruction_requests = 20
     variants: list[str] = list(args.variants)
     if BASELINE not in variants:
         variants.insert(0, BASELINE)
@@ -71,6 +74,10 @@ def main(argv: Sequence[str] | None = None) -> str:
             lines = instructions.table(
                 counted_variants, args.instruction_callbacks, counts, in_process, BASELINE
             )
+            served = [BASELINE, *(name for name in ("ours-nosdk", "ours-default") if name in variants)]
+            print("uvicorn under valgrind ...", file=sys.stderr)
+            per_request = server_instructions.measure(served, [3], args.server_instruction_requests)
+            lines += server_instructions.table(served, [3], per_request, BASELINE)
             text += "\n" + "\n".join(lines)
     print(text)
     return text

@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 _ROOT = Path(__file__).resolve().parent.parent
 _UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
@@ -37,7 +38,7 @@ def parse_wrk(output: str) -> Load:
     return Load(float(rps.group(1)), float(p99.group(1)) * _UNITS_MS[p99.group(2)])
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -53,7 +54,7 @@ def _pinned(core: str, command: list[str]) -> list[str]:
     return [taskset, "-c", core, *command] if taskset else command
 
 
-def _wait_until_serving(port: int, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+def wait_until_serving(port: int, process: subprocess.Popen[Any], timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -72,12 +73,12 @@ def _servers(variants: Sequence[str], core: str) -> Iterator[dict[str, int]]:
     processes: list[subprocess.Popen[bytes]] = []
     try:
         for name in variants:
-            port = _free_port()
+            port = free_port()
             command = [sys.executable, "-m", "benchmarks.server", name, str(port)]
             processes.append(subprocess.Popen(_pinned(core, command), cwd=_ROOT))
             ports[name] = port
         for process, port in zip(processes, ports.values(), strict=True):
-            _wait_until_serving(port, process)
+            wait_until_serving(port, process)
         yield ports
     finally:
         for process in processes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from benchmarks import inprocess, instructions, memory, profile, report, run, wrk
+from benchmarks import inprocess, instructions, memory, profile, report, run, server_instructions, wrk
 from benchmarks.floor import SdkFloor
 from benchmarks.variants import BASELINE, PEER, VARIANTS, VARIANTS_BY_NAME
 from opentelemetry.sdk.metrics.export import Histogram
@@ -129,6 +129,17 @@ def test_instructions_are_counted_under_valgrind_for_each_variant() -> None:
     lines = instructions.table([BASELINE, "ours-default"], [3], counts, {(BASELINE, 3): 20.0}, BASELINE)
     assert any(line.startswith(f"| {BASELINE} | 3 | ") and "| 1.00 | +0 | +0.0 |" in line for line in lines)
     assert any(line.startswith("| ours-default | 3 | ") for line in lines)
+
+
+@pytest.mark.integration
+def test_server_instructions_are_counted_for_a_real_uvicorn() -> None:
+    require_program("valgrind")
+    counts = server_instructions.measure([BASELINE], [3], requests=10)
+    # uvicorn, the HTTP parser and Starlette: hundreds of thousands of instructions a request
+    assert counts[(BASELINE, 3)] > 50_000
+    [*_, row] = server_instructions.table([BASELINE], [3], counts, BASELINE)
+    assert row.startswith(f"| {BASELINE} | 3 | ")
+    assert row.endswith("| +0 | 1.00 |")
 
 
 def test_parse_wrk_reads_requests_per_second_and_p99_in_any_unit() -> None:

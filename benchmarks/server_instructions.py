@@ -1,0 +1,137 @@
+"""Instructions a real uvicorn server spends per request, counted by valgrind.
+
+What ``wrk`` measures, requests per second, is what users care about, and on a shared machine it
+moves by a fifth between runs. A server's throughput is bound by the work it does per request,
+and that work can be counted: the server runs under ``valgrind --tool=callgrind`` while a client
+outside it sends requests one after another on one keep-alive connection; it is run twice, with
+``requests`` more requests the second time, and the difference over ``requests`` is one request's
+count (uvicorn, h11 or httptools, Starlette, the stack), start-up and shutdown cancelled out.
+The baseline's count over a variant's is the throughput the variant would keep where the server's
+CPU is the limit (what the wrk target asks). uvicorn's own timer ticks while the client waits add
+a few hundred instructions per request to both runs' difference alike.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from .wrk import free_port, wait_until_serving
+
+_ROOT = Path(__file__).resolve().parent.parent
+_WARMUP = 200
+_COLLECTED = re.compile(r"Collected : (\d+)")
+_STARTUP_SECONDS = 180.0  # imports under valgrind run about fifty times slower
+
+
+def _get(connection: socket.socket, path: str) -> None:
+    """One keep-alive request, its whole response read."""
+    connection.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    received = b""
+    while b"\r\n\r\n" not in received:
+        received += _recv(connection)
+    head, _, body = received.partition(b"\r\n\r\n")
+    found = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+    if not head.startswith(b"HTTP/1.1 200") or found is None:
+        raise RuntimeError(f"unexpected response: {head[:200]!r}")
+    while len(body) < int(found.group(1)):
+        body += _recv(connection)
+
+
+def _recv(connection: socket.socket) -> bytes:
+    chunk = connection.recv(65536)
+    if not chunk:
+        raise RuntimeError("the server closed the connection")
+    return chunk
+
+
+def count(valgrind: str, variant: str, callbacks: int, requests: int) -> int:
+    """Instructions the server executed from start to exit, serving ``_WARMUP + requests``."""
+    port = free_port()
+    command = [
+        valgrind,
+        "--tool=callgrind",
+        "--callgrind-out-file=/dev/null",
+        sys.executable,
+        "-m",
+        "benchmarks.server",
+        variant,
+        str(port),
+    ]
+    env = {**os.environ, "PYTHONHASHSEED": "0"}  # as in benchmarks.instructions
+    process = subprocess.Popen(
+        command, cwd=_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        wait_until_serving(port, process, timeout=_STARTUP_SECONDS)
+        with socket.create_connection(("127.0.0.1", port)) as connection:
+            for _ in range(_WARMUP + requests):
+                _get(connection, f"/cb/{callbacks}")
+        process.send_signal(signal.SIGINT)  # uvicorn's own graceful exit; valgrind then reports
+        _, stderr = process.communicate(timeout=_STARTUP_SECONDS)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    found = _COLLECTED.search(stderr)
+    if found is None:
+        raise RuntimeError(
+            f"valgrind reported no count for {variant} ({process.returncode}): {stderr[-2000:]}"
+        )
+    return int(found.group(1))
+
+
+def measure(
+    variants: Sequence[str], callback_counts: Sequence[int], requests: int
+) -> dict[tuple[str, int], float]:
+    """Server instructions per request for each (variant, callbacks); valgrind on every core."""
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        raise RuntimeError("valgrind is not installed (Debian: apt-get install valgrind)")
+    jobs = [
+        (name, callbacks, total)
+        for name in variants
+        for callbacks in callback_counts
+        for total in (requests, 2 * requests)
+    ]
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        counts = list(pool.map(lambda job: count(valgrind, *job), jobs))
+    found = dict(zip(jobs, counts, strict=True))
+    return {
+        (name, callbacks): (found[(name, callbacks, 2 * requests)] - found[(name, callbacks, requests)])
+        / requests
+        for name in variants
+        for callbacks in callback_counts
+    }
+
+
+def table(
+    variants: Sequence[str],
+    callback_counts: Sequence[int],
+    instructions: dict[tuple[str, int], float],
+    baseline: str,
+) -> list[str]:
+    lines = [
+        "",
+        "uvicorn under valgrind: the server's instructions per request (one keep-alive client), and the "
+        f"throughput that leaves where the server's CPU is the limit ({baseline}'s count / the variant's)",
+        "",
+        "| variant | callbacks | server instructions | added | throughput kept |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for callbacks in callback_counts:
+        base = instructions[(baseline, callbacks)]
+        for name in variants:
+            found = instructions[(name, callbacks)]
+            lines.append(
+                f"| {name} | {callbacks} | {found:,.0f} | {found - base:+,.0f} | {base / found:.2f} |"
+            )
+    return lines
