@@ -12,39 +12,17 @@ import httpx
 import pytest
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind
 
 from exitstack_otel import semconv
 from exitstack_otel.fastapi import instrument_fastapi, uninstrument_fastapi
 from tests.support.fastapi_app import build_app
+from tests.support.otel_helpers import Sdk
 from tests.support.span_tree import render, without_timings
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from starlette.types import ASGIApp
-
-
-class Providers:
-    def __init__(self) -> None:
-        self.exporter = InMemorySpanExporter()
-        self.tracer_provider = TracerProvider()
-        self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.exporter))
-        # an SDK meter provider keeps the ASGI instrumentation's metrics off the global no-op
-        self.meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
-
-
-@pytest.fixture
-def providers() -> Iterator[Providers]:
-    providers = Providers()
-    yield providers
-    providers.tracer_provider.shutdown()
-    providers.meter_provider.shutdown()
 
 
 async def post_upload(app: ASGIApp) -> None:
@@ -97,31 +75,31 @@ def check_unwinds_are_children_of_the_server_span(spans: tuple[ReadableSpan, ...
 
 
 @pytest.mark.anyio
-async def test_under_the_asgi_middleware(providers: Providers) -> None:
+async def test_under_the_asgi_middleware(sdk: Sdk) -> None:
     app = build_app()
-    instrument_fastapi(app, tracer_provider=providers.tracer_provider, callback_spans="all")
+    instrument_fastapi(app, tracer_provider=sdk.tracer_provider, callback_spans="all")
     try:
         wrapped = OpenTelemetryMiddleware(
-            app, tracer_provider=providers.tracer_provider, meter_provider=providers.meter_provider
+            app, tracer_provider=sdk.tracer_provider, meter_provider=sdk.meter_provider
         )
         await post_upload(wrapped)
     finally:
         uninstrument_fastapi(app)
 
-    check_unwinds_are_children_of_the_server_span(providers.exporter.get_finished_spans())
+    check_unwinds_are_children_of_the_server_span(sdk.spans())
 
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("ours_first", [True, False], ids=["ours-first", "fastapi-instrumentor-first"])
-async def test_under_the_fastapi_instrumentation(providers: Providers, ours_first: bool) -> None:
+async def test_under_the_fastapi_instrumentation(sdk: Sdk, ours_first: bool) -> None:
     app = build_app()
 
     def ours() -> None:
-        instrument_fastapi(app, tracer_provider=providers.tracer_provider, callback_spans="all")
+        instrument_fastapi(app, tracer_provider=sdk.tracer_provider, callback_spans="all")
 
     def theirs() -> None:
         FastAPIInstrumentor.instrument_app(
-            app, tracer_provider=providers.tracer_provider, meter_provider=providers.meter_provider
+            app, tracer_provider=sdk.tracer_provider, meter_provider=sdk.meter_provider
         )
 
     first, second = (ours, theirs) if ours_first else (theirs, ours)
@@ -133,7 +111,7 @@ async def test_under_the_fastapi_instrumentation(providers: Providers, ours_firs
         FastAPIInstrumentor.uninstrument_app(app)
         uninstrument_fastapi(app)
 
-    check_unwinds_are_children_of_the_server_span(providers.exporter.get_finished_spans())
+    check_unwinds_are_children_of_the_server_span(sdk.spans())
 
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -147,24 +125,24 @@ def readme_trace() -> tuple[str, str]:
 
 
 @pytest.mark.anyio
-async def test_readme_trace_is_what_a_real_run_gives(providers: Providers) -> None:
+async def test_readme_trace_is_what_a_real_run_gives(sdk: Sdk) -> None:
     version, tree = readme_trace()
     if version != fastapi.__version__:
         pytest.skip(f"README's trace was rendered with FastAPI {version}, this is {fastapi.__version__}")
     app = build_app()
     instrument_fastapi(
         app,
-        tracer_provider=providers.tracer_provider,
-        meter_provider=providers.meter_provider,
+        tracer_provider=sdk.tracer_provider,
+        meter_provider=sdk.meter_provider,
         callback_spans="all",
     )
     try:
         await post_upload(
             OpenTelemetryMiddleware(
-                app, tracer_provider=providers.tracer_provider, meter_provider=providers.meter_provider
+                app, tracer_provider=sdk.tracer_provider, meter_provider=sdk.meter_provider
             )
         )
     finally:
         uninstrument_fastapi(app)
 
-    assert without_timings(tree) == render(providers.exporter.get_finished_spans(), timings=False)
+    assert without_timings(tree) == render(sdk.spans(), timings=False)

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 # `make test-pythons` runs this module on every supported Python with fewer examples
 EXAMPLES = int(os.environ.get("EXITSTACK_EQUIVALENCE_EXAMPLES", "300"))
 
-_sdk = Sdk()
+_sdk = Sdk()  # shared by every hypothesis example (a fixture would be per test); shut down at exit
 TELEMETRY_MODES: dict[str, Callable[[], AsyncExitStack]] = {
     "sdk-problems": lambda: InstrumentedAsyncExitStack("s", telemetry=_sdk.telemetry()),
     "sdk-all": lambda: InstrumentedAsyncExitStack(

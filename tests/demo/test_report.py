@@ -10,7 +10,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import TracerProvider
 
 from exitstack_otel import semconv
 from exitstack_otel.demo.report import (
@@ -23,6 +22,7 @@ from exitstack_otel.demo.report import (
 from exitstack_otel.providers import TelemetrySource
 from exitstack_otel.stack import InstrumentedAsyncExitStack
 from tests.support.clock import SteppedClock
+from tests.support.otel_helpers import Sdk
 
 BOUNDS = semconv.DURATION_BUCKETS
 
@@ -75,9 +75,9 @@ class Boom(RuntimeError):
 
 
 @pytest.mark.anyio
-async def test_report_counts_pushed_executed_failed_and_never_ran_from_the_sdk() -> None:
-    reader = InMemoryMetricReader()
-    telemetry = TelemetrySource(TracerProvider(), MeterProvider(metric_readers=[reader])).current()
+async def test_report_counts_pushed_executed_failed_and_never_ran_from_the_sdk(sdk: Sdk) -> None:
+    reader = sdk.reader
+    telemetry = TelemetrySource(sdk.tracer_provider, sdk.meter_provider).current()
 
     async def release() -> None:
         pass
@@ -132,9 +132,9 @@ SLOW = 0.0625  # seconds, a binary fraction: the clock's readings differ by exac
 
 
 @pytest.mark.anyio
-async def test_a_slow_run_shows_in_max_and_not_in_p99(stepped_clock: SteppedClock) -> None:
-    reader = InMemoryMetricReader()
-    telemetry = TelemetrySource(TracerProvider(), MeterProvider(metric_readers=[reader])).current()
+async def test_a_slow_run_shows_in_max_and_not_in_p99(sdk: Sdk, stepped_clock: SteppedClock) -> None:
+    reader = sdk.reader
+    telemetry = TelemetrySource(sdk.tracer_provider, sdk.meter_provider).current()
 
     async def release(seconds: float) -> None:
         await anyio.lowlevel.checkpoint()
@@ -156,9 +156,9 @@ async def test_a_slow_run_shows_in_max_and_not_in_p99(stepped_clock: SteppedCloc
 
 
 @pytest.mark.anyio
-async def test_unwinds_are_broken_down_per_stack() -> None:
-    reader = InMemoryMetricReader()
-    telemetry = TelemetrySource(TracerProvider(), MeterProvider(metric_readers=[reader])).current()
+async def test_unwinds_are_broken_down_per_stack(sdk: Sdk) -> None:
+    reader = sdk.reader
+    telemetry = TelemetrySource(sdk.tracer_provider, sdk.meter_provider).current()
 
     def release() -> None:
         pass
