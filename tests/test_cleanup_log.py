@@ -4,10 +4,12 @@ has the records of a real server)."""
 from __future__ import annotations
 
 import logging
+import os
+import warnings
 
 import pytest
 
-from exitstack_otel.cleanup_log import FailureLog
+from exitstack_otel.cleanup_log import FailureLog, HungWatch, hung_watch
 
 
 def _records(caplog: pytest.LogCaptureFixture, level: int) -> list[logging.LogRecord]:
@@ -49,3 +51,34 @@ def test_a_failure_storm_is_rate_limited_and_says_how_much_it_left_out(
     assert len(_records(caplog, logging.ERROR)) == 4  # three, then one in the next window
     [summary] = _records(caplog, logging.WARNING)
     assert "left 7 more" in summary.getMessage()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_a_forked_child_starts_its_own_hung_watcher() -> None:
+    # a pre-forking server (gunicorn --preload) forks after the parent's watcher started
+    if hung_watch.thread is None:
+        hung_watch.start()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork() with other threads alive
+        child = os.fork()
+    if child == 0:  # the child: must end here, whatever happens
+        code = 1
+        try:
+            code = 2 if hung_watch.thread is not None else 3
+            if hung_watch.thread is None and not hung_watch.unwinding:
+                hung_watch.start()
+                thread = hung_watch.thread
+                code = 0 if thread is not None and thread.is_alive() else 4
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_the_watcher_starts_once() -> None:
+    watch = HungWatch(interval=3600)
+    watch.start()
+    first = watch.thread
+    watch.start()
+    assert first is not None
+    assert watch.thread is first

@@ -11,6 +11,7 @@ so the request path pays two attribute writes per callback and nothing else.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import weakref
@@ -112,20 +113,27 @@ class HungWatch:
         self.unwinding: set[InstrumentedAsyncExitStack] = set()
         self._warned: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
+        self.thread: threading.Thread | None = None
+        """None until the first watched unwind starts it (the stack checks, and calls start())"""
 
     def watch(self, stack: InstrumentedAsyncExitStack) -> None:
         self.unwinding.add(stack)
-        if self._thread is None:
-            self._start()
+        if self.thread is None:
+            self.start()
 
-    def _start(self) -> None:
+    def start(self) -> None:
         with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(
+            if self.thread is None:
+                self.thread = threading.Thread(
                     target=self._run, name="exitstack-otel-hung-watch", daemon=True
                 )
-                self._thread.start()
+                self.thread.start()
+
+    def _forked(self) -> None:
+        # a forked child has no copy of the parent's thread: the next watched unwind starts one
+        self._lock = threading.Lock()
+        self.thread = None
+        self.unwinding = set()
 
     def _run(self) -> None:
         while True:
@@ -161,3 +169,5 @@ class HungWatch:
 
 
 hung_watch = HungWatch()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=hung_watch._forked)

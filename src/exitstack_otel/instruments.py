@@ -79,12 +79,15 @@ class Instruments:
         )
 
     def count_recorded(self, values: int) -> None:
-        """Called after each unwind with the callbacks it recorded; folds their pending values
-        now and then, so that memory stays bounded however rarely a reader collects."""
+        """Called after each unwind with the values it appended through recorders (its callbacks'
+        and its own two); folds them now and then, so that memory stays bounded however rarely a
+        reader collects."""
         self._unfolded += values
         if self._unfolded >= FOLD_EVERY:
             self._unfolded = 0
             self.callback_duration.fold()
+            self.unwind_duration.fold()
+            self.unwind_callbacks.fold()
 
     def pushed_count(self, key: tuple[str, str, str]) -> Count:
         found = self.pushed.get(key)

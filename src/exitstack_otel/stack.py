@@ -149,8 +149,10 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
             try:
                 hung = telemetry.options.hung_callback_warning
                 if hung is not None:
-                    hung_watch.watch(self)
-                active = telemetry.active(self._name)
+                    hung_watch.unwinding.add(self)
+                    if hung_watch.thread is None:
+                        hung_watch.start()
+                active = telemetry.active_counts.get(self._name) or telemetry.active(self._name)
                 if active is not None:
                     active.value += 1
                 if telemetry.all_spans:
@@ -272,15 +274,16 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
             if escaped is not None:
                 outcome = semconv.OUTCOME_CANCELLED if is_cancellation(escaped) else semconv.OUTCOME_ERROR
             series = telemetry.unwind_series(self._name, self.route, self.method, outcome)
-            if telemetry.instruments is not None:
-                telemetry.instruments.count_recorded(count)
             if unwinding is None and escaped is not None and telemetry.tracer is not None:
                 # an unwind that ended in an error or a cancellation is a problem of its own
                 unwinding = telemetry.unwinding(self._name, self.route, start, self._parent_context)
             if unwinding is None:
-                series.duration.record(end - start)
-                series.callbacks.record(count)
-            else:
+                series.record_duration(end - start)
+                series.record_callbacks(count)
+                count += 2
+            if telemetry.instruments is not None:
+                telemetry.instruments.count_recorded(count)
+            if unwinding is not None:
                 unwinding.start = start
                 unwinding.finish(series, end, count, escaped, self.route, self.method)
         except Exception as fault:

@@ -111,7 +111,14 @@ class CallbackInfo:
 class UnwindSeries:
     """The two histogram series one (stack, route, method, outcome) records into."""
 
-    __slots__ = ("callbacks", "callbacks_attributes", "duration", "duration_attributes")
+    __slots__ = (
+        "callbacks",
+        "callbacks_attributes",
+        "duration",
+        "duration_attributes",
+        "record_callbacks",
+        "record_duration",
+    )
 
     def __init__(self, instruments: Instruments | None, duration: Attributes, callbacks: Attributes) -> None:
         self.duration_attributes = duration
@@ -120,6 +127,9 @@ class UnwindSeries:
         if instruments is not None:
             self.duration = instruments.unwind_duration.series(duration)
             self.callbacks = instruments.unwind_callbacks.series(callbacks)
+        # the fast path's, folded by Instruments.count_recorded as the callbacks' are
+        self.record_duration = self.duration.recorder
+        self.record_callbacks = self.callbacks.recorder
 
 
 def is_noop_tracer_provider(provider: trace.TracerProvider) -> bool:
@@ -172,6 +182,7 @@ class Telemetry:
         self._by_code_allowed = options.callback_namer is None  # a namer sees every push
         self._names: set[str] = set()
         self._error_types: set[str] = set()
+        self.active_counts: dict[str, Count] = {}
         self._unwind_series: dict[tuple[str, str | None, str | None, str], UnwindSeries] = {}
         self._faults: set[str] = set()
         self.failures = FailureLog()
@@ -275,7 +286,11 @@ class Telemetry:
     # -- unwinds --------------------------------------------------------------------------------
 
     def active(self, stack_name: str) -> Count | None:
-        return self.instruments.active_count(stack_name) if self.instruments is not None else None
+        """The stack's count of unwinds in progress; stacks look in ``active_counts`` first."""
+        if self.instruments is None:
+            return None
+        found = self.active_counts[stack_name] = self.instruments.active_count(stack_name)
+        return found
 
     def unwind_series(
         self, stack_name: str, route: str | None, method: str | None, outcome: str
