@@ -20,8 +20,9 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 from .inprocess import call_app
@@ -79,14 +80,26 @@ def measure(
     valgrind = available()
     if valgrind is None:
         raise RuntimeError("valgrind is not installed (Debian: apt-get install valgrind)")
+    return per_request(variants, callback_counts, requests, partial(_count, valgrind))
+
+
+Counter = Callable[[str, int, int], int]
+"""(variant, callbacks, requests) -> instructions of one whole run serving that many requests"""
+
+
+def per_request(
+    variants: Sequence[str], callback_counts: Sequence[int], requests: int, count: Counter
+) -> dict[tuple[str, int], float]:
+    """Each (variant, callbacks) counted with ``requests`` and twice as many, on every core; the
+    difference over ``requests`` is one request's count, what both runs share cancelled out."""
     jobs = [
-        (name, callbacks, count)
+        (name, callbacks, total)
         for name in variants
         for callbacks in callback_counts
-        for count in (requests, 2 * requests)
+        for total in (requests, 2 * requests)
     ]
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        counts = list(pool.map(lambda job: _count(valgrind, *job), jobs))
+        counts = list(pool.map(lambda job: count(*job), jobs))
     found = dict(zip(jobs, counts, strict=True))
     return {
         (name, callbacks): (found[(name, callbacks, 2 * requests)] - found[(name, callbacks, requests)])

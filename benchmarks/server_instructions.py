@@ -21,9 +21,10 @@ import socket
 import subprocess
 import sys
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
+from .instructions import per_request
 from .wrk import free_port, wait_until_serving
 
 _ROOT = Path(__file__).resolve().parent.parent
@@ -96,21 +97,7 @@ def measure(
     valgrind = shutil.which("valgrind")
     if valgrind is None:
         raise RuntimeError("valgrind is not installed (Debian: apt-get install valgrind)")
-    jobs = [
-        (name, callbacks, total)
-        for name in variants
-        for callbacks in callback_counts
-        for total in (requests, 2 * requests)
-    ]
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        counts = list(pool.map(lambda job: count(valgrind, *job), jobs))
-    found = dict(zip(jobs, counts, strict=True))
-    return {
-        (name, callbacks): (found[(name, callbacks, 2 * requests)] - found[(name, callbacks, requests)])
-        / requests
-        for name in variants
-        for callbacks in callback_counts
-    }
+    return per_request(variants, callback_counts, requests, partial(count, valgrind))
 
 
 def table(
