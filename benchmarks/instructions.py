@@ -52,25 +52,29 @@ def _requests(variant: str, callbacks: int, requests: int) -> None:
         sdk.shutdown()
 
 
-def _count(valgrind: str, variant: str, callbacks: int, requests: int) -> int:
-    command = [
-        valgrind,
-        "--tool=callgrind",
-        "--callgrind-out-file=/dev/null",
-        sys.executable,
-        "-m",
-        "benchmarks.instructions",
-        variant,
-        str(callbacks),
-        str(requests),
-    ]
-    # a fixed hash seed: string hashes decide dict probe lengths, and so a few instructions
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
-    done = subprocess.run(command, cwd=_ROOT, env=env, capture_output=True, text=True, check=False)
-    found = _COLLECTED.search(done.stderr)
-    if done.returncode != 0 or found is None:
-        raise RuntimeError(f"valgrind failed for {variant} ({done.returncode}): {done.stderr[-2000:]}")
+def counted_module(valgrind: str, *arguments: str) -> list[str]:
+    """``python -m arguments...`` under callgrind, which reports its count on exit (``collected``)."""
+    return [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, "-m", *arguments]
+
+
+# a fixed hash seed: string hashes decide dict probe lengths, and so a few instructions
+COUNTED_ENV = {**os.environ, "PYTHONHASHSEED": "0"}
+
+
+def collected(what: str, returncode: int | None, stderr: str) -> int:
+    """The instruction count valgrind printed as the program exited."""
+    found = _COLLECTED.search(stderr)
+    if found is None:
+        raise RuntimeError(f"no count from valgrind for {what} ({returncode}): {stderr[-2000:]}")
     return int(found.group(1))
+
+
+def _count(valgrind: str, variant: str, callbacks: int, requests: int) -> int:
+    command = counted_module(valgrind, "benchmarks.instructions", variant, str(callbacks), str(requests))
+    done = subprocess.run(command, cwd=_ROOT, env=COUNTED_ENV, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"valgrind failed for {variant} ({done.returncode}): {done.stderr[-2000:]}")
+    return collected(variant, done.returncode, done.stderr)
 
 
 def measure(

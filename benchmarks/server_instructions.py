@@ -13,23 +13,19 @@ a few hundred instructions per request to both runs' difference alike.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
-from .instructions import per_request
+from .instructions import COUNTED_ENV, available, collected, counted_module, per_request
 from .wrk import free_port, wait_until_serving
 
 _ROOT = Path(__file__).resolve().parent.parent
 _WARMUP = 200
-_COLLECTED = re.compile(r"Collected : (\d+)")
 _STARTUP_SECONDS = 180.0  # imports under valgrind run about fifty times slower
 
 
@@ -57,19 +53,13 @@ def _recv(connection: socket.socket) -> bytes:
 def count(valgrind: str, variant: str, callbacks: int, requests: int) -> int:
     """Instructions the server executed from start to exit, serving ``_WARMUP + requests``."""
     port = free_port()
-    command = [
-        valgrind,
-        "--tool=callgrind",
-        "--callgrind-out-file=/dev/null",
-        sys.executable,
-        "-m",
-        "benchmarks.server",
-        variant,
-        str(port),
-    ]
-    env = {**os.environ, "PYTHONHASHSEED": "0"}  # as in benchmarks.instructions
     process = subprocess.Popen(
-        command, cwd=_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        counted_module(valgrind, "benchmarks.server", variant, str(port)),
+        cwd=_ROOT,
+        env=COUNTED_ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         wait_until_serving(port, process, timeout=_STARTUP_SECONDS)
@@ -82,19 +72,14 @@ def count(valgrind: str, variant: str, callbacks: int, requests: int) -> int:
         if process.poll() is None:
             process.kill()
             process.communicate()
-    found = _COLLECTED.search(stderr)
-    if found is None:
-        raise RuntimeError(
-            f"valgrind reported no count for {variant} ({process.returncode}): {stderr[-2000:]}"
-        )
-    return int(found.group(1))
+    return collected(variant, process.returncode, stderr)
 
 
 def measure(
     variants: Sequence[str], callback_counts: Sequence[int], requests: int
 ) -> dict[tuple[str, int], float]:
     """Server instructions per request for each (variant, callbacks); valgrind on every core."""
-    valgrind = shutil.which("valgrind")
+    valgrind = available()
     if valgrind is None:
         raise RuntimeError("valgrind is not installed (Debian: apt-get install valgrind)")
     return per_request(variants, callback_counts, requests, partial(count, valgrind))

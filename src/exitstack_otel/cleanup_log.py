@@ -116,11 +116,6 @@ class HungWatch:
         self.thread: threading.Thread | None = None
         """None until the first watched unwind starts it (the stack checks, and calls start())"""
 
-    def watch(self, stack: InstrumentedAsyncExitStack) -> None:
-        self.unwinding.add(stack)
-        if self.thread is None:
-            self.start()
-
     def start(self) -> None:
         with self._lock:
             if self.thread is None:
