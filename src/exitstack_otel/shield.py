@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable
+from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -51,21 +52,10 @@ except ImportError:  # another anyio layout: always shield
 
 _Unwound = tuple[bool | None, BaseException | None]
 
-if sys.version_info >= (3, 12):
-
-    def _start_task(
-        loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, _Unwound]
-    ) -> asyncio.Task[_Unwound]:
-        # runs at once, up to its first suspension: an unwind that never suspends (most cleanups
-        # do not) is over before this returns, with no task switch and nothing to wait for
-        return asyncio.Task(coro, loop=loop, eager_start=True)
-
-else:
-
-    def _start_task(
-        loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, _Unwound]
-    ) -> asyncio.Task[_Unwound]:
-        return loop.create_task(coro)
+_EAGER_TASKS = sys.version_info >= (3, 12)
+"""3.12's eager tasks run at once, up to their first suspension: an unwind that never suspends
+(most cleanups do not) is over before the task is made, with no task switch and nothing to wait
+for. Earlier Pythons' tasks always start on a later loop turn."""
 
 
 # strong references too: the event loop keeps only weak ones to running tasks
@@ -100,7 +90,11 @@ async def wait_for_unwinds() -> None:
 def cancellation_can_reach_task() -> bool:
     """False only for an asyncio task that no anyio cancel scope encloses."""
     loop = asyncio._get_running_loop()  # None under trio, without the cost of an exception
-    if _task_states is None or loop is None:
+    return loop is None or _reachable_by_cancellation(loop)
+
+
+def _reachable_by_cancellation(loop: asyncio.AbstractEventLoop) -> bool:
+    if _task_states is None:
         return True
     state = _task_states.get(asyncio.current_task(loop))
     return state is not None and getattr(state, "cancel_scope", True) is not None
@@ -117,20 +111,26 @@ async def _unwind_to_the_end(
         with anyio.CancelScope(shield=True):
             suppressed = await stack.__aexit__(exc_type, exc, tb)
         return suppressed
-    waiting = _Waiting()
-    task = _start_task(loop, _unwind_in_own_task(stack, exc_type, exc, tb, waiting))
-    if not task.done():
+    waiters: list[asyncio.Future[None]] = []  # what the request's task waits on, the newest last
+    if _EAGER_TASKS:
+        unwinding = _unwound(stack, exc_type, exc, tb, waiters)
+        task = asyncio.Task(unwinding, loop=loop, eager_start=True)  # type: ignore[call-arg,unused-ignore]
+        if task.done():
+            suppressed, escaped = task.result()
+            if escaped is not None:
+                _reraise(escaped)
+            return suppressed
         # the unwind suspended: only now can a cancellation be delivered to this task
-        _unwind_tasks.add(task)
-        task.add_done_callback(_unwind_tasks.discard)
-        task.add_done_callback(waiting.wake)  # should the unwind's task end without a word
-        if cancellation_can_reach_task():
-            with anyio.CancelScope(shield=True):
-                cancellation = await _outlast_cancellation(loop, task, waiting)
-        else:
-            cancellation = await _outlast_cancellation(loop, task, waiting)
     else:
-        cancellation = None
+        task = loop.create_task(_unwound(stack, exc_type, exc, tb, waiters))
+    _unwind_tasks.add(task)
+    # should the unwind's task end without a word (cancelled before it started)
+    task.add_done_callback(partial(_finished, waiters))
+    if _reachable_by_cancellation(loop):
+        with anyio.CancelScope(shield=True):
+            cancellation = await _outlast_cancellation(loop, task, waiters)
+    else:
+        cancellation = await _outlast_cancellation(loop, task, waiters)
     suppressed, escaped = task.result()  # raises only if the event loop itself cancelled the unwind
     if escaped is not None:
         _reraise(escaped)
@@ -139,49 +139,48 @@ async def _unwind_to_the_end(
     return suppressed
 
 
-class _Waiting:
-    """The future the request's task waits on now; the unwind's task resolves it as it ends.
-
-    Waking the request from inside the unwind's last step, not from the task's done callback,
-    saves an event-loop turn: done callbacks run one turn after the task ends, and the request
-    resumes one turn after that.
-    """
-
-    __slots__ = ("waiter",)
-
-    def __init__(self) -> None:
-        self.waiter: asyncio.Future[None] | None = None
-
-    def wake(self, _task: object = None) -> None:
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-
-async def _unwind_in_own_task(
+async def _unwound(
     stack: InstrumentedAsyncExitStack,
     exc_type: type[BaseException] | None,
     exc: BaseException | None,
     tb: TracebackType | None,
-    waiting: _Waiting,
+    waiters: list[asyncio.Future[None]],
 ) -> _Unwound:
+    # The escaped exception is handed over as a value: a task takes a CancelledError that escapes
+    # it for its own cancellation, and result() would raise a new one.
     try:
         unwound: _Unwound = await stack.__aexit__(exc_type, exc, tb), None
-    except BaseException as escaped:  # handed to the caller, who re-raises it
+    except BaseException as escaped:
         unwound = False, escaped
-    waiting.wake()
+    if waiters:
+        # Woken from the unwind's last step, not from its task's done callback: done callbacks run
+        # one loop turn after a task ends, and the request would resume one turn after that.
+        _wake(waiters)
     return unwound
 
 
+def _wake(waiters: list[asyncio.Future[None]]) -> None:
+    waiter = waiters[-1]
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+def _finished(waiters: list[asyncio.Future[None]], task: asyncio.Task[_Unwound]) -> None:
+    _unwind_tasks.discard(task)
+    if waiters:
+        _wake(waiters)
+
+
 async def _outlast_cancellation(
-    loop: asyncio.AbstractEventLoop, task: asyncio.Task[_Unwound], waiting: _Waiting
+    loop: asyncio.AbstractEventLoop, task: asyncio.Task[_Unwound], waiters: list[asyncio.Future[None]]
 ) -> asyncio.CancelledError | None:
     """Wait for the unwind's task through any number of cancellations; returns the first."""
     cancellation: asyncio.CancelledError | None = None
     while not task.done():
         # a future of our own to wait on: cancelling this task cancels it, never the unwind's task
         # (what asyncio.shield does, with one future fewer per wait)
-        waiter = waiting.waiter = loop.create_future()
+        waiter = loop.create_future()
+        waiters.append(waiter)
         try:
             await waiter
         except asyncio.CancelledError as cancelled:
