@@ -2,11 +2,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import time
 from collections.abc import Iterator
 
 import pytest
 
+from exitstack_otel import eager, shield
 from tests.support.clock import SteppedClock
 from tests.support.otel_helpers import Sdk
 
@@ -38,10 +40,30 @@ def stepped_clock(monkeypatch: pytest.MonkeyPatch) -> SteppedClock:
     return clock
 
 
+# How the shield starts an unwind's task on asyncio: 3.12's eager task, 3.11's spare task
+# (exitstack_otel.eager), or an ordinary task (3.10, and the fallback of the other two).
+UNWIND_TASK_STARTS = (
+    (["eager"] if sys.version_info >= (3, 12) else [])
+    + (["spare"] if sys.version_info >= (3, 11) else [])
+    + ["plain"]
+)
+
+
+@pytest.fixture
+def unwind_task_start(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each way the shield can start an unwind's task on this Python, one after the other."""
+    start = str(request.param)
+    monkeypatch.setattr(shield, "_EAGER_TASKS", start == "eager")
+    monkeypatch.setattr(eager, "AVAILABLE", start == "spare")
+    return start
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     # every anyio test runs on both backends
     if "anyio_backend" in metafunc.fixturenames:
         metafunc.parametrize("anyio_backend", ["asyncio", "trio"], indirect=True)
+    if "unwind_task_start" in metafunc.fixturenames:
+        metafunc.parametrize("unwind_task_start", UNWIND_TASK_STARTS, indirect=True)
 
 
 def require_program(name: str) -> str:

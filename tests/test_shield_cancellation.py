@@ -22,7 +22,10 @@ from tests.support.asgi import discard, http_scope, never_receive
 from tests.support.cleanups import Cleanup, endless_stream_app, unwind_outcomes
 from tests.support.otel_helpers import Sdk
 
-pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
+    pytest.mark.usefixtures("unwind_task_start"),
+]
 
 
 @pytest.mark.anyio

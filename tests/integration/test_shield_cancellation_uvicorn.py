@@ -23,7 +23,10 @@ from tests.support.otel_helpers import Sdk
 from tests.support.polling import wait_until
 from tests.support.servers import running_server
 
-pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
+    pytest.mark.usefixtures("unwind_task_start"),
+]
 
 
 def test_real_client_hanging_up_mid_stream_runs_every_callback(sdk: Sdk) -> None:
