@@ -25,6 +25,7 @@ from opentelemetry import context as otel_context
 
 from . import semconv
 from .cleanup_log import hung_watch
+from .naming import identity
 from .options import TelemetryOptions
 from .providers import current_telemetry
 from .telemetry import CallbackInfo, Telemetry, Unwinding, is_cancellation
@@ -101,7 +102,15 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
         telemetry = self._telemetry
         if telemetry is not None:
             try:
-                info = telemetry.on_push(self._name, callback, is_sync, len(self._exit_callbacks))  # type: ignore[attr-defined]
+                # the same code pushed again (nearly every push) is known by its code, without
+                # naming it; counting it here saves the push a call into the telemetry
+                key = identity(callback, is_sync, self._name) if telemetry.by_code else None
+                info = telemetry.infos_by_code.get(key)
+                if info is None or telemetry.all_spans:
+                    depth = len(self._exit_callbacks)  # type: ignore[attr-defined]
+                    info = telemetry.on_push(self._name, callback, is_sync, key, depth)
+                else:
+                    info.pushed.value += 1
             except Exception as exc:
                 telemetry.fault("push", exc)
             else:
