@@ -25,6 +25,7 @@ from opentelemetry import context as otel_context
 
 from . import semconv
 from .cleanup_log import hung_watch
+from .instruments import FOLD_EVERY
 from .naming import identity
 from .options import TelemetryOptions
 from .providers import current_telemetry
@@ -282,7 +283,8 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
             outcome = semconv.OUTCOME_OK
             if escaped is not None:
                 outcome = semconv.OUTCOME_CANCELLED if is_cancellation(escaped) else semconv.OUTCOME_ERROR
-            series = telemetry.unwind_series(self._name, self.route, self.method, outcome)
+            key = (self._name, self.route, self.method, outcome)
+            series = telemetry.unwind_series_by_key.get(key) or telemetry.unwind_series(*key)
             if unwinding is None and escaped is not None and telemetry.tracer is not None:
                 # an unwind that ended in an error or a cancellation is a problem of its own
                 unwinding = telemetry.unwinding(self._name, self.route, start, self._parent_context)
@@ -290,8 +292,12 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
                 series.record_duration(end - start)
                 series.record_callbacks(count)
                 count += 2
-            if telemetry.instruments is not None:
-                telemetry.instruments.count_recorded(count)
+            instruments = telemetry.instruments
+            if instruments is not None:
+                # what this unwind appended through recorders (its callbacks' and its own two)
+                instruments.unfolded += count
+                if instruments.unfolded >= FOLD_EVERY:
+                    instruments.fold()
             if unwinding is not None:
                 unwinding.start = start
                 unwinding.finish(series, end, count, escaped, self.route, self.method)

@@ -3,7 +3,7 @@
 The stack calls in here at three speeds. Per push: a lookup in ``infos_by_code`` and an add,
 which the stack does itself (``on_push`` names code not seen before). Per callback that went
 well: nothing but ``HistogramSeries.record`` on a series looked up at push time. Per unwind:
-``unwind_series`` (one dict lookup) and two records. Everything that makes a span or an SDK call
+a lookup in ``unwind_series_by_key`` and two records. Everything that makes a span or an SDK call
 with a context (failed, cancelled, timed-out and slow callbacks, and every callback with
 ``callback_spans="all"``) goes through ``Unwinding``, which exists only then.
 """
@@ -93,7 +93,7 @@ class CallbackInfo:
             self.suppressed = instruments.callback_duration.series(
                 self.attributes(semconv.OUTCOME_SUPPRESSED, None)
             )
-        # the fast path's: a bare append, folded by Instruments.count_recorded
+        # the fast path's: a bare append, folded by Instruments.fold
         self.record_ok = self.ok.recorder
         self.record_suppressed = self.suppressed.recorder
 
@@ -127,7 +127,7 @@ class UnwindSeries:
         if instruments is not None:
             self.duration = instruments.unwind_duration.series(duration)
             self.callbacks = instruments.unwind_callbacks.series(callbacks)
-        # the fast path's, folded by Instruments.count_recorded as the callbacks' are
+        # the fast path's, folded by Instruments.fold as the callbacks' are
         self.record_duration = self.duration.recorder
         self.record_callbacks = self.callbacks.recorder
 
@@ -185,7 +185,8 @@ class Telemetry:
         self._names: set[str] = set()
         self._error_types: set[str] = set()
         self.active_counts: dict[str, Count] = {}
-        self._unwind_series: dict[tuple[str, str | None, str | None, str], UnwindSeries] = {}
+        self.unwind_series_by_key: dict[tuple[str, str | None, str | None, str], UnwindSeries] = {}
+        """Stacks look a series up here first, by ``unwind_series``' arguments."""
         self._faults: set[str] = set()
         self.failures = FailureLog()
 
@@ -303,7 +304,7 @@ class Telemetry:
         self, stack_name: str, route: str | None, method: str | None, outcome: str
     ) -> UnwindSeries:
         key = (stack_name, route, method, outcome)
-        found = self._unwind_series.get(key)
+        found = self.unwind_series_by_key.get(key)
         if found is None:
             duration: dict[str, AttributeValue] = {semconv.STACK_NAME: stack_name}
             callbacks: dict[str, AttributeValue] = {semconv.STACK_NAME: stack_name}
@@ -313,8 +314,8 @@ class Telemetry:
                 duration[semconv.HTTP_REQUEST_METHOD] = method
             duration[semconv.UNWIND_OUTCOME] = outcome
             found = UnwindSeries(self.instruments, duration, callbacks)
-            if len(self._unwind_series) < 4096:  # routes are templates, but stay bounded
-                self._unwind_series[key] = found
+            if len(self.unwind_series_by_key) < 4096:  # routes are templates, but stay bounded
+                self.unwind_series_by_key[key] = found
         return found
 
     def unwinding(
