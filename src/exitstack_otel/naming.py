@@ -130,12 +130,14 @@ def identity(pushed: Callable[..., Any], is_sync: bool, stack_name: str) -> tupl
     if kind is FunctionType:
         code = pushed.__code__
         if code is _SYNC_CB_CODE or code is _ASYNC_CB_CODE:
+            # the wrapper's kind stands for its code: a code object is hashed anew at each lookup
+            wrapper = semconv.KIND_CALLBACK if code is _SYNC_CB_CODE else semconv.KIND_ASYNC_CALLBACK
             target: Any = getattr(pushed, "__wrapped__", None)
             target_kind = type(target)
             if target_kind is FunctionType:
-                return stack_name, code, target.__code__
+                return stack_name, wrapper, target.__code__
             if target_kind is MethodType and type(target.__func__) is FunctionType:
-                return stack_name, code, target.__func__
+                return stack_name, wrapper, target.__func__
             return None
         return stack_name, is_sync, code
     if kind is MethodType and pushed.__name__ in ("__exit__", "__aexit__"):
