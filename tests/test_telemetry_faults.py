@@ -248,7 +248,7 @@ async def test_a_failing_push_is_logged_once_and_its_callback_still_runs(
             async with InstrumentedAsyncExitStack("s", telemetry=telemetry) as stack:
                 stack.callback(log.append, "sync")
                 stack.push_async_callback(_append_soon, log, "async")
-                assert len(stack._exit_callbacks) == 2  # type: ignore[attr-defined]  # private in typeshed
+                assert len(stack._exit_callbacks) == 2
     assert log == ["async", "sync", "async", "sync"]
     records = _fault_records(caplog)
     assert len(records) == 1

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from types import TracebackType
@@ -70,7 +71,9 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
         telemetry: Telemetry | None = _UNSET,
         callback_timeout: float | None = _UNSET,
     ) -> None:
-        super().__init__()
+        # contextlib's own __init__ is this one line on 3.10 to 3.13, as _push_exit_callback's is
+        # (typeshed leaves the attribute out: declaring it here types it for the code below)
+        self._exit_callbacks: deque[tuple[bool, Callable[..., Any]]] = deque()
         if telemetry is _UNSET:
             telemetry = global_telemetry()
         if callback_timeout is _UNSET:
@@ -97,7 +100,7 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
     def _push_exit_callback(self, callback: Callable[..., Any], is_sync: bool = True) -> None:
         # contextlib's own _push_exit_callback is this one line on 3.10 to 3.13 (the equivalence
         # tests run on each): appending here saves every push a second call
-        self._exit_callbacks.append((is_sync, callback))  # type: ignore[attr-defined]  # private in typeshed
+        self._exit_callbacks.append((is_sync, callback))
         if not is_sync:
             self.awaits_on_exit = True
         telemetry = self._telemetry
@@ -108,7 +111,7 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
                 key = identity(callback, is_sync, self._name) if telemetry.by_code else None
                 info = telemetry.infos_by_code.get(key)
                 if info is None or telemetry.all_spans:
-                    depth = len(self._exit_callbacks)  # type: ignore[attr-defined]
+                    depth = len(self._exit_callbacks)
                     info = telemetry.on_push(self._name, callback, is_sync, key, depth)
                 else:
                     info.pushed.value += 1
@@ -144,7 +147,7 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
         exc: Any = exc_value  # the pending exception, as 3.13 calls it
         received_exc = exc_type is not None
         frame_exc = sys.exc_info()[1]
-        callbacks = self._exit_callbacks  # type: ignore[attr-defined]
+        callbacks = self._exit_callbacks
         details_from_pending = _DETAILS_FROM_PENDING
         timeout = self._callback_timeout
         span_threshold = telemetry.span_threshold if telemetry is not None else 0.0
