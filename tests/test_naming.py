@@ -154,6 +154,51 @@ async def test_default_names_and_kinds(
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize(("push", "expected"), [case[1:] for case in CASES], ids=[case[0] for case in CASES])
+async def test_pushed_again_the_same_code_keeps_its_name_and_kind(
+    sdk: Sdk, push: Callable[[InstrumentedAsyncExitStack], Any], expected: tuple[str, str]
+) -> None:
+    # the second push is known by its identity (naming.identity) and is not named again
+    telemetry = sdk.telemetry(callback_spans="all")
+    for _ in range(2):
+        async with InstrumentedAsyncExitStack("s", telemetry=telemetry) as stack:
+            pushed = push(stack)
+            if hasattr(pushed, "__await__"):
+                await pushed
+    names = [dict(span.attributes or {}) for span in sdk.spans() if span.name != semconv.SPAN_UNWIND]
+    assert [(found[semconv.CALLBACK_NAME], found[semconv.CALLBACK_KIND]) for found in names] == [expected] * 2
+
+
+def _logged(function: Callable[[], None]) -> Callable[[], None]:
+    @functools.wraps(function)
+    def logged() -> None:
+        function()
+
+    return logged
+
+
+@_logged
+def close_db() -> None:
+    pass
+
+
+@_logged
+def close_cache() -> None:
+    pass
+
+
+@pytest.mark.anyio
+async def test_functions_sharing_a_decorators_code_keep_their_own_names(sdk: Sdk) -> None:
+    telemetry = sdk.telemetry(callback_spans="all")
+    for _ in range(2):
+        async with InstrumentedAsyncExitStack("s", telemetry=telemetry) as stack:
+            stack.callback(close_db)
+            stack.callback(_logged(close_cache))  # made per push, as closures often are
+    names = [dict(span.attributes or {}) for span in sdk.spans() if span.name != semconv.SPAN_UNWIND]
+    assert [found[semconv.CALLBACK_NAME] for found in names] == ["close_cache", "close_db"] * 2
+
+
+@pytest.mark.anyio
 async def test_file_names_never_reach_names(sdk: Sdk, tmp_path: Path) -> None:
     secret_file = tmp_path / "secret-report.txt"
     secret_file.write_text("x")

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from opentelemetry import metrics, trace
 
-from exitstack_otel import semconv
+from exitstack_otel import providers, semconv
 from exitstack_otel.middleware import ExitStackMiddleware, get_exit_stack
 from exitstack_otel.providers import global_meter_provider, global_tracer_provider
 from tests.support.otel_helpers import Sdk, reset_global_providers
@@ -67,3 +67,21 @@ async def test_providers_set_after_the_app_is_built_are_used_from_the_next_reque
     assert [span.name for span in sdk.spans()][-1] == semconv.SPAN_UNWIND
     duration = sdk.metrics()[semconv.CALLBACK_DURATION].data.data_points
     assert [point.count for point in duration] == [1]  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("read_globals", [True, False])
+def test_current_finds_the_global_providers_with_and_without_reading_the_api_globals(
+    sdk: Sdk, monkeypatch: pytest.MonkeyPatch, read_globals: bool
+) -> None:
+    # False: what an API release without those globals, or a provider named by env var, gets
+    monkeypatch.setattr(providers, "_READ_TRACER_GLOBAL", read_globals)
+    monkeypatch.setattr(providers, "_READ_METER_GLOBAL", read_globals)
+    source = providers.TelemetrySource()
+    assert source.current() is None  # the API's proxies: no telemetry
+    trace.set_tracer_provider(sdk.tracer_provider)
+    metrics.set_meter_provider(sdk.meter_provider)
+    telemetry = source.current()
+    assert telemetry is not None
+    assert telemetry.tracer is not None
+    assert telemetry.instruments is not None
+    assert source.current() is telemetry

@@ -162,9 +162,10 @@ async def test_a_timeout_leaves_the_callback_list_as_contextlib_has_it() -> None
 
     async with InstrumentedAsyncExitStack(telemetry=None, callback_timeout=5) as stack:
         stack.push_async_callback(pause)
-        [(is_sync, wrapper)] = stack._exit_callbacks  # type: ignore[attr-defined]
+        [(is_sync, wrapper)] = stack._exit_callbacks
         assert not is_sync
-        assert wrapper.__wrapped__ is pause  # contextlib's own wrapper, nothing of ours
+        # contextlib's own wrapper, nothing of ours
+        assert wrapper.__wrapped__ is pause  # type: ignore[attr-defined]
 
 
 @pytest.mark.anyio

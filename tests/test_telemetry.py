@@ -105,6 +105,25 @@ async def test_problems_mode_spans(sdk: Sdk) -> None:
 
 
 @pytest.mark.anyio
+async def test_all_mode_records_every_push_of_known_code_too(sdk: Sdk) -> None:
+    telemetry = sdk.telemetry(callback_spans="all")
+
+    def cleanup() -> None:
+        pass
+
+    with sdk.tracer_provider.get_tracer("test").start_as_current_span("request"):
+        for depth in (1, 2):
+            async with InstrumentedAsyncExitStack("s", telemetry=telemetry) as stack:
+                for _ in range(depth):  # the second stack's pushes are all of code seen before
+                    stack.callback(cleanup)
+    assert len(telemetry.infos_by_code) == 1
+    (request,) = sdk.spans_named("request")
+    assert [dict(event.attributes or {})[semconv.STACK_DEPTH] for event in request.events] == [1, 1, 2]
+    (pushed,) = number_points(sdk.metrics()[semconv.CALLBACK_PUSHED])
+    assert pushed.value == 3
+
+
+@pytest.mark.anyio
 async def test_all_mode_spans_every_callback_and_records_pushes(sdk: Sdk) -> None:
     request_span = await _request_with_ok_and_failing_callback(sdk, callback_spans="all")
     (unwind,) = sdk.spans_named(semconv.SPAN_UNWIND)

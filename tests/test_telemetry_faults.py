@@ -12,6 +12,7 @@ from opentelemetry import metrics, trace
 from opentelemetry.metrics import NoOpHistogram, NoOpMeter
 
 from exitstack_otel import semconv
+from exitstack_otel import stack as stack_module
 from exitstack_otel.providers import TelemetrySource
 from exitstack_otel.stack import InstrumentedAsyncExitStack
 from exitstack_otel.telemetry import Telemetry, TelemetryOptions
@@ -228,3 +229,31 @@ async def test_requests_work_behind_providers_that_cannot_make_a_tracer_or_meter
     ]
     assert len(_fault_records(caplog)) == 1
     assert sdk.spans() == ()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("where", ["identity", "on_push"])
+async def test_a_failing_push_is_logged_once_and_its_callback_still_runs(
+    where: str, sdk: Sdk, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # identity: the stack's own fast path for known code; on_push: code not seen before
+    telemetry = sdk.telemetry()
+    if where == "identity":
+        monkeypatch.setattr(stack_module, "identity", _broken)
+    else:
+        monkeypatch.setattr(telemetry, "on_push", _broken)
+    log: list[str] = []
+    with caplog.at_level(logging.ERROR, logger="exitstack_otel"):
+        for _ in range(2):
+            async with InstrumentedAsyncExitStack("s", telemetry=telemetry) as stack:
+                stack.callback(log.append, "sync")
+                stack.push_async_callback(_append_soon, log, "async")
+                assert len(stack._exit_callbacks) == 2
+    assert log == ["async", "sync", "async", "sync"]
+    records = _fault_records(caplog)
+    assert len(records) == 1
+    assert "push" in records[0].getMessage()
+
+
+async def _append_soon(log: list[str], entry: str) -> None:
+    log.append(entry)

@@ -96,7 +96,7 @@ class FastAPIExitStack(InstrumentedAsyncExitStack, metaclass=_AnyAsyncExitStackM
             self._resolve_name()
         if not self._report_all and _is_bookkeeping(callback, self._scope):
             # it runs as ever, it is just not one of the app's cleanups
-            self._exit_callbacks.append((is_sync, callback))  # type: ignore[attr-defined]
+            self._exit_callbacks.append((is_sync, callback))
             return
         super()._push_exit_callback(callback, is_sync)
 

@@ -40,7 +40,9 @@ class Instruments:
         meter = meter_provider.get_meter(semconv.SCOPE_NAME, __version__)
         self.pushed: dict[tuple[str, str, str], Count] = {}
         self.active: dict[str, Count] = {}
-        self._unfolded = 0  # callback durations appended since the last fold (racy: only a hint)
+        self.unfolded = 0
+        """Values appended through recorders since the last fold: each unwind adds its own, and
+        calls ``fold`` once there are ``FOLD_EVERY`` (racy: only a hint)."""
 
         def histogram(name: str, unit: str, description: str, boundaries: tuple[float, ...]) -> FastHistogram:
             return FastHistogram(
@@ -78,16 +80,13 @@ class Instruments:
             description="Unwinds started and not yet finished.",
         )
 
-    def count_recorded(self, values: int) -> None:
-        """Called after each unwind with the values it appended through recorders (its callbacks'
-        and its own two); folds them now and then, so that memory stays bounded however rarely a
+    def fold(self) -> None:
+        """Aggregates what the recorders appended, so that memory stays bounded however rarely a
         reader collects."""
-        self._unfolded += values
-        if self._unfolded >= FOLD_EVERY:
-            self._unfolded = 0
-            self.callback_duration.fold()
-            self.unwind_duration.fold()
-            self.unwind_callbacks.fold()
+        self.unfolded = 0
+        self.callback_duration.fold()
+        self.unwind_duration.fold()
+        self.unwind_callbacks.fold()
 
     def pushed_count(self, key: tuple[str, str, str]) -> Count:
         found = self.pushed.get(key)

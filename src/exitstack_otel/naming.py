@@ -124,24 +124,27 @@ _WRAPPER_CODE_NAMES = frozenset(name for _, name in _TRANSPARENT_WRAPPERS)
 
 def identity(pushed: Callable[..., Any], is_sync: bool, stack_name: str) -> tuple[object, ...] | None:
     """A key that stands for the stack, kind and default name of ``pushed``, found without naming
-    it: the code behind it, decided by exact types as the names are. None where no key is cheap
-    and certain (builtins, partials, other objects, FastAPI's wrappers)."""
+    it: the function's qualified name, or the manager's class, decided by exact types as the
+    names are. None where no key is cheap and certain (builtins, partials, other objects,
+    FastAPI's wrappers). Only strs and classes: a code object in a key would be hashed anew at
+    every lookup (code objects cache no hash)."""
     kind = type(pushed)
     if kind is FunctionType:
         code = pushed.__code__
         if code is _SYNC_CB_CODE or code is _ASYNC_CB_CODE:
+            wrapper = semconv.KIND_CALLBACK if code is _SYNC_CB_CODE else semconv.KIND_ASYNC_CALLBACK
             target: Any = getattr(pushed, "__wrapped__", None)
-            target_kind = type(target)
-            if target_kind is FunctionType:
-                return stack_name, code, target.__code__
-            if target_kind is MethodType and type(target.__func__) is FunctionType:
-                return stack_name, code, target.__func__
+            if type(target) is MethodType:
+                target = target.__func__
+            if type(target) is FunctionType:
+                return stack_name, wrapper, target.__qualname__
             return None
-        return stack_name, is_sync, code
+        return stack_name, semconv.KIND_EXIT if is_sync else semconv.KIND_ASYNC_EXIT, pushed.__qualname__
     if kind is MethodType and pushed.__name__ in ("__exit__", "__aexit__"):
+        manager_kind = semconv.KIND_CONTEXT if is_sync else semconv.KIND_ASYNC_CONTEXT
         manager_type = type(pushed.__self__)  # type: ignore[attr-defined]
         if not issubclass(manager_type, _GeneratorContextManagerBase):
-            return stack_name, is_sync, manager_type
+            return stack_name, manager_kind, manager_type
         gen = pushed.__self__.gen  # type: ignore[attr-defined]
         gen_type = type(gen)
         if gen_type is GeneratorType:
@@ -152,5 +155,5 @@ def identity(pushed: Callable[..., Any], is_sync: bool, stack_name: str) -> tupl
             return None
         if gen_code.co_name in _WRAPPER_CODE_NAMES:
             return None
-        return stack_name, is_sync, gen_code
+        return stack_name, manager_kind, gen.__qualname__
     return None

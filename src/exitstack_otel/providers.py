@@ -21,8 +21,6 @@ from .telemetry import Telemetry, logger
 # module globals gives the same answer; the getters still run when a variable names a provider,
 # so that they load it as they would, and always when this API release keeps its globals elsewhere
 # (checked once, here).
-_TRACER_PROVIDER_FROM_ENV = OTEL_PYTHON_TRACER_PROVIDER in os.environ
-_METER_PROVIDER_FROM_ENV = OTEL_PYTHON_METER_PROVIDER in os.environ
 _PRIVATE_GLOBALS = all(
     hasattr(module, name)
     for module, name in (
@@ -32,17 +30,19 @@ _PRIVATE_GLOBALS = all(
         (metrics_internal, "_PROXY_METER_PROVIDER"),
     )
 )
+_READ_TRACER_GLOBAL = _PRIVATE_GLOBALS and OTEL_PYTHON_TRACER_PROVIDER not in os.environ
+_READ_METER_GLOBAL = _PRIVATE_GLOBALS and OTEL_PYTHON_METER_PROVIDER not in os.environ
 
 
 def global_tracer_provider() -> trace.TracerProvider:
-    if not _PRIVATE_GLOBALS or _TRACER_PROVIDER_FROM_ENV:
+    if not _READ_TRACER_GLOBAL:
         return trace.get_tracer_provider()
     provider = trace._TRACER_PROVIDER  # private: see above
     return provider if provider is not None else trace._PROXY_TRACER_PROVIDER
 
 
 def global_meter_provider() -> metrics.MeterProvider:
-    if not _PRIVATE_GLOBALS or _METER_PROVIDER_FROM_ENV:
+    if not _READ_METER_GLOBAL:
         return metrics.get_meter_provider()
     provider = metrics_internal._METER_PROVIDER  # private: see above
     return provider if provider is not None else metrics_internal._PROXY_METER_PROVIDER
@@ -79,8 +79,19 @@ class TelemetrySource:
         return self._meter_provider
 
     def current(self) -> Telemetry | None:
-        tracer_provider = self._tracer_provider or global_tracer_provider()
-        meter_provider = self._meter_provider or global_meter_provider()
+        # the two getters above, written out: two calls fewer per request
+        tracer_provider = self._tracer_provider
+        if tracer_provider is None:
+            if _READ_TRACER_GLOBAL:
+                tracer_provider = trace._TRACER_PROVIDER or trace._PROXY_TRACER_PROVIDER
+            else:
+                tracer_provider = trace.get_tracer_provider()
+        meter_provider = self._meter_provider
+        if meter_provider is None:
+            if _READ_METER_GLOBAL:
+                meter_provider = metrics_internal._METER_PROVIDER or metrics_internal._PROXY_METER_PROVIDER
+            else:
+                meter_provider = metrics.get_meter_provider()
         cached = self._cached
         if cached is not None and cached[0] is tracer_provider and cached[1] is meter_provider:
             return cached[2]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from types import TracebackType
@@ -25,6 +26,8 @@ from opentelemetry import context as otel_context
 
 from . import semconv
 from .cleanup_log import hung_watch
+from .instruments import FOLD_EVERY
+from .naming import identity
 from .options import TelemetryOptions
 from .providers import current_telemetry
 from .telemetry import CallbackInfo, Telemetry, Unwinding, is_cancellation
@@ -68,7 +71,9 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
         telemetry: Telemetry | None = _UNSET,
         callback_timeout: float | None = _UNSET,
     ) -> None:
-        super().__init__()
+        # contextlib's own __init__ is this one line on 3.10 to 3.13, as _push_exit_callback's is
+        # (typeshed leaves the attribute out: declaring it here types it for the code below)
+        self._exit_callbacks: deque[tuple[bool, Callable[..., Any]]] = deque()
         if telemetry is _UNSET:
             telemetry = global_telemetry()
         if callback_timeout is _UNSET:
@@ -95,13 +100,21 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
     def _push_exit_callback(self, callback: Callable[..., Any], is_sync: bool = True) -> None:
         # contextlib's own _push_exit_callback is this one line on 3.10 to 3.13 (the equivalence
         # tests run on each): appending here saves every push a second call
-        self._exit_callbacks.append((is_sync, callback))  # type: ignore[attr-defined]  # private in typeshed
+        self._exit_callbacks.append((is_sync, callback))
         if not is_sync:
             self.awaits_on_exit = True
         telemetry = self._telemetry
         if telemetry is not None:
             try:
-                info = telemetry.on_push(self._name, callback, is_sync, len(self._exit_callbacks))  # type: ignore[attr-defined]
+                # the same code pushed again (nearly every push) is known by its code, without
+                # naming it; counting it here saves the push a call into the telemetry
+                key = identity(callback, is_sync, self._name) if telemetry.by_code else None
+                info = telemetry.infos_by_code.get(key)
+                if info is None or telemetry.all_spans:
+                    depth = len(self._exit_callbacks)
+                    info = telemetry.on_push(self._name, callback, is_sync, key, depth)
+                else:
+                    info.pushed.value += 1
             except Exception as exc:
                 telemetry.fault("push", exc)
             else:
@@ -134,7 +147,7 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
         exc: Any = exc_value  # the pending exception, as 3.13 calls it
         received_exc = exc_type is not None
         frame_exc = sys.exc_info()[1]
-        callbacks = self._exit_callbacks  # type: ignore[attr-defined]
+        callbacks = self._exit_callbacks
         details_from_pending = _DETAILS_FROM_PENDING
         timeout = self._callback_timeout
         span_threshold = telemetry.span_threshold if telemetry is not None else 0.0
@@ -273,7 +286,8 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
             outcome = semconv.OUTCOME_OK
             if escaped is not None:
                 outcome = semconv.OUTCOME_CANCELLED if is_cancellation(escaped) else semconv.OUTCOME_ERROR
-            series = telemetry.unwind_series(self._name, self.route, self.method, outcome)
+            key = (self._name, self.route, self.method, outcome)
+            series = telemetry.unwind_series_by_key.get(key) or telemetry.unwind_series(*key)
             if unwinding is None and escaped is not None and telemetry.tracer is not None:
                 # an unwind that ended in an error or a cancellation is a problem of its own
                 unwinding = telemetry.unwinding(self._name, self.route, start, self._parent_context)
@@ -281,8 +295,12 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
                 series.record_duration(end - start)
                 series.record_callbacks(count)
                 count += 2
-            if telemetry.instruments is not None:
-                telemetry.instruments.count_recorded(count)
+            instruments = telemetry.instruments
+            if instruments is not None:
+                # what this unwind appended through recorders (its callbacks' and its own two)
+                instruments.unfolded += count
+                if instruments.unfolded >= FOLD_EVERY:
+                    instruments.fold()
             if unwinding is not None:
                 unwinding.start = start
                 unwinding.finish(series, end, count, escaped, self.route, self.method)

@@ -1,10 +1,11 @@
 """Turns pushes, executed callbacks and unwinds into the spans and metrics of docs/telemetry.md.
 
-The stack calls in here at three speeds. Per push: ``on_push`` (a name lookup and an add). Per
-callback that went well: nothing but ``HistogramSeries.record`` on a series looked up at push
-time. Per unwind: ``unwind_series`` (one dict lookup) and two records. Everything that makes a
-span or an SDK call with a context (failed, cancelled, timed-out and slow callbacks, and every
-callback with ``callback_spans="all"``) goes through ``Unwinding``, which exists only then.
+The stack calls in here at three speeds. Per push: a lookup in ``infos_by_code`` and an add,
+which the stack does itself (``on_push`` names code not seen before). Per callback that went
+well: nothing but ``HistogramSeries.record`` on a series looked up at push time. Per unwind:
+a lookup in ``unwind_series_by_key`` and two records. Everything that makes a span or an SDK call
+with a context (failed, cancelled, timed-out and slow callbacks, and every callback with
+``callback_spans="all"``) goes through ``Unwinding``, which exists only then.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from opentelemetry.util.types import AttributeValue
 from . import naming, semconv, spans
 from .cleanup_log import FailureLog
 from .instruments import Count, Instruments, instruments_for
-from .naming import identity
 from .options import CallbackNamer, CallbackSpans, TelemetryOptions
 from .version import __version__
 
@@ -93,7 +93,7 @@ class CallbackInfo:
             self.suppressed = instruments.callback_duration.series(
                 self.attributes(semconv.OUTCOME_SUPPRESSED, None)
             )
-        # the fast path's: a bare append, folded by Instruments.count_recorded
+        # the fast path's: a bare append, folded by Instruments.fold
         self.record_ok = self.ok.recorder
         self.record_suppressed = self.suppressed.recorder
 
@@ -127,7 +127,7 @@ class UnwindSeries:
         if instruments is not None:
             self.duration = instruments.unwind_duration.series(duration)
             self.callbacks = instruments.unwind_callbacks.series(callbacks)
-        # the fast path's, folded by Instruments.count_recorded as the callbacks' are
+        # the fast path's, folded by Instruments.fold as the callbacks' are
         self.record_duration = self.duration.recorder
         self.record_callbacks = self.callbacks.recorder
 
@@ -178,12 +178,15 @@ class Telemetry:
         # a callback that took this long or more leaves the fast path; with "all", every one does
         self.span_threshold = -1.0 if self.all_spans else options.slow_callback_threshold
         self._infos: dict[tuple[str, str, str], CallbackInfo] = {}
-        self._infos_by_code: dict[tuple[object, ...], CallbackInfo] = {}
-        self._by_code_allowed = options.callback_namer is None  # a namer sees every push
+        self.by_code = options.callback_namer is None  # a namer sees every push
+        """Pushes are known by ``naming.identity``, the key of ``infos_by_code``."""
+        self.infos_by_code: dict[tuple[object, ...] | None, CallbackInfo] = {}
+        """Pushed code seen before; the stack counts those pushes itself, without ``on_push``."""
         self._names: set[str] = set()
         self._error_types: set[str] = set()
         self.active_counts: dict[str, Count] = {}
-        self._unwind_series: dict[tuple[str, str | None, str | None, str], UnwindSeries] = {}
+        self.unwind_series_by_key: dict[tuple[str, str | None, str | None, str], UnwindSeries] = {}
+        """Stacks look a series up here first, by ``unwind_series``' arguments."""
         self._faults: set[str] = set()
         self.failures = FailureLog()
 
@@ -215,11 +218,16 @@ class Telemetry:
     # -- pushes ---------------------------------------------------------------------------------
 
     def on_push(
-        self, stack_name: str, callback: Callable[..., Any], is_sync: bool, depth: int
+        self,
+        stack_name: str,
+        callback: Callable[..., Any],
+        is_sync: bool,
+        key: tuple[object, ...] | None,
+        depth: int,
     ) -> CallbackInfo:
-        # the same code pushed again (nearly every push) is known by its code, without naming it
-        key = identity(callback, is_sync, stack_name) if self._by_code_allowed else None
-        info = self._infos_by_code.get(key) if key is not None else None
+        """A push the stack could not count itself: code not in ``infos_by_code`` (``key`` is its
+        identity, None for none), or any push with "all", which adds an event to the request's span."""
+        info = self.infos_by_code.get(key)
         if info is None:
             info = self._info_by_name(stack_name, callback, is_sync, key)
         info.pushed.value += 1
@@ -236,8 +244,8 @@ class Telemetry:
         info = self._infos.get(name_key)
         if info is None:
             info = self._new_info(name_key)
-        if key is not None and len(self._infos_by_code) < MAX_KNOWN_CODE:
-            self._infos_by_code[key] = info
+        if key is not None and len(self.infos_by_code) < MAX_KNOWN_CODE:
+            self.infos_by_code[key] = info
         return info
 
     def _push_event(self, info: CallbackInfo, depth: int) -> None:
@@ -296,7 +304,7 @@ class Telemetry:
         self, stack_name: str, route: str | None, method: str | None, outcome: str
     ) -> UnwindSeries:
         key = (stack_name, route, method, outcome)
-        found = self._unwind_series.get(key)
+        found = self.unwind_series_by_key.get(key)
         if found is None:
             duration: dict[str, AttributeValue] = {semconv.STACK_NAME: stack_name}
             callbacks: dict[str, AttributeValue] = {semconv.STACK_NAME: stack_name}
@@ -306,8 +314,8 @@ class Telemetry:
                 duration[semconv.HTTP_REQUEST_METHOD] = method
             duration[semconv.UNWIND_OUTCOME] = outcome
             found = UnwindSeries(self.instruments, duration, callbacks)
-            if len(self._unwind_series) < 4096:  # routes are templates, but stay bounded
-                self._unwind_series[key] = found
+            if len(self.unwind_series_by_key) < 4096:  # routes are templates, but stay bounded
+                self.unwind_series_by_key[key] = found
         return found
 
     def unwinding(

@@ -185,7 +185,7 @@ def run_against(endpoint: str, hole: Blackhole | None = None) -> tuple[Figures, 
             sizes = {
                 "span queue": len(queue),
                 "callback infos": len(telemetry._infos),
-                "unwind series": len(telemetry._unwind_series),
+                "unwind series": len(telemetry.unwind_series_by_key),
                 "pushed counters": len(telemetry.instruments.pushed) if telemetry.instruments else 0,
             }
             assert queue.maxlen == MAX_QUEUE
