@@ -85,3 +85,16 @@ def test_current_finds_the_global_providers_with_and_without_reading_the_api_glo
     assert telemetry.tracer is not None
     assert telemetry.instruments is not None
     assert source.current() is telemetry
+
+
+def test_a_global_provider_that_is_falsy_is_still_the_one_used(sdk: Sdk) -> None:
+    class EmptyLookingTracerProvider(type(sdk.tracer_provider)):  # type: ignore[misc]
+        def __len__(self) -> int:  # a provider may be a collection of something, and empty
+            return 0
+
+    falsy = EmptyLookingTracerProvider()
+    trace.set_tracer_provider(falsy)
+    source = providers.TelemetrySource()
+    telemetry = source.current()  # the API's proxy instead would have meant no telemetry at all
+    assert telemetry is not None
+    assert telemetry.tracer is not None

@@ -83,13 +83,17 @@ class TelemetrySource:
         tracer_provider = self._tracer_provider
         if tracer_provider is None:
             if _READ_TRACER_GLOBAL:
-                tracer_provider = trace._TRACER_PROVIDER or trace._PROXY_TRACER_PROVIDER
+                tracer_provider = trace._TRACER_PROVIDER  # private: see above
+                if tracer_provider is None:  # not "or": a provider may define __len__ or __bool__
+                    tracer_provider = trace._PROXY_TRACER_PROVIDER
             else:
                 tracer_provider = trace.get_tracer_provider()
         meter_provider = self._meter_provider
         if meter_provider is None:
             if _READ_METER_GLOBAL:
-                meter_provider = metrics_internal._METER_PROVIDER or metrics_internal._PROXY_METER_PROVIDER
+                meter_provider = metrics_internal._METER_PROVIDER
+                if meter_provider is None:
+                    meter_provider = metrics_internal._PROXY_METER_PROVIDER
             else:
                 meter_provider = metrics.get_meter_provider()
         cached = self._cached
