@@ -161,6 +161,7 @@ def test_an_idle_spare_ends_with_its_loop_without_a_word(caplog: pytest.LogCaptu
     async def main() -> asyncio.Task[Any]:
         task = _started(unwind())[0]
         assert not task.done()  # parked, waiting for an unwind that suspends
+        assert task.get_name() == eager.SPARE_NAME
         return task
 
     with caplog.at_level(logging.DEBUG, logger="asyncio"):

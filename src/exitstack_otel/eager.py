@@ -43,6 +43,10 @@ AVAILABLE = sys.version_info[:2] == (3, 11) and _enter_task is not None
 3.12's eager tasks cost less."""
 
 
+SPARE_NAME = "exitstack-otel spare"
+"""What ``asyncio.all_tasks()`` shows for a parked spare (it keeps the name once it carries one)."""
+
+
 class _Spare:
     """A parked task, and the future it waits on for an unwind to carry on."""
 
@@ -59,7 +63,7 @@ class _Spare:
         # an empty context: a spare outlives the request it was made in, and must not keep its
         # context variables alive (the unwinds it carries run in their own)
         empty = contextvars.Context()
-        task = asyncio.Task(carrier, loop=loop, context=empty)  # type: ignore[call-arg,unused-ignore]
+        task = asyncio.Task(carrier, loop=loop, name=SPARE_NAME, context=empty)  # type: ignore[call-arg,unused-ignore]
         # Idle by design: a loop closed without cancelling it has nothing to report about it.
         # (Private too, and the only way to say so; a task that carries an unwind reports again.)
         _log_destroy_pending(task, False)
