@@ -30,6 +30,9 @@ from typing import Any, TypeVar
 
 _T = TypeVar("_T")
 
+_Handoff = tuple[Coroutine[Any, Any, Any], Any, contextvars.Context]
+"""What a suspended unwind hands its spare: the coroutine, what it yielded, its context."""
+
 _enter_task: Any
 _leave_task: Any
 try:
@@ -54,8 +57,7 @@ class _Spare:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.busy = False
-        self.parking: asyncio.Future[tuple[Coroutine[Any, Any, Any], Any, contextvars.Context]]
-        self.parking = loop.create_future()
+        self.parking: asyncio.Future[_Handoff] = loop.create_future()
         carrier = _carry(self.parking)
         # advanced to its handoff point before the task exists: a cancellation of the task before
         # its first step (a loop turn later) then lands inside the carrier
@@ -115,9 +117,7 @@ def _suspend(value: Any) -> Generator[Any, Any, Any]:
     return (yield value)
 
 
-async def _carry(
-    parking: asyncio.Future[tuple[Coroutine[Any, Any, Any], Any, contextvars.Context]],
-) -> Any:
+async def _carry(parking: asyncio.Future[_Handoff]) -> Any:
     """The spare's coroutine: parked until an unwind is handed over, then ``yield from`` it,
     from where it stopped and in its own context."""
     thrown: BaseException | None = None
