@@ -40,8 +40,9 @@ def stepped_clock(monkeypatch: pytest.MonkeyPatch) -> SteppedClock:
     return clock
 
 
-# How the shield starts an unwind's task on asyncio: 3.12's eager task, 3.11's spare task
-# (exitstack_otel.eager), or an ordinary task (3.10, and the fallback of the other two).
+# How the shield starts an unwind's task on asyncio: a spare task stands in (3.11 and newer,
+# exitstack_otel.eager), an eager task (3.12 and newer, where no spare can), or an ordinary task
+# (3.10, and the last fallback).
 UNWIND_TASK_STARTS = (
     (["eager"] if sys.version_info >= (3, 12) else [])
     + (["spare"] if sys.version_info >= (3, 11) else [])

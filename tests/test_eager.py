@@ -1,15 +1,16 @@
 """exitstack_otel.eager: an unwind's first part runs at once as a spare task, and goes on in it.
 
-The shield uses it on Python 3.11 only; it works wherever asyncio's tasks take a context, so these
-tests force it on for every Python from 3.11."""
+The shield uses it on every Python from 3.11 (the tests force it on, whatever the module found)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
 import gc
+import inspect
 import logging
 import sys
+import threading
 from collections.abc import Coroutine
 from typing import Any
 
@@ -30,24 +31,46 @@ def _spares_on(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(eager, "AVAILABLE", True)
 
 
-def _started(coro: Coroutine[Any, Any, Any]) -> tuple[asyncio.Task[Any], bool, Any]:
-    started = eager.start(asyncio.get_running_loop(), coro)
-    assert started is not None
-    return started
+def _started(
+    coro: Coroutine[Any, Any, Any], returns: Any = eager.RESULT_UNKNOWN
+) -> tuple[asyncio.Task[Any] | None, bool, Any]:
+    """``first_part`` as the shield calls it: the task carrying the unwind on (None if it ended),
+    whether it ended, and its result then."""
+    first = eager.first_part(asyncio.get_running_loop(), coro, returns)
+    if isinstance(first, eager.Pending):
+        assert first.spare is not None, "a task runs: the first part starts"
+        return first.carry_on([]), False, None
+    assert isinstance(first, asyncio.Future)
+    assert first.done()
+    return None, True, first.result()
+
+
+async def _carried(task: asyncio.Task[Any] | None) -> Any:
+    """What the unwind a spare carried returned (what it raised, raised)."""
+    assert task is not None
+    result, escaped = await task
+    if escaped is not None:
+        raise escaped
+    return result
 
 
 def test_a_first_part_that_never_suspends_runs_at_once_as_another_task() -> None:
-    async def unwind(request: asyncio.Task[Any] | None) -> tuple[bool, str]:
+    async def unwind() -> tuple[object, str]:
         request_var.set("set by the unwind")
-        return asyncio.current_task() is not request, request_var.get()
+        return asyncio.current_task(), request_var.get()
 
     async def main() -> None:
         request_var.set("set by the endpoint")
         request = asyncio.current_task()
-        first = _started(unwind(request))
-        second = _started(unwind(request))
-        assert first[1:] == second[1:] == (True, (True, "set by the unwind"))
-        assert first[0] is second[0], "no suspension: the same spare serves the next unwind"
+        first = _started(unwind())
+        second = _started(unwind())
+        assert first[:2] == second[:2] == (None, True)
+        assert first[2][1] == second[2][1] == "set by the unwind"
+        spare = first[2][0]
+        assert isinstance(spare, asyncio.Task)
+        assert spare is not request
+        assert spare.get_name() == eager.SPARE_NAME
+        assert second[2][0] is spare, "no suspension: the same spare serves the next unwind"
         assert asyncio.current_task() is request
         assert request_var.get() == "set by the endpoint", "the unwind ran in a copy of the context"
 
@@ -70,7 +93,7 @@ def test_an_unwind_that_suspends_goes_on_in_the_task_it_started_as() -> None:
         task, done, result = _started(unwind())
         assert (done, result) == (False, None)
         assert seen == [task]
-        assert await task == "before the suspension"
+        assert await _carried(task) == "before the suspension"
         assert seen == [task, task]
         assert request_var.get() == "unset"
         assert baggage.get_baggage("cleanup") is None
@@ -92,9 +115,10 @@ def test_a_timeout_entered_in_the_first_part_reaches_the_unwind_not_the_request(
         request = asyncio.current_task()
         assert request is not None
         task, done, _ = _started(unwind())
+        assert task is not None
         assert not done
         await asyncio.wait([task])  # as the shield waits: a cancellation of the request stays its own
-        assert task.result() == "timed out"
+        assert task.result() == ("timed out", None)
         assert request.cancelling() == 0  # type: ignore[attr-defined,unused-ignore]  # 3.11+
 
     asyncio.run(main())
@@ -109,7 +133,7 @@ def test_an_anyio_scope_entered_in_the_first_part_cancels_the_unwind_only() -> N
     async def main() -> None:
         task, done, _ = _started(unwind())
         assert not done
-        assert await task is True
+        assert await _carried(task) is True
 
     asyncio.run(main())
 
@@ -127,9 +151,10 @@ def test_a_cancellation_before_the_task_runs_again_is_handed_to_the_unwind() -> 
 
     async def main() -> None:
         task, done, _ = _started(unwind())
+        assert task is not None
         assert not done
         task.cancel("now")  # before the spare has woken to carry the unwind on
-        assert await task == "cleaned up"
+        assert await _carried(task) == "cleaned up"
         assert caught == ["now"]
 
     asyncio.run(main())
@@ -142,12 +167,12 @@ def test_an_unwind_started_inside_a_first_part_gets_its_own_spare() -> None:
 
     async def outer() -> tuple[object, object]:
         task, _, _ = _started(inner())
-        return asyncio.current_task(), await task
+        return asyncio.current_task(), await _carried(task)
 
     async def main() -> None:
         task, done, _ = _started(outer())
         assert not done
-        outer_task, inner_task = await task
+        outer_task, inner_task = await _carried(task)
         assert outer_task is task
         assert inner_task is not task
 
@@ -155,11 +180,12 @@ def test_an_unwind_started_inside_a_first_part_gets_its_own_spare() -> None:
 
 
 def test_an_idle_spare_ends_with_its_loop_without_a_word(caplog: pytest.LogCaptureFixture) -> None:
-    async def unwind() -> None:
-        pass
+    async def unwind() -> object:
+        return asyncio.current_task()
 
     async def main() -> asyncio.Task[Any]:
-        task = _started(unwind())[0]
+        task = _started(unwind())[2]
+        assert isinstance(task, asyncio.Task)
         assert not task.done()  # parked, waiting for an unwind that suspends
         assert task.get_name() == eager.SPARE_NAME
         return task
@@ -180,6 +206,53 @@ def test_an_idle_spare_ends_with_its_loop_without_a_word(caplog: pytest.LogCaptu
     assert not [record for record in caplog.records if "destroyed" in record.getMessage()]
 
 
+def test_a_spare_cancelled_while_parked_is_not_used_again() -> None:
+    async def unwind() -> object:
+        return asyncio.current_task()
+
+    async def main() -> None:
+        spare = _started(unwind())[2]
+        assert isinstance(spare, asyncio.Task)
+        spare.cancel()  # what asyncio.run does to the tasks left as its loop ends
+        await asyncio.sleep(0)
+        assert spare.done()
+        assert _started(unwind())[2] is not spare
+
+    asyncio.run(main())
+
+
+def test_the_result_is_what_the_coroutine_returned_known_or_not() -> None:
+    async def returns(value: object) -> object:
+        return value
+
+    async def main() -> None:
+        assert _started(returns(True))[1:] == (True, True)
+        assert _started(returns(None))[1:] == (True, None)
+        marker = object()
+        assert _started(returns(marker))[2] is marker
+        # said by the caller (a stack's __aexit__ given no exception): no StopIteration caught
+        assert _started(returns(False), False)[1:] == (True, False)
+
+    asyncio.run(main())
+
+
+def test_what_the_first_part_raises_is_raised_and_the_request_is_current_again() -> None:
+    class Failed(Exception):
+        pass
+
+    async def unwind() -> None:
+        raise Failed("in a cleanup")
+
+    async def main() -> None:
+        request = asyncio.current_task()
+        for returns in (eager.RESULT_UNKNOWN, False):
+            with pytest.raises(Failed, match="in a cleanup"):
+                _started(unwind(), returns)
+            assert asyncio.current_task() is request
+
+    asyncio.run(main())
+
+
 def test_no_task_no_spare_and_the_coroutine_untouched() -> None:
     async def unwind() -> None:
         pass
@@ -187,21 +260,36 @@ def test_no_task_no_spare_and_the_coroutine_untouched() -> None:
     loop = asyncio.new_event_loop()
     try:
         coro = unwind()
-        assert eager.start(loop, coro) is None  # no task runs: nothing to stand in for
+        first = eager.first_part(loop, coro, eager.RESULT_UNKNOWN)  # no task runs: none to stand in for
+        assert isinstance(first, eager.Pending)
+        assert first.spare is None
+        assert first.coro is coro
+        assert inspect.getcoroutinestate(coro) == inspect.CORO_CREATED
         coro.close()
     finally:
         loop.close()
 
 
-def test_without_the_private_calls_start_answers_none(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(eager, "AVAILABLE", False)
+def test_an_asyncio_that_keeps_its_current_task_elsewhere_turns_spares_off(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(eager, "_current_tasks", {})  # a map asyncio.current_task() does not read
+    monkeypatch.setattr(eager, "_last", None)
+    monkeypatch.setattr(eager, "_spares", threading.local())
+    ran: list[bool] = []
 
     async def unwind() -> None:
-        pass
+        ran.append(True)
 
     async def main() -> None:
         coro = unwind()
-        assert eager.start(asyncio.get_running_loop(), coro) is None
+        first = eager.first_part(asyncio.get_running_loop(), coro, eager.RESULT_UNKNOWN)
+        assert isinstance(first, eager.Pending)
+        assert first.spare is None
+        assert ran == [], "the coroutine untouched: the caller runs it in a task of its own"
         await coro
 
-    asyncio.run(main())
+    with caplog.at_level(logging.WARNING, logger="exitstack_otel.eager"):
+        asyncio.run(main())
+    assert eager.AVAILABLE is False
+    assert ["keeps its current task elsewhere" in record.getMessage() for record in caplog.records] == [True]

@@ -3,8 +3,9 @@ from __future__ import annotations
 import asyncio
 
 import anyio
+import anyio.lowlevel
 import pytest
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from exitstack_otel import ExitStackMiddleware, get_exit_stack
 from exitstack_otel.shield import cancellation_can_reach_task
@@ -94,3 +95,27 @@ async def test_cancellation_cannot_reach_a_plain_asyncio_task(anyio_backend: str
 
     # a task made by asyncio itself, as uvicorn makes one per request: no anyio scope encloses it
     assert await asyncio.get_running_loop().create_task(plain()) is False
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("suspends", [False, True], ids=["at-once", "suspending"])
+async def test_an_async_exit_that_suppresses_the_endpoints_error_is_obeyed(suspends: bool) -> None:
+    seen: list[str] = []
+
+    async def handled(exc_type: type[BaseException] | None, *details: object) -> bool:
+        if suspends:
+            await anyio.lowlevel.checkpoint()
+        seen.append(exc_type.__name__ if exc_type else "none")
+        return exc_type is LookupError  # handled here: the request goes on as if it never raised
+
+    def app_raising(error: Exception) -> ASGIApp:
+        async def app(scope: Scope, receive: Receive, send: Send) -> None:
+            get_exit_stack(scope).push_async_exit(handled)
+            raise error
+
+        return app
+
+    await ExitStackMiddleware(app_raising(LookupError("handled")))(dict(_SCOPE), _receive, _send)
+    with pytest.raises(ValueError, match="not handled"):
+        await ExitStackMiddleware(app_raising(ValueError("not handled")))(dict(_SCOPE), _receive, _send)
+    assert seen == ["LookupError", "ValueError"]

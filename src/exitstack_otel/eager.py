@@ -1,50 +1,48 @@
-"""Python 3.11's unwinds: the first part run at once, as a task of its own, without a task each.
+"""An unwind's first part, run at once as a task of its own, without making a task (3.11 and newer).
 
 The unwind needs a task of its own (``shield`` says why), but most unwinds never suspend, and a
-3.11 task costs: its first step waits for a later event-loop turn, and the request's task waits
-two turns for it. 3.12's eager tasks avoid the turns (``shield`` uses them there; they cost less
-than what follows). Here each thread keeps one spare task, parked on a future of its own. An
-unwind's first part runs inside the request's step, but as the spare: ``asyncio.current_task()``
-answers the spare, and the unwind's context is a copy of the request's, so whatever a callback
-captures there (``asyncio.timeout``, an anyio cancel scope, a context variable) is what it has if
-the unwind goes on later. An unwind over by then cost no task at all. One that suspended is
-handed to the spare, which wakes and carries it on from where it stopped, and the next unwind
-parks a new spare.
+task costs: on 3.11 its first step waits for a later event-loop turn, and even 3.12's eager
+tasks cost more than the rest of a no-SDK request's overhead together. Here each thread keeps one
+spare task, parked on a future of its own. An unwind's first part runs inside the request's step,
+but as the spare: ``asyncio.current_task()`` answers the spare, and the unwind's context is a copy
+of the request's, so whatever a callback captures there (``asyncio.timeout``, an anyio cancel
+scope, a context variable) is what it has if the unwind goes on later. An unwind over by then cost
+no task at all. One that suspended is handed to the spare, which wakes and carries it on from
+where it stopped, and the next unwind parks a new spare.
 
-Switching the current task takes asyncio's own private ``_enter_task`` and ``_leave_task``, the
-two calls a task's step makes around every step (C tasks and pure-Python ones alike). Where they
-are missing, or the caller runs outside a task, ``start`` answers None and the caller makes an
-ordinary task.
+Standing in as the current task takes asyncio's private map of each loop's running task, the dict
+that both task implementations' steps read and write (3.7 to 3.13); a dict store costs a fraction
+of a call to ``_enter_task``. It is checked against ``asyncio.current_task()`` whenever a spare is
+made. Where it is missing or disagrees, or the caller runs outside a task, ``first_part`` answers
+``NOT_STARTED`` and the caller makes a task of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
 import sys
 import threading
 import types
 from collections.abc import Coroutine, Generator
 from contextlib import suppress
-from typing import Any, TypeVar
+from typing import Any
 
-_T = TypeVar("_T")
+logger = logging.getLogger(__name__)
 
-_Handoff = tuple[Coroutine[Any, Any, Any], Any, contextvars.Context]
-"""What a suspended unwind hands its spare: the coroutine, what it yielded, its context."""
+Unwound = tuple[Any, BaseException | None]
+"""What a carried unwind ends with: its result, or the exception that escaped it."""
 
-_enter_task: Any
-_leave_task: Any
+_current_tasks: Any
 try:
-    # private: how a task's step makes itself the loop's current task (asyncio 3.7 to 3.13)
-    from asyncio.tasks import _enter_task, _leave_task
-except ImportError:  # another asyncio: every unwind gets an ordinary task
-    _enter_task = _leave_task = None
+    # private: each running loop's current task, as tasks' steps set it (asyncio 3.7 to 3.13)
+    from asyncio.tasks import _current_tasks  # type: ignore[attr-defined,no-redef]
+except ImportError:  # another asyncio: every unwind gets a task of its own
+    _current_tasks = None
 
-AVAILABLE = sys.version_info[:2] == (3, 11) and _enter_task is not None
-"""3.11 is the first whose tasks take a ``context`` (a spare must not hold on to a request's);
-3.12's eager tasks cost less."""
-
+AVAILABLE = sys.version_info >= (3, 11) and isinstance(_current_tasks, dict)
+"""3.11 is the first whose tasks take a ``context``: a spare must not hold on to a request's."""
 
 SPARE_NAME = "exitstack-otel spare"
 """What ``asyncio.all_tasks()`` shows for a parked spare (it keeps the name once it carries one)."""
@@ -53,12 +51,18 @@ SPARE_NAME = "exitstack-otel spare"
 class _Spare:
     """A parked task, and the future it waits on for an unwind to carry on."""
 
-    __slots__ = ("busy", "parking", "task")
+    __slots__ = ("busy", "loop", "parking", "returned_false", "task")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.busy = False
+        """While a first part runs as this spare (an unwind nested in it needs another), and for
+        good once it carries an unwind or its carrier ended."""
+        self.loop = loop
+        # what first_part hands back for most unwinds: awaiting a done future costs no frame
+        self.returned_false: asyncio.Future[Any] = loop.create_future()
+        self.returned_false.set_result(False)
         self.parking: asyncio.Future[_Handoff] = loop.create_future()
-        carrier = _carry(self.parking)
+        carrier = _carry(self, self.parking)
         # advanced to its handoff point before the task exists: a cancellation of the task before
         # its first step (a loop turn later) then lands inside the carrier
         carrier.send(None)
@@ -69,41 +73,109 @@ class _Spare:
         # Idle by design: a loop closed without cancelling it has nothing to report about it.
         # (Private too, and the only way to say so; a task that carries an unwind reports again.)
         _log_destroy_pending(task, False)
-        self.task: asyncio.Task[Any] = task
+        self.task: asyncio.Task[Unwound] = task
 
 
+class Pending:
+    """A first part that did not finish: ``carry_on`` hands it to its spare. ``spare`` is None
+    when it could not start (``coro`` untouched)."""
+
+    __slots__ = ("context", "coro", "spare", "yielded")
+
+    def __init__(
+        self, spare: _Spare | None, coro: Coroutine[Any, Any, Any], yielded: Any, context: Any
+    ) -> None:
+        self.spare = spare
+        self.coro = coro
+        self.yielded = yielded
+        self.context = context
+
+    def carry_on(self, waiters: list[asyncio.Future[None]]) -> asyncio.Task[Unwound]:
+        """The spare's task, which now carries the unwind on; it wakes ``waiters[-1]`` from the
+        unwind's last step, and ends with what the unwind returned or raised."""
+        spare = self.spare
+        assert spare is not None  # only a started first part is carried on
+        _log_destroy_pending(spare.task, True)
+        spare.parking.set_result((self.coro, self.yielded, self.context, waiters))
+        return spare.task
+
+
+_Handoff = tuple[Coroutine[Any, Any, Any], Any, contextvars.Context, list["asyncio.Future[None]"]]
+
+# The last spare made, for the common case of one loop in the process; other loops' threads find
+# theirs in _spares. A spare is only ever used by the thread that runs its loop.
+_last: _Spare | None = None
 _spares = threading.local()
 
 
-def start(
-    loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, _T]
-) -> tuple[asyncio.Task[_T], bool, _T | None] | None:
-    """Run ``coro``'s first part now, as a task of its own: that task, whether ``coro`` is over,
-    and its result if so. None where that cannot be done; ``coro`` was then not touched."""
-    request = asyncio.current_task(loop)
-    if not AVAILABLE or request is None:
-        return None
-    spare: _Spare | None = getattr(_spares, "spare", None)
-    if spare is None or spare.busy or spare.task.get_loop() is not loop or spare.task.done():
-        spare = _spares.spare = _Spare(loop)
-    task = spare.task
-    context = contextvars.copy_context()
-    spare.busy = True  # an unwind nested inside this one's first part parks its own spare
-    _leave_task(loop, request)
-    _enter_task(loop, task)
+RESULT_UNKNOWN: Any = object()
+"""For ``first_part``: the coroutine may return anything."""
+
+
+def first_part(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], returns: Any) -> Any:
+    """Run ``coro`` now, as a task of its own, up to its end or its first suspension: a done
+    future of its result if it ended (what it raised, it raises), else a ``Pending`` to carry it
+    on. ``returns`` is what ``coro`` returns if it ends, where the caller knows it (a stack's
+    ``__aexit__`` given no exception returns False), else ``RESULT_UNKNOWN``: catching the
+    ``StopIteration`` that brings the result costs more than the rest of this call."""
+    spare = _last
+    if spare is None or spare.busy or spare.loop is not loop:
+        spare = _spare_for(loop)
+        if spare is None:
+            return Pending(None, coro, None, None)
+    current_tasks = _current_tasks
     try:
-        yielded = context.run(coro.send, None)
-    except StopIteration as finished:
-        return task, True, finished.value
+        request = current_tasks[loop]
+    except KeyError:  # not in a task: nothing to stand in for
+        return Pending(None, coro, None, None)
+    context = contextvars.copy_context()
+    spare.busy = True
+    current_tasks[loop] = spare.task
+    try:
+        if returns is RESULT_UNKNOWN:
+            try:
+                yielded = context.run(coro.send, None)
+            except StopIteration as finished:
+                returns = finished.value
+                yielded = _OVER
+        else:
+            # next() takes the StopIteration in C, where it costs a fraction
+            yielded = context.run(next, coro.__await__(), _OVER)
     finally:
-        _leave_task(loop, task)
-        _enter_task(loop, request)
+        current_tasks[loop] = request
         spare.busy = False
-    # suspended: the spare carries it on, and is a spare no more
-    _spares.spare = None
-    _log_destroy_pending(task, True)
-    spare.parking.set_result((coro, yielded, context))
-    return task, False, None
+    if yielded is _OVER:
+        if returns is False:
+            return spare.returned_false
+        returned: asyncio.Future[Any] = loop.create_future()
+        returned.set_result(returns)
+        return returned
+    # suspended: the spare is this unwind's from now on
+    spare.busy = True
+    return Pending(spare, coro, yielded, context)
+
+
+_OVER: Any = object()
+"""What no coroutine yields: ``first_part``'s sign that it ended."""
+
+
+def _spare_for(loop: asyncio.AbstractEventLoop) -> _Spare | None:
+    global _last, AVAILABLE
+    spare: _Spare | None = getattr(_spares, "spare", None)
+    if spare is None or spare.busy or spare.loop is not loop:
+        request = asyncio.current_task(loop)
+        if request is None:
+            return None
+        if _current_tasks.get(loop) is not request:
+            AVAILABLE = False
+            logger.warning(
+                "exitstack-otel: this asyncio keeps its current task elsewhere; "
+                "each suspending unwind now gets a task of its own"
+            )
+            return None
+        spare = _spares.spare = _Spare(loop)
+    _last = spare
+    return spare
 
 
 def _log_destroy_pending(task: asyncio.Task[Any], log: bool) -> None:
@@ -117,19 +189,23 @@ def _suspend(value: Any) -> Generator[Any, Any, Any]:
     return (yield value)
 
 
-async def _carry(parking: asyncio.Future[_Handoff]) -> Any:
+async def _carry(spare: _Spare, parking: asyncio.Future[_Handoff]) -> Unwound:
     """The spare's coroutine: parked until an unwind is handed over, then ``yield from`` it,
     from where it stopped and in its own context."""
     thrown: BaseException | None = None
     try:
         await _suspend(None)  # the handoff point
-        coro, yielded, context = await parking
+        coro, yielded, context, waiters = await parking
     except BaseException as received:
         if not parking.done() or parking.cancelled():
-            return None  # cancelled while parked: the event loop is ending
+            spare.busy = True  # cancelled while parked (the event loop is ending): used up
+            return None, None
         # cancelled after the handoff, before this task's next step: the unwind's to handle
-        coro, yielded, context = parking.result()
+        coro, yielded, context, waiters = parking.result()
         thrown = received
+    # The escaped exception is handed over as a value: a task takes a CancelledError that escapes
+    # it for its own cancellation, and result() would raise a new one.
+    unwound: Unwound
     while True:
         try:
             if thrown is not None:
@@ -143,4 +219,15 @@ async def _carry(parking: asyncio.Future[_Handoff]) -> Any:
                     continue
                 yielded = context.run(coro.send, sent)
         except StopIteration as finished:
-            return finished.value
+            unwound = finished.value, None
+            break
+        except BaseException as escaped:
+            unwound = None, escaped
+            break
+    if waiters:
+        # Woken from the unwind's last step, not from its task's done callback: done callbacks run
+        # one loop turn after a task ends, and the request would resume one turn after that.
+        waiter = waiters[-1]
+        if not waiter.done():
+            waiter.set_result(None)
+    return unwound

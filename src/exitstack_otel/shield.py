@@ -11,10 +11,10 @@ as is. For the others:
   cancellations before passing the first one on. That task runs in a copy of the request's
   context: callbacks see the endpoint's context variables, but variables they set no longer leak
   out to the middleware's caller. The task is what costs most (benchmarks/RESULTS.md has the
-  figures); on 3.12 and newer it starts eagerly, so an unwind that never suspends is over before
-  the task would have been scheduled, and nothing more is done. On 3.11 a spare task stands in
-  for it until the unwind first suspends (``eager``), which costs less still than a task that
-  waits for its loop turn; 3.10 makes an ordinary task. Only for an unwind that suspended
+  figures). From 3.11 on none is made for an unwind that never suspends (most do not): a spare
+  task stands in for it (``eager``), and only an unwind that suspends is handed to it. Where
+  that cannot be done, 3.12 and newer start an eager task (over at once if the unwind never
+  suspends), and 3.10 makes an ordinary task. Only for an unwind that suspended
   is the anyio shield (not free either) put around the wait, and only where an anyio scope
   encloses the request's task: otherwise nothing could re-deliver a cancellation every loop turn.
   A task of its own is the only way: a cancellation a callback's own timeout sends (anyio's
@@ -52,7 +52,7 @@ try:
 except ImportError:  # another anyio layout: always shield
     _task_states = None
 
-_Unwound = tuple[bool | None, BaseException | None]
+_Unwound = eager.Unwound
 
 _EAGER_TASKS = sys.version_info >= (3, 12)
 """3.12's eager tasks run at once, up to their first suspension: an unwind that never suspends
@@ -70,11 +70,36 @@ def unwind(
     exc: BaseException | None,
     tb: TracebackType | None,
 ) -> Awaitable[bool | None]:
-    """``stack.__aexit__`` run to completion; a cancellation of the caller comes after it."""
+    """``stack.__aexit__`` run to completion; a cancellation of the caller comes after it.
+    Await the result at once: on asyncio the unwind may already have run (what it raised is
+    raised here)."""
     if not stack.awaits_on_exit:
         # only sync callbacks, or none: the unwind never awaits, so no cancellation can land in it
         return stack.__aexit__(exc_type, exc, tb)
-    return _unwind_to_the_end(stack, exc_type, exc, tb)
+    loop = asyncio._get_running_loop()  # None under trio, without the cost of an exception
+    if loop is None:
+        return _shielded(stack, exc_type, exc, tb)
+    exiting = stack.__aexit__(exc_type, exc, tb)
+    if eager.AVAILABLE:
+        # at once, as the unwind's own task; given no exception, __aexit__ returns False
+        first = eager.first_part(loop, exiting, False if exc_type is None else eager.RESULT_UNKNOWN)
+        if first.__class__ is not eager.Pending:
+            return first  # type: ignore[no-any-return]  # over: a done future of the result
+        if first.spare is not None:
+            waiters: list[asyncio.Future[None]] = []  # what the request waits on, the newest last
+            return _outlast(loop, first.carry_on(waiters), waiters)
+    return _in_a_task(loop, exiting)
+
+
+async def _shielded(
+    stack: InstrumentedAsyncExitStack,
+    exc_type: type[BaseException] | None,
+    exc: BaseException | None,
+    tb: TracebackType | None,
+) -> bool | None:
+    with anyio.CancelScope(shield=True):
+        suppressed = await stack.__aexit__(exc_type, exc, tb)
+    return suppressed
 
 
 async def wait_for_unwinds() -> None:
@@ -102,31 +127,25 @@ def _reachable_by_cancellation(loop: asyncio.AbstractEventLoop) -> bool:
     return state is not None and getattr(state, "cancel_scope", True) is not None
 
 
-async def _unwind_to_the_end(
-    stack: InstrumentedAsyncExitStack,
-    exc_type: type[BaseException] | None,
-    exc: BaseException | None,
-    tb: TracebackType | None,
-) -> bool | None:
-    loop = asyncio._get_running_loop()  # None under trio, without the cost of an exception
-    if loop is None:
-        with anyio.CancelScope(shield=True):
-            suppressed = await stack.__aexit__(exc_type, exc, tb)
-        return suppressed
-    waiters: list[asyncio.Future[None]] = []  # what the request's task waits on, the newest last
-    unwinding = _unwound(stack, exc_type, exc, tb, waiters)
+async def _in_a_task(loop: asyncio.AbstractEventLoop, exiting: Awaitable[bool | None]) -> bool | None:
+    waiters: list[asyncio.Future[None]] = []
+    unwinding = _unwound(exiting, waiters)
     if _EAGER_TASKS:
         task = asyncio.Task(unwinding, loop=loop, eager_start=True)  # type: ignore[call-arg,unused-ignore]
-        done = task.done()
-        unwound = task.result() if done else None
+        if task.done():
+            suppressed, escaped = task.result()
+            if escaped is not None:
+                _reraise(escaped)
+            return suppressed  # type: ignore[no-any-return]
     else:
-        started = eager.start(loop, unwinding)  # 3.11: the first part at once, as a spare task
-        task, done, unwound = started or (loop.create_task(unwinding), False, None)
-    if done:
-        suppressed, escaped = unwound  # type: ignore[misc]  # done: the unwind's result
-        if escaped is not None:
-            _reraise(escaped)
-        return suppressed
+        task = loop.create_task(unwinding)
+    return await _outlast(loop, task, waiters)
+
+
+async def _outlast(
+    loop: asyncio.AbstractEventLoop, task: asyncio.Task[_Unwound], waiters: list[asyncio.Future[None]]
+) -> bool | None:
+    """The unwind's result once its task is over, a cancellation of the caller after it."""
     # the unwind suspended: only now can a cancellation be delivered to this task
     _unwind_tasks.add(task)
     # should the unwind's task end without a word (cancelled before it started)
@@ -141,20 +160,15 @@ async def _unwind_to_the_end(
         _reraise(escaped)
     if cancellation is not None:
         _reraise(cancellation)
-    return suppressed
+    return suppressed  # type: ignore[no-any-return]
 
 
-async def _unwound(
-    stack: InstrumentedAsyncExitStack,
-    exc_type: type[BaseException] | None,
-    exc: BaseException | None,
-    tb: TracebackType | None,
-    waiters: list[asyncio.Future[None]],
-) -> _Unwound:
+async def _unwound(exiting: Awaitable[bool | None], waiters: list[asyncio.Future[None]]) -> _Unwound:
+    """The unwind as a task of its own runs it (3.10, and where no spare can stand in)."""
     # The escaped exception is handed over as a value: a task takes a CancelledError that escapes
     # it for its own cancellation, and result() would raise a new one.
     try:
-        unwound: _Unwound = await stack.__aexit__(exc_type, exc, tb), None
+        unwound: _Unwound = await exiting, None
     except BaseException as escaped:
         unwound = False, escaped
     if waiters:
