@@ -51,13 +51,12 @@ SPARE_NAME = "exitstack-otel spare"
 class _Spare:
     """A parked task, and the future it waits on for an unwind to carry on."""
 
-    __slots__ = ("busy", "loop", "parking", "returned_false", "task")
+    __slots__ = ("idle_on", "parking", "returned_false", "task")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.busy = False
-        """While a first part runs as this spare (an unwind nested in it needs another), and for
-        good once it carries an unwind or its carrier ended."""
-        self.loop = loop
+        self.idle_on: asyncio.AbstractEventLoop | None = loop
+        """Its loop while it can stand in; None while a first part runs as it (an unwind nested
+        in that one needs another spare), and for good once it carries an unwind or has ended."""
         # what first_part hands back for most unwinds: awaiting a done future costs no frame
         self.returned_false: asyncio.Future[Any] = loop.create_future()
         self.returned_false.set_result(False)
@@ -119,7 +118,7 @@ def first_part(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], 
     ``__aexit__`` given no exception returns False), else ``RESULT_UNKNOWN``: catching the
     ``StopIteration`` that brings the result costs more than the rest of this call."""
     spare = _last
-    if spare is None or spare.busy or spare.loop is not loop:
+    if spare is None or spare.idle_on is not loop:
         spare = _spare_for(loop)
         if spare is None:
             return Pending(None, coro, None, None)
@@ -129,7 +128,7 @@ def first_part(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], 
     except KeyError:  # not in a task: nothing to stand in for
         return Pending(None, coro, None, None)
     context = contextvars.copy_context()
-    spare.busy = True
+    spare.idle_on = None
     current_tasks[loop] = spare.task
     try:
         if returns is RESULT_UNKNOWN:
@@ -143,7 +142,7 @@ def first_part(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], 
             yielded = context.run(next, coro.__await__(), _OVER)
     finally:
         current_tasks[loop] = request
-        spare.busy = False
+        spare.idle_on = loop
     if yielded is _OVER:
         if returns is False:
             return spare.returned_false
@@ -151,7 +150,7 @@ def first_part(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], 
         returned.set_result(returns)
         return returned
     # suspended: the spare is this unwind's from now on
-    spare.busy = True
+    spare.idle_on = None
     return Pending(spare, coro, yielded, context)
 
 
@@ -162,7 +161,7 @@ _OVER: Any = object()
 def _spare_for(loop: asyncio.AbstractEventLoop) -> _Spare | None:
     global _last, AVAILABLE
     spare: _Spare | None = getattr(_spares, "spare", None)
-    if spare is None or spare.busy or spare.loop is not loop:
+    if spare is None or spare.idle_on is not loop:
         request = asyncio.current_task(loop)
         if request is None:
             return None
@@ -198,7 +197,7 @@ async def _carry(spare: _Spare, parking: asyncio.Future[_Handoff]) -> Unwound:
         coro, yielded, context, waiters = await parking
     except BaseException as received:
         if not parking.done() or parking.cancelled():
-            spare.busy = True  # cancelled while parked (the event loop is ending): used up
+            spare.idle_on = None  # cancelled while parked (the event loop is ending): used up
             return None, None
         # cancelled after the handoff, before this task's next step: the unwind's to handle
         coro, yielded, context, waiters = parking.result()

@@ -2,7 +2,8 @@
 
 Applications often configure the SDK after building the app (``opentelemetry-instrument`` does),
 so the global providers are read for every stack, not once; the answer is cached for as long as
-the providers stay the same objects, which makes the per-request cost two global reads.
+the providers stay the same objects, which makes the per-request cost two global reads and two
+comparisons.
 """
 
 from __future__ import annotations
@@ -48,10 +49,20 @@ def global_meter_provider() -> metrics.MeterProvider:
     return provider if provider is not None else metrics_internal._PROXY_METER_PROVIDER
 
 
+_NOT_READ = object()
+
+
 class TelemetrySource:
     """Telemetry for explicit providers, or for whichever global ones are set at the time."""
 
-    __slots__ = ("_cached", "_meter_provider", "_options", "_tracer_provider")
+    __slots__ = (
+        "_cached",
+        "_global_seen",
+        "_meter_provider",
+        "_options",
+        "_reads_globals",
+        "_tracer_provider",
+    )
 
     def __init__(
         self,
@@ -63,6 +74,12 @@ class TelemetrySource:
         self._meter_provider = meter_provider
         self._options = options or TelemetryOptions()
         self._cached: tuple[object, object, Telemetry | None] | None = None
+        # Both providers the globals, read as the API's module globals: the per-request check is
+        # then two global reads against what they held last time (None until one is set).
+        self._reads_globals = (
+            tracer_provider is None and meter_provider is None and _READ_TRACER_GLOBAL and _READ_METER_GLOBAL
+        )
+        self._global_seen: tuple[object, object, Telemetry | None] = (_NOT_READ, _NOT_READ, None)
 
     @property
     def options(self) -> TelemetryOptions:
@@ -79,6 +96,18 @@ class TelemetrySource:
         return self._meter_provider
 
     def current(self) -> Telemetry | None:
+        if self._reads_globals:
+            seen = self._global_seen
+            if seen[0] is trace._TRACER_PROVIDER and seen[1] is metrics_internal._METER_PROVIDER:
+                return seen[2]
+            tracer_global = trace._TRACER_PROVIDER  # private: see above
+            meter_global = metrics_internal._METER_PROVIDER
+            telemetry = self._resolve()
+            self._global_seen = (tracer_global, meter_global, telemetry)
+            return telemetry
+        return self._resolve()
+
+    def _resolve(self) -> Telemetry | None:
         # the two getters above, written out: two calls fewer per request
         tracer_provider = self._tracer_provider
         if tracer_provider is None:
