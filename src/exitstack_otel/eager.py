@@ -14,7 +14,7 @@ Standing in as the current task takes asyncio's private map of each loop's runni
 that both task implementations' steps read and write (3.7 to 3.13); a dict store costs a fraction
 of a call to ``_enter_task``. It is checked against ``asyncio.current_task()`` whenever a spare is
 made. Where it is missing or disagrees, or the caller runs outside a task, ``first_part`` answers
-``NOT_STARTED`` and the caller makes a task of its own.
+a ``Pending`` with no spare, the coroutine untouched, and the caller makes a task of its own.
 """
 
 from __future__ import annotations
@@ -224,9 +224,14 @@ async def _carry(spare: _Spare, parking: asyncio.Future[_Handoff]) -> Unwound:
             unwound = None, escaped
             break
     if waiters:
-        # Woken from the unwind's last step, not from its task's done callback: done callbacks run
-        # one loop turn after a task ends, and the request would resume one turn after that.
-        waiter = waiters[-1]
-        if not waiter.done():
-            waiter.set_result(None)
+        wake(waiters)
     return unwound
+
+
+def wake(waiters: list[asyncio.Future[None]]) -> None:
+    """Wake the request waiting on the newest of ``waiters``, from the unwind's last step: its
+    task's done callbacks run one loop turn after it ends, and the request would resume one
+    turn after that."""
+    waiter = waiters[-1]
+    if not waiter.done():
+        waiter.set_result(None)

@@ -172,22 +172,14 @@ async def _unwound(exiting: Awaitable[bool | None], waiters: list[asyncio.Future
     except BaseException as escaped:
         unwound = False, escaped
     if waiters:
-        # Woken from the unwind's last step, not from its task's done callback: done callbacks run
-        # one loop turn after a task ends, and the request would resume one turn after that.
-        _wake(waiters)
+        eager.wake(waiters)
     return unwound
-
-
-def _wake(waiters: list[asyncio.Future[None]]) -> None:
-    waiter = waiters[-1]
-    if not waiter.done():
-        waiter.set_result(None)
 
 
 def _finished(waiters: list[asyncio.Future[None]], task: asyncio.Task[_Unwound]) -> None:
     _unwind_tasks.discard(task)
     if waiters:
-        _wake(waiters)
+        eager.wake(waiters)
 
 
 async def _outlast_cancellation(
