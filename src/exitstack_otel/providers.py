@@ -57,6 +57,7 @@ class TelemetrySource:
 
     __slots__ = (
         "_cached",
+        "_fixed",
         "_global_seen",
         "_meter_provider",
         "_options",
@@ -74,6 +75,8 @@ class TelemetrySource:
         self._meter_provider = meter_provider
         self._options = options or TelemetryOptions()
         self._cached: tuple[object, object, Telemetry | None] | None = None
+        # both providers given: what they make is decided once, at the first request
+        self._fixed = tracer_provider is not None and meter_provider is not None
         # Both providers the globals, read as the API's module globals: the per-request check is
         # then two global reads against what they held last time (None until one is set).
         self._reads_globals = (
@@ -105,6 +108,9 @@ class TelemetrySource:
             telemetry = self._resolve()
             self._global_seen = (tracer_global, meter_global, telemetry)
             return telemetry
+        cached = self._cached
+        if self._fixed and cached is not None:
+            return cached[2]
         return self._resolve()
 
     def _resolve(self) -> Telemetry | None:
