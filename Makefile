@@ -2,14 +2,15 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-CODE := src tests benchmarks monitoring scripts
+CODE := src tests benchmarks monitoring scripts setup.py
 # what the tests exercise; the dev tools come from pyproject's [dependency-groups]
 EXTRAS := demo,fastapi,instrumentation
 
 .PHONY: demo test test-fast lint typecheck unit test-pythons test-lowest bench clean
 
 # pip 25.1 is the first to install PEP 735 dependency groups (--group)
-$(BIN)/.installed: pyproject.toml
+# setup.py and the C source too: an editable install builds the compiled step once, in src/
+$(BIN)/.installed: pyproject.toml setup.py src/exitstack_otel/_first_step.c
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || \
 		{ echo "exitstack-otel needs Python 3.10 or newer; run: make PYTHON=python3.X" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
@@ -52,4 +53,5 @@ bench: $(BIN)/.installed
 	$(BIN)/python -m benchmarks.run
 
 clean:
+	rm -rf build src/*.egg-info src/exitstack_otel/_first_step.*.so
 	rm -rf $(VENV) .venv-lowest .venv-api-only .venv-fastapi-oldest .venv-3.* .mypy_cache .ruff_cache .pytest_cache .hypothesis

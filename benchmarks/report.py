@@ -6,6 +6,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from exitstack_otel import eager
+
 from .floor import SdkFloor
 from .memory import MemoryGrowth
 from .variants import BASELINE, PEER
@@ -144,9 +146,11 @@ def table(
             f"an asyncio task created and awaited {floor.task_us:.2f} us",
         ]
     python = ".".join(map(str, sys.version_info[:3]))
+    step = "compiled" if eager.compiled() else "in pure Python (_first_step did not build)"
     lines += [
         "",
-        f"Targets (Python {python}; {TARGET_CALLBACKS} callbacks per request unless said; in-process)",
+        f"Targets (Python {python}; {TARGET_CALLBACKS} callbacks per request unless said; in-process; "
+        f"the unwind's first step {step})",
         "",
     ]
     for verdict in verdicts(in_process, floor):

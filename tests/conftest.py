@@ -41,13 +41,27 @@ def stepped_clock(monkeypatch: pytest.MonkeyPatch) -> SteppedClock:
 
 
 # How the shield starts an unwind's task on asyncio: a spare task stands in (3.11 and newer,
-# exitstack_otel.eager), an eager task (3.12 and newer, where no spare can), or an ordinary task
-# (3.10, and the last fallback).
+# exitstack_otel.eager) through its compiled step or its pure-Python one, an eager task (3.12 and
+# newer, where no spare can), or an ordinary task (3.10, and the last fallback).
 UNWIND_TASK_STARTS = (
     (["eager"] if sys.version_info >= (3, 12) else [])
-    + (["spare"] if sys.version_info >= (3, 11) else [])
+    + (["spare", "spare-python"] if sys.version_info >= (3, 11) else [])
     + ["plain"]
 )
+FIRST_STEPS = ("compiled", "python")
+"""How a spare runs an unwind's first step: ``_first_step.c`` where it built, else Python."""
+
+
+def use_first_step(monkeypatch: pytest.MonkeyPatch, step: str) -> None:
+    """The spare's first step the test runs: the compiled one (a skip on a laptop where it did
+    not build, a failure in CI), or the pure-Python path that runs wherever it did not."""
+    if step == "python":
+        monkeypatch.setattr(eager, "_compiled_step", None)
+    elif not eager.compiled():
+        message = "exitstack_otel._first_step is not built (needs a C compiler and Python's headers)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
 
 
 @pytest.fixture
@@ -55,7 +69,8 @@ def unwind_task_start(request: pytest.FixtureRequest, monkeypatch: pytest.Monkey
     """Each way the shield can start an unwind's task on this Python, one after the other."""
     start = str(request.param)
     monkeypatch.setattr(shield, "_EAGER_TASKS", start == "eager")
-    monkeypatch.setattr(eager, "AVAILABLE", start == "spare")
+    monkeypatch.setattr(eager, "AVAILABLE", start.startswith("spare"))
+    use_first_step(monkeypatch, "python" if start == "spare-python" else "compiled")
     return start
 
 

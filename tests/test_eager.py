@@ -20,23 +20,30 @@ from opentelemetry import baggage
 from opentelemetry import context as otel_context
 
 from exitstack_otel import eager
+from tests.conftest import FIRST_STEPS, use_first_step
 
 pytestmark = pytest.mark.skipif(sys.version_info < (3, 11), reason="3.10's tasks take no context")
 
 request_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_var", default="unset")
 
 
-@pytest.fixture(autouse=True)
-def _spares_on(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture(autouse=True, params=FIRST_STEPS)
+def first_step(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test on the compiled first step and on the pure-Python one."""
     monkeypatch.setattr(eager, "AVAILABLE", True)
+    use_first_step(monkeypatch, request.param)
+    return str(request.param)
 
 
 def _started(
-    coro: Coroutine[Any, Any, Any], returns: Any = eager.RESULT_UNKNOWN
+    coro: Coroutine[Any, Any, Any], returns_false: bool = False
 ) -> tuple[asyncio.Task[Any] | None, bool, Any]:
     """``first_part`` as the shield calls it: the task carrying the unwind on (None if it ended),
     whether it ended, and its result then."""
-    first = eager.first_part(asyncio.get_running_loop(), coro, returns)
+    first = eager.first_part(asyncio.get_running_loop(), coro, returns_false)
+    if first is None:
+        assert returns_false, "None says an unwind known to return False is over"
+        return None, True, False
     if isinstance(first, eager.Pending):
         assert first.spare is not None, "a task runs: the first part starts"
         return first.carry_on([]), False, None
@@ -230,8 +237,11 @@ def test_the_result_is_what_the_coroutine_returned_known_or_not() -> None:
         assert _started(returns(None))[1:] == (True, None)
         marker = object()
         assert _started(returns(marker))[2] is marker
-        # said by the caller (a stack's __aexit__ given no exception): no StopIteration caught
-        assert _started(returns(False), False)[1:] == (True, False)
+        assert _started(returns((1, 2)))[2] == (1, 2), "a tuple is one result, not arguments"
+        assert _started(returns(False))[1:] == (True, False)
+        # said by the caller (a stack's __aexit__ given no exception): None, nothing to await
+        loop = asyncio.get_running_loop()
+        assert eager.first_part(loop, returns(False), True) is None
 
     asyncio.run(main())
 
@@ -245,9 +255,9 @@ def test_what_the_first_part_raises_is_raised_and_the_request_is_current_again()
 
     async def main() -> None:
         request = asyncio.current_task()
-        for returns in (eager.RESULT_UNKNOWN, False):
+        for returns_false in (False, True):
             with pytest.raises(Failed, match="in a cleanup"):
-                _started(unwind(), returns)
+                _started(unwind(), returns_false)
             assert asyncio.current_task() is request
 
     asyncio.run(main())
@@ -260,7 +270,7 @@ def test_no_task_no_spare_and_the_coroutine_untouched() -> None:
     loop = asyncio.new_event_loop()
     try:
         coro = unwind()
-        first = eager.first_part(loop, coro, eager.RESULT_UNKNOWN)  # no task runs: none to stand in for
+        first = eager.first_part(loop, coro, False)  # no task runs: none to stand in for
         assert isinstance(first, eager.Pending)
         assert first.spare is None
         assert first.coro is coro
@@ -283,7 +293,7 @@ def test_an_asyncio_that_keeps_its_current_task_elsewhere_turns_spares_off(
 
     async def main() -> None:
         coro = unwind()
-        first = eager.first_part(asyncio.get_running_loop(), coro, eager.RESULT_UNKNOWN)
+        first = eager.first_part(asyncio.get_running_loop(), coro, False)
         assert isinstance(first, eager.Pending)
         assert first.spare is None
         assert ran == [], "the coroutine untouched: the caller runs it in a task of its own"
@@ -293,3 +303,43 @@ def test_an_asyncio_that_keeps_its_current_task_elsewhere_turns_spares_off(
         asyncio.run(main())
     assert eager.AVAILABLE is False
     assert ["keeps its current task elsewhere" in record.getMessage() for record in caplog.records] == [True]
+
+
+def test_first_parts_leave_nothing_behind() -> None:
+    """No reference kept to what a first part returned, raised or ran in (the compiled step's
+    reference counting, and the pure-Python path's)."""
+
+    class Failed(Exception):
+        pass
+
+    marker = object()
+
+    async def returns() -> object:
+        return marker
+
+    async def raises() -> None:
+        raise Failed
+
+    async def suspends() -> object:
+        await asyncio.sleep(0)
+        return marker
+
+    async def rounds(count: int) -> None:
+        for _ in range(count):
+            _started(returns())
+            assert _started(returns(), True)[1]
+            with pytest.raises(Failed):
+                _started(raises())
+            assert await _carried(_started(suspends())[0]) is marker
+
+    async def main() -> None:
+        await rounds(200)  # spares, caches and free lists settle
+        gc.collect()
+        references, blocks = sys.getrefcount(marker), sys.getallocatedblocks()
+        await rounds(2000)
+        gc.collect()
+        assert sys.getrefcount(marker) == references
+        # a leak of one object per round would be thousands of blocks
+        assert sys.getallocatedblocks() - blocks < 500
+
+    asyncio.run(main())

@@ -15,6 +15,11 @@ that both task implementations' steps read and write (3.7 to 3.13); a dict store
 of a call to ``_enter_task``. It is checked against ``asyncio.current_task()`` whenever a spare is
 made. Where it is missing or disagrees, or the caller runs outside a task, ``first_part`` answers
 a ``Pending`` with no spare, the coroutine untouched, and the caller makes a task of its own.
+
+The first step itself runs compiled where the install could build ``_first_step.c`` (a C compiler
+and Python's headers; the wheel has it): it stores into the same map, and sends into the
+coroutine with no ``StopIteration`` to make and catch. Elsewhere the pure-Python path below does
+the same; the tests run both. ``compiled()`` says which runs.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import logging
 import sys
 import threading
 import types
-from collections.abc import Coroutine, Generator
+from collections.abc import Callable, Coroutine, Generator
 from contextlib import suppress
 from typing import Any
 
@@ -107,21 +112,41 @@ _last: _Spare | None = None
 _spares = threading.local()
 
 
-RESULT_UNKNOWN: Any = object()
-"""For ``first_part``: the coroutine may return anything."""
+try:
+    # the hot path of first_part, compiled (_first_step.c), wherever the install could build it
+    from . import _first_step
+except ImportError:  # no C compiler or headers where it was installed, or not CPython
+    _first_step = None  # type: ignore[assignment]
+_compiled_step: Callable[[asyncio.AbstractEventLoop, object, Coroutine[Any, Any, Any], object], Any] | None
+_compiled_step = None if _first_step is None else _first_step.first_step
 
 
-def first_part(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], returns: Any) -> Any:
+def first_part(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], returns_false: bool) -> Any:
     """Run ``coro`` now, as a task of its own, up to its end or its first suspension: a done
     future of its result if it ended (what it raised, it raises), else a ``Pending`` to carry it
-    on. ``returns`` is what ``coro`` returns if it ends, where the caller knows it (a stack's
-    ``__aexit__`` given no exception returns False), else ``RESULT_UNKNOWN``: catching the
-    ``StopIteration`` that brings the result costs more than the rest of this call."""
+    on. ``returns_false`` says the caller knows ``coro`` returns False if it ends (a stack's
+    ``__aexit__`` given no exception does): then an ended first part answers None, nothing to
+    await, which costs less than awaiting even a done future."""
     spare = _last
     if spare is None or spare.idle_on is not loop:
         spare = _spare_for(loop)
         if spare is None:
             return Pending(None, coro, None, None)
+    step = _compiled_step
+    if step is not None:
+        # The spare stays idle meanwhile: an unwind started inside this first part finds it, and
+        # the compiled step answers that one "not started" (the loop's current task is this very
+        # spare already); a new spare then stands in for it, below.
+        first = step(loop, spare.task, coro, None if returns_false else spare.returned_false)
+        if first.__class__ is Pending:
+            if first.context is not None:
+                first.spare = spare  # suspended: the spare is this unwind's from now on
+                spare.idle_on = None
+            elif _current_tasks.get(loop) is spare.task:
+                # started inside this spare's own first part: another spare stands in for it
+                _forget_spare()
+                return first_part(loop, coro, returns_false)
+        return first
     current_tasks = _current_tasks
     try:
         request = current_tasks[loop]
@@ -131,24 +156,25 @@ def first_part(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], 
     spare.idle_on = None
     current_tasks[loop] = spare.task
     try:
-        if returns is RESULT_UNKNOWN:
+        if returns_false:
+            # next() takes the StopIteration in C, where it costs a fraction of catching it here
+            yielded = context.run(next, coro.__await__(), _OVER)
+            returned = False
+        else:
             try:
                 yielded = context.run(coro.send, None)
             except StopIteration as finished:
-                returns = finished.value
+                returned = finished.value
                 yielded = _OVER
-        else:
-            # next() takes the StopIteration in C, where it costs a fraction
-            yielded = context.run(next, coro.__await__(), _OVER)
     finally:
         current_tasks[loop] = request
         spare.idle_on = loop
     if yielded is _OVER:
-        if returns is False:
-            return spare.returned_false
-        returned: asyncio.Future[Any] = loop.create_future()
-        returned.set_result(returns)
-        return returned
+        if returned is False:
+            return None if returns_false else spare.returned_false
+        done: asyncio.Future[Any] = loop.create_future()
+        done.set_result(returned)
+        return done
     # suspended: the spare is this unwind's from now on
     spare.idle_on = None
     return Pending(spare, coro, yielded, context)
@@ -175,6 +201,13 @@ def _spare_for(loop: asyncio.AbstractEventLoop) -> _Spare | None:
         spare = _spares.spare = _Spare(loop)
     _last = spare
     return spare
+
+
+def _forget_spare() -> None:
+    """The next first part makes a new spare; the last one stays parked until its loop ends,
+    as the pure-Python path leaves a spare that an unwind nested in its first part replaced."""
+    global _last
+    _last = _spares.spare = None
 
 
 def _log_destroy_pending(task: asyncio.Task[Any], log: bool) -> None:
@@ -235,3 +268,14 @@ def wake(waiters: list[asyncio.Future[None]]) -> None:
     waiter = waiters[-1]
     if not waiter.done():
         waiter.set_result(None)
+
+
+def compiled() -> bool:
+    """Whether ``first_part`` runs its compiled step (``make bench`` and the tests report it)."""
+    return _compiled_step is not None
+
+
+if _first_step is not None and isinstance(_current_tasks, dict):
+    _first_step.setup(_current_tasks, Pending)
+else:
+    _compiled_step = None

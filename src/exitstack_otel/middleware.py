@@ -13,7 +13,7 @@ from . import inflight
 from .asgi import http_route, request_method
 from .options import TelemetryOptions
 from .providers import TelemetrySource
-from .shield import unwind
+from .shield import unwind, unwind_after_return
 from .stack import InstrumentedAsyncExitStack
 
 if TYPE_CHECKING:
@@ -84,7 +84,9 @@ class ExitStackMiddleware:
         else:
             if telemetry is not None:
                 stack.route, stack.method = http_route(scope), request_method(scope)
-            await unwind(stack, None, None, None)
+            unwinding = unwind_after_return(stack)
+            if unwinding is not None:  # not over at once
+                await unwinding
         finally:  # in-flight hook
             in_flight.left()
 

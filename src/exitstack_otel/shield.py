@@ -76,15 +76,34 @@ def unwind(
     if not stack.awaits_on_exit:
         # only sync callbacks, or none: the unwind never awaits, so no cancellation can land in it
         return stack.__aexit__(exc_type, exc, tb)
+    return _start(stack, exc_type, exc, tb, False)  # type: ignore[no-any-return]
+
+
+def unwind_after_return(stack: InstrumentedAsyncExitStack) -> Awaitable[object] | None:
+    """``unwind(stack, None, None, None)`` for a request that raised nothing, but None when the
+    unwind is over already (most are), which costs less than awaiting what says so. (Given no
+    exception, ``__aexit__`` returns False, or raises.)"""
+    if not stack.awaits_on_exit:
+        return stack.__aexit__(None, None, None)
+    return _start(stack, None, None, None, True)  # type: ignore[no-any-return]
+
+
+def _start(
+    stack: InstrumentedAsyncExitStack,
+    exc_type: type[BaseException] | None,
+    exc: BaseException | None,
+    tb: TracebackType | None,
+    returns_false: bool,
+) -> Any:
+    """What ``unwind`` answers; None, with ``returns_false``, for an unwind over already."""
     loop = asyncio._get_running_loop()  # None under trio, without the cost of an exception
     if loop is None:
         return _shielded(stack, exc_type, exc, tb)
     exiting = stack.__aexit__(exc_type, exc, tb)
     if eager.AVAILABLE:
-        # at once, as the unwind's own task; given no exception, __aexit__ returns False
-        first = eager.first_part(loop, exiting, False if exc_type is None else eager.RESULT_UNKNOWN)
+        first = eager.first_part(loop, exiting, returns_false)  # at once, as the unwind's own task
         if first.__class__ is not eager.Pending:
-            return first  # type: ignore[no-any-return]  # over: a done future of the result
+            return first  # over: None, or a done future of the result
         if first.spare is not None:
             waiters: list[asyncio.Future[None]] = []  # what the request waits on, the newest last
             return _outlast(loop, first.carry_on(waiters), waiters)

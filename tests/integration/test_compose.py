@@ -4,7 +4,10 @@ test_alertmanager.py; what is locked down: test_security_compose.py)."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +153,40 @@ def test_the_demo_exports_to_the_collector_and_traffic_targets_the_demo(resolved
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "/healthz" in dockerfile
     assert "USER " in dockerfile
+
+
+def test_the_demo_images_wheel_builds_from_what_the_dockerfile_copies(tmp_path: Path) -> None:
+    """The wheels stage, replayed without Docker: only what its COPY lines bring, and the wheel
+    it builds holds the compiled step (the image checks that it imports)."""
+    copied: list[str] = []
+    context = tmp_path / "context"
+    context.mkdir()
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        words = line.split()
+        if words[:1] != ["COPY"] or words[1].startswith("--from"):
+            continue
+        *sources, _ = words[1:]
+        copied += sources
+        for source in sources:
+            assert (ROOT / source).exists(), f"the Dockerfile copies {source}, which is not there"
+            if (ROOT / source).is_dir():
+                shutil.copytree(ROOT / source, context / source, ignore=shutil.ignore_patterns("*.so"))
+            else:
+                shutil.copy(ROOT / source, context / source)
+    assert "setup.py" in copied, "the compiled step is declared there"
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(tmp_path), "."],
+        capture_output=True,
+        text=True,
+        cwd=context,
+        timeout=300,
+    )
+    assert built.returncode == 0, built.stderr
+    (wheel,) = tmp_path.glob("exitstack_otel-*.whl")
+    with zipfile.ZipFile(wheel) as files:
+        names = files.namelist()
+    assert [name for name in names if name.startswith("exitstack_otel/_first_step.") and name.endswith(".so")]
+    assert "exitstack_otel/_first_step.c" not in names
 
 
 # Prometheus 3's `otlp:` keys (configuration reference, 3.14) and translation strategies; promtool 2.42
