@@ -9,8 +9,8 @@ EXTRAS := demo,fastapi,instrumentation
 .PHONY: demo test test-fast lint typecheck unit test-pythons test-lowest bench clean
 
 # pip 25.1 is the first to install PEP 735 dependency groups (--group)
-# setup.py and the C source too: an editable install builds the compiled step once, in src/
-$(BIN)/.installed: pyproject.toml setup.py src/exitstack_otel/_first_step.c
+# setup.py and the C sources too: an editable install builds the compiled parts once, in src/
+$(BIN)/.installed: pyproject.toml setup.py $(wildcard src/exitstack_otel/*.c)
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || \
 		{ echo "exitstack-otel needs Python 3.10 or newer; run: make PYTHON=python3.X" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
@@ -53,5 +53,5 @@ bench: $(BIN)/.installed
 	$(BIN)/python -m benchmarks.run
 
 clean:
-	rm -rf build src/*.egg-info src/exitstack_otel/_first_step.*.so
+	rm -rf build src/*.egg-info src/exitstack_otel/_*.so
 	rm -rf $(VENV) .venv-lowest .venv-api-only .venv-fastapi-oldest .venv-3.* .mypy_cache .ruff_cache .pytest_cache .hypothesis

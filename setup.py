@@ -1,7 +1,8 @@
-"""The one thing pyproject.toml cannot say yet: the optional compiled step of exitstack_otel.eager.
+"""The one thing pyproject.toml cannot say yet: the optional compiled parts of the hot path.
 
-Optional: where it does not build (no C compiler, no Python headers, another interpreter), the
-install goes on and eager.py runs its pure-Python path, which the tests cover as well.
+``_first_step`` is the unwind's first step (exitstack_otel.eager), ``_identity`` every push's key
+(exitstack_otel.naming). Optional: where they do not build (no C compiler, no Python headers,
+another interpreter), the install goes on and the pure-Python code runs, which the tests cover too.
 """
 
 import platform
@@ -10,11 +11,8 @@ from setuptools import Extension, setup
 
 setup(
     ext_modules=[
-        Extension(
-            "exitstack_otel._first_step",
-            sources=["src/exitstack_otel/_first_step.c"],
-            optional=True,
-        )
+        Extension(f"exitstack_otel.{name}", sources=[f"src/exitstack_otel/{name}.c"], optional=True)
+        for name in ("_first_step", "_identity")
     ]
     if platform.python_implementation() == "CPython"
     else [],

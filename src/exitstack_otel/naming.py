@@ -122,12 +122,13 @@ def _code_name(target: object) -> str:
 _WRAPPER_CODE_NAMES = frozenset(name for _, name in _TRANSPARENT_WRAPPERS)
 
 
-def identity(pushed: Callable[..., Any], is_sync: bool, stack_name: str) -> tuple[object, ...] | None:
+def python_identity(pushed: Callable[..., Any], is_sync: bool, stack_name: str) -> tuple[object, ...] | None:
     """A key that stands for the stack, kind and default name of ``pushed``, found without naming
     it: the function's qualified name, or the manager's class, decided by exact types as the
     names are. None where no key is cheap and certain (builtins, partials, other objects,
     FastAPI's wrappers). Only strs and classes: a code object in a key would be hashed anew at
-    every lookup (code objects cache no hash)."""
+    every lookup (code objects cache no hash). ``identity`` is this, compiled where the install
+    could build ``_identity.c``; the tests hold the two to the same answers."""
     kind = type(pushed)
     if kind is FunctionType:
         code = pushed.__code__
@@ -157,3 +158,31 @@ def identity(pushed: Callable[..., Any], is_sync: bool, stack_name: str) -> tupl
             return None
         return stack_name, manager_kind, gen.__qualname__
     return None
+
+
+_Identity = Callable[[Callable[..., Any], bool, str], "tuple[object, ...] | None"]
+
+try:
+    # every push's key, compiled (_identity.c), wherever the install could build it
+    from . import _identity
+except ImportError:  # no C compiler or headers where it was installed, or not CPython
+    _identity = None  # type: ignore[assignment]
+
+identity: _Identity = python_identity
+"""The key a push is looked up by (``python_identity`` says which), compiled where it built."""
+if _identity is not None:
+    _identity.setup(
+        _SYNC_CB_CODE,
+        _ASYNC_CB_CODE,
+        (
+            semconv.KIND_CALLBACK,
+            semconv.KIND_ASYNC_CALLBACK,
+            semconv.KIND_EXIT,
+            semconv.KIND_ASYNC_EXIT,
+            semconv.KIND_CONTEXT,
+            semconv.KIND_ASYNC_CONTEXT,
+        ),
+        _GeneratorContextManagerBase,
+        _WRAPPER_CODE_NAMES,
+    )
+    identity = _identity.identity
