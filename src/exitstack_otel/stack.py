@@ -180,11 +180,11 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
                 is_sync, cb = callbacks.pop()
                 info = None
                 if reported:
-                    entry = reported[-1]
+                    entry = reported.pop()
                     if entry[0] is cb:
-                        reported.pop()
                         info = entry[1]
                     else:
+                        reported.append(entry)
                         info = _reported_info(reported, cb)
                 try:
                     if details_from_pending:
@@ -203,14 +203,17 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
                     if info is not None:
                         duration = clock() - cb_start
                         count += 1
-                        outcome_suppressed = cb_suppress and exc_details[0] is not None
                         try:
                             if duration < span_threshold:
-                                (info.record_suppressed if outcome_suppressed else info.record_ok)(duration)
+                                if cb_suppress and exc_details[0] is not None:
+                                    info.record_suppressed(duration)
+                                else:
+                                    info.record_ok(duration)
                             else:
+                                suppressed = cb_suppress and exc_details[0] is not None
                                 unwinding = self._slow_path(
                                     unwinding, info, cb_start, cb_start + duration,
-                                    semconv.OUTCOME_SUPPRESSED if outcome_suppressed else semconv.OUTCOME_OK,
+                                    semconv.OUTCOME_SUPPRESSED if suppressed else semconv.OUTCOME_OK,
                                     None,
                                 )  # fmt: skip
                         except Exception as fault:  # never the callback's exception
