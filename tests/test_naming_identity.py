@@ -110,42 +110,46 @@ async def acleanup() -> None:
     pass
 
 
-def _pushes() -> list[tuple[Callable[..., Any], bool]]:
+async def _pushes() -> list[tuple[Callable[..., Any], bool]]:
+    """Every kind of push, made in the running loop: FastAPI's wrappers keep their frames (what
+    identity looks through) until it ends."""
     stack = Pushes()
     manager = Manager()
-
-    async def push_all() -> None:
-        stack.callback(cleanup)
-        stack.callback(lambda: None)
-        stack.callback(manager.close)
-        stack.callback(Manager.static)
-        stack.callback(Manager.klass)
-        stack.callback(functools.partial(cleanup))
-        stack.callback(print)
-        stack.callback(io_close)
-        stack.callback(manager)
-        stack.push_async_callback(acleanup)
-        stack.push_async_callback(manager.aclose)
-        stack.push_async_callback(functools.partial(acleanup))
-        stack.enter_context(Manager())
-        stack.enter_context(session())
-        await stack.enter_async_context(Manager())
-        await stack.enter_async_context(connection())
-        try:  # FastAPI's wrapper (the venvs of make test-pythons have no FastAPI)
-            from fastapi.concurrency import contextmanager_in_threadpool
-        except ImportError:
-            pass
-        else:
-            await stack.enter_async_context(contextmanager_in_threadpool(session()))
-        stack.push(cleanup_exit)
-        stack.push(Manager())
-        stack.push(Proxy())
-        stack.push_async_exit(acleanup_exit)
-        stack.push_async_exit(Manager())
-        stack.push(types.MethodType(Nameless(), manager))  # a method whose function has no __name__
-        stack.push(types.MethodType(len, manager))
-
-    anyio.run(push_all)
+    stack.callback(cleanup)
+    stack.callback(lambda: None)
+    stack.callback(manager.close)
+    stack.callback(Manager.static)
+    stack.callback(Manager.klass)
+    stack.callback(functools.partial(cleanup))
+    stack.callback(print)
+    stack.callback(io_close)
+    stack.callback(manager)
+    stack.push_async_callback(acleanup)
+    stack.push_async_callback(manager.aclose)
+    stack.push_async_callback(functools.partial(acleanup))
+    stack.enter_context(Manager())
+    stack.enter_context(session())
+    await stack.enter_async_context(Manager())
+    await stack.enter_async_context(connection())
+    try:  # FastAPI's wrappers (the venvs of make test-pythons have no FastAPI)
+        from fastapi import concurrency
+    except ImportError:
+        pass
+    else:
+        # a sync dependency that yields, a class-based one, and one wrapped twice
+        await stack.enter_async_context(concurrency.contextmanager_in_threadpool(session()))
+        await stack.enter_async_context(concurrency.contextmanager_in_threadpool(Manager()))
+        shielded = getattr(concurrency, "_asynccontextmanager_with_shielded_exit", None)
+        if shielded is not None:
+            inner = concurrency.contextmanager_in_threadpool(session())
+            await stack.enter_async_context(shielded(inner, anyio.CancelScope()))
+    stack.push(cleanup_exit)
+    stack.push(Manager())
+    stack.push(Proxy())
+    stack.push_async_exit(acleanup_exit)
+    stack.push_async_exit(Manager())
+    stack.push(types.MethodType(Nameless(), manager))  # a method whose function has no __name__
+    stack.push(types.MethodType(len, manager))
     pushed = list(stack.pushed)
     stack._exit_callbacks.clear()  # type: ignore[attr-defined]
 
@@ -198,32 +202,57 @@ def _answer(identity: Callable[..., Any], pushed: Callable[..., Any], is_sync: b
 
 
 def test_the_compiled_key_is_the_pure_python_key_for_every_push() -> None:
-    # each push as it was made, and as the other kind (what a caller of the private method could do)
-    cases = [(pushed, flag) for pushed, is_sync in _pushes() for flag in (is_sync, not is_sync)]
-    answers = [_answer(naming.python_identity, pushed, is_sync) for pushed, is_sync in cases]
-    for (pushed, is_sync), expected in zip(cases, answers, strict=True):
-        assert _answer(compiled, pushed, is_sync) == expected, (pushed, is_sync)
-    # every kind of key, None and an error are among the answers: the comparison covers them all
-    kinds = {answer[1] for answer in answers if isinstance(answer, tuple) and len(answer) == 3}
-    assert kinds == {"callback", "async_callback", "exit", "async_exit", "context", "async_context"}
-    assert None in answers
-    assert [answer for answer in answers if isinstance(answer, tuple) and len(answer) == 2]
+    async def check() -> None:
+        # each push as it was made, and as the other kind (a caller of the private method could)
+        cases = [(pushed, flag) for pushed, is_sync in await _pushes() for flag in (is_sync, not is_sync)]
+        answers = [_answer(naming.python_identity, pushed, is_sync) for pushed, is_sync in cases]
+        for (pushed, is_sync), expected in zip(cases, answers, strict=True):
+            assert _answer(compiled, pushed, is_sync) == expected, (pushed, is_sync)
+        # every kind of key, None and an error are among the answers: the comparison covers them
+        kinds = {answer[1] for answer in answers if isinstance(answer, tuple) and len(answer) == 3}
+        assert kinds == {"callback", "async_callback", "exit", "async_exit", "context", "async_context"}
+        assert None in answers
+        assert [answer for answer in answers if isinstance(answer, tuple) and len(answer) == 2]
+
+    anyio.run(check)
+
+
+def test_fastapis_wrappers_are_known_by_what_they_hold() -> None:
+    """Every push of a sync dependency that yields is known by its key, not named again."""
+    concurrency = pytest.importorskip("fastapi.concurrency")
+
+    async def check() -> None:
+        stack = Pushes()
+        await stack.enter_async_context(concurrency.contextmanager_in_threadpool(session()))
+        await stack.enter_async_context(concurrency.contextmanager_in_threadpool(Manager()))
+        (wrapped_generator, _), (wrapped_class, _) = stack.pushed
+        for identity in (naming.python_identity, compiled):
+            assert identity(wrapped_generator, False, "s") == ("s", "async_context", "session")
+            assert identity(wrapped_class, False, "s") == ("s", "async_context", Manager)
+        await stack.aclose()
+
+    anyio.run(check)
 
 
 def test_the_compiled_key_leaves_nothing_behind() -> None:
-    pushes = _pushes()
     name = "stack " + "name"  # not interned: its count is this test's alone
-    for _ in range(100):
-        for pushed, is_sync in pushes:
-            _answer(lambda *args: compiled(args[0], args[1], name), pushed, is_sync)
-    gc.collect()
-    references, blocks = sys.getrefcount(name), sys.getallocatedblocks()
-    for _ in range(2000):
-        for pushed, is_sync in pushes:
-            _answer(lambda *args: compiled(args[0], args[1], name), pushed, is_sync)
-    gc.collect()
-    assert sys.getrefcount(name) == references
-    assert sys.getallocatedblocks() - blocks < 500
+
+    def rounds(pushes: list[tuple[Callable[..., Any], bool]], count: int) -> None:
+        for _ in range(count):
+            for pushed, is_sync in pushes:
+                _answer(lambda *args: compiled(args[0], args[1], name), pushed, is_sync)
+
+    async def check() -> None:
+        pushes = await _pushes()
+        rounds(pushes, 100)
+        gc.collect()
+        references, blocks = sys.getrefcount(name), sys.getallocatedblocks()
+        rounds(pushes, 2000)
+        gc.collect()
+        assert sys.getrefcount(name) == references
+        assert sys.getallocatedblocks() - blocks < 500
+
+    anyio.run(check)
 
 
 def test_the_compiled_key_is_what_the_stack_uses() -> None:

@@ -21,6 +21,7 @@ typedef struct {
     PyObject *kind_async_context;
     PyObject *generator_cm_base; /* contextlib._GeneratorContextManagerBase */
     PyObject *wrapper_code_names; /* naming._WRAPPER_CODE_NAMES, a frozenset */
+    PyObject *transparent_wrappers; /* naming._TRANSPARENT_WRAPPERS: (module, name) pairs */
     PyObject *str_wrapped;        /* interned attribute names */
     PyObject *str_name;
     PyObject *str_exit;
@@ -29,7 +30,7 @@ typedef struct {
     PyObject *str_qualname;
 } module_state;
 
-#define STATE_FIELDS 16
+#define STATE_FIELDS 17
 
 static inline module_state *
 get_state(PyObject *module)
@@ -94,6 +95,115 @@ function_key(module_state *state, PyObject *pushed, int is_sync, PyObject *stack
     return result;
 }
 
+/* The key of one manager: a new reference to the key or None, or (with *next set) to the
+   manager a FastAPI wrapper holds, whose key is the answer; NULL on error. */
+static PyObject *
+manager_key(module_state *state, PyObject *manager, PyObject *manager_kind, PyObject *stack_name, int *next)
+{
+    PyObject *manager_type = (PyObject *)Py_TYPE(manager);
+    int generator_based = PyObject_IsSubclass(manager_type, state->generator_cm_base);
+    if (generator_based < 0) {
+        return NULL;
+    }
+    if (!generator_based) {
+        return key(stack_name, manager_kind, manager_type);
+    }
+    PyObject *gen = PyObject_GetAttr(manager, state->str_gen);
+    if (gen == NULL) {
+        return NULL;
+    }
+    int is_generator = Py_IS_TYPE(gen, &PyGen_Type);
+    if (!is_generator && !Py_IS_TYPE(gen, &PyAsyncGen_Type)) {
+        Py_DECREF(gen);
+        Py_RETURN_NONE;
+    }
+    PyObject *result = NULL, *code = NULL, *code_name = NULL, *frame = NULL;
+    code = PyObject_GetAttrString(gen, is_generator ? "gi_code" : "ag_code");
+    if (code == NULL) {
+        goto done;
+    }
+    code_name = PyCode_Check(code) ? Py_NewRef(((PyCodeObject *)code)->co_name)
+                                   : PyObject_GetAttrString(code, "co_name");
+    if (code_name == NULL) {
+        goto done;
+    }
+    int wrapper = PySet_Contains(state->wrapper_code_names, code_name);
+    if (wrapper < 0) {
+        goto done;
+    }
+    if (!wrapper) {
+        PyObject *qualname = PyObject_GetAttr(gen, state->str_qualname);
+        if (qualname != NULL) {
+            result = key(stack_name, manager_kind, qualname);
+            Py_DECREF(qualname);
+        }
+        goto done;
+    }
+    /* a FastAPI wrapper (every sync dependency that yields): the key of what it holds */
+    frame = PyObject_GetAttrString(gen, is_generator ? "gi_frame" : "ag_frame");
+    if (frame == NULL) {
+        goto done;
+    }
+    if (frame == Py_None) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    PyObject *globals = PyObject_GetAttrString(frame, "f_globals");
+    PyObject *module = globals == NULL ? NULL : PyObject_CallMethod(globals, "get", "s", "__name__");
+    Py_XDECREF(globals);
+    if (module == NULL) {
+        goto done;
+    }
+    PyObject *pair = PyTuple_Pack(2, module, code_name);
+    Py_DECREF(module);
+    if (pair == NULL) {
+        goto done;
+    }
+    int transparent = PySet_Contains(state->transparent_wrappers, pair);
+    Py_DECREF(pair);
+    if (transparent < 0) {
+        goto done;
+    }
+    if (!transparent) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    PyObject *held;
+#if PY_VERSION_HEX >= 0x030C0000
+    if (PyFrame_Check(frame)) {
+        /* frame.f_locals.get("cm"), without the mapping of every local that f_locals makes */
+        held = PyFrame_GetVarString((PyFrameObject *)frame, "cm");
+        if (held == NULL && PyErr_ExceptionMatches(PyExc_NameError)) {
+            PyErr_Clear();
+            held = Py_NewRef(Py_None);
+        }
+    }
+    else
+#endif
+    {
+        PyObject *locals = PyObject_GetAttrString(frame, "f_locals");
+        held = locals == NULL ? NULL : PyObject_CallMethod(locals, "get", "s", "cm");
+        Py_XDECREF(locals);
+    }
+    if (held == NULL) {
+        goto done;
+    }
+    if (held == Py_None) {
+        result = held;
+    }
+    else {
+        result = held;
+        *next = 1;
+    }
+
+done:
+    Py_XDECREF(frame);
+    Py_XDECREF(code_name);
+    Py_XDECREF(code);
+    Py_DECREF(gen);
+    return result;
+}
+
 static PyObject *
 method_key(module_state *state, PyObject *pushed, int is_sync, PyObject *stack_name)
 {
@@ -114,53 +224,22 @@ method_key(module_state *state, PyObject *pushed, int is_sync, PyObject *stack_n
         Py_RETURN_NONE;
     }
     PyObject *manager_kind = is_sync ? state->kind_context : state->kind_async_context;
-    PyObject *manager = PyMethod_GET_SELF(pushed);
-    PyObject *manager_type = (PyObject *)Py_TYPE(manager);
-    int generator_based = PyObject_IsSubclass(manager_type, state->generator_cm_base);
-    if (generator_based < 0) {
-        return NULL;
-    }
-    if (!generator_based) {
-        return key(stack_name, manager_kind, manager_type);
-    }
-    PyObject *gen = PyObject_GetAttr(manager, state->str_gen);
-    if (gen == NULL) {
-        return NULL;
-    }
-    PyObject *code_name = NULL;
-    if (Py_IS_TYPE(gen, &PyGen_Type) || Py_IS_TYPE(gen, &PyAsyncGen_Type)) {
-        /* gi_code and ag_code: the frame's code, or the code it was made with */
-        PyObject *code = PyObject_GetAttrString(gen, Py_IS_TYPE(gen, &PyGen_Type) ? "gi_code" : "ag_code");
-        if (code == NULL) {
-            Py_DECREF(gen);
-            return NULL;
+    PyObject *manager = Py_NewRef(PyMethod_GET_SELF(pushed));
+    PyObject *result = NULL;
+    /* as context_manager_name looks through FastAPI's wrappers, at most four deep */
+    for (int depth = 0; depth < 4; depth++) {
+        int next = 0;
+        result = manager_key(state, manager, manager_kind, stack_name, &next);
+        if (result == NULL || !next) {
+            break;
         }
-        code_name = PyCode_Check(code) ? Py_NewRef(((PyCodeObject *)code)->co_name)
-                                       : PyObject_GetAttrString(code, "co_name");
-        Py_DECREF(code);
-        if (code_name == NULL) {
-            Py_DECREF(gen);
-            return NULL;
+        Py_SETREF(manager, result); /* the manager a FastAPI wrapper holds */
+        result = NULL;
+        if (depth == 3) {
+            result = Py_NewRef(Py_None);
         }
     }
-    else {
-        Py_DECREF(gen);
-        Py_RETURN_NONE;
-    }
-    int wrapper = PySet_Contains(state->wrapper_code_names, code_name);
-    Py_DECREF(code_name);
-    PyObject *result = NULL; /* with wrapper < 0, the error PySet_Contains set */
-    if (wrapper > 0) {
-        result = Py_NewRef(Py_None);
-    }
-    else if (wrapper == 0) {
-        PyObject *qualname = PyObject_GetAttr(gen, state->str_qualname);
-        if (qualname != NULL) {
-            result = key(stack_name, manager_kind, qualname);
-            Py_DECREF(qualname);
-        }
-    }
-    Py_DECREF(gen);
+    Py_DECREF(manager);
     return result;
 }
 
@@ -191,16 +270,18 @@ identity(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
-/* setup(sync_cb_code, async_cb_code, kinds, generator_cm_base, wrapper_code_names), where kinds
-   is (callback, async_callback, exit, async_exit, context, async_context) */
+/* setup(sync_cb_code, async_cb_code, kinds, generator_cm_base, wrapper_code_names,
+   transparent_wrappers), where kinds is (callback, async_callback, exit, async_exit, context,
+   async_context) */
 static PyObject *
 setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 5 || !PyCode_Check(args[0]) || !PyCode_Check(args[1]) || !PyTuple_CheckExact(args[2])
-        || PyTuple_GET_SIZE(args[2]) != 6 || !PyType_Check(args[3]) || !PyFrozenSet_CheckExact(args[4])) {
+    if (nargs != 6 || !PyCode_Check(args[0]) || !PyCode_Check(args[1]) || !PyTuple_CheckExact(args[2])
+        || PyTuple_GET_SIZE(args[2]) != 6 || !PyType_Check(args[3]) || !PyFrozenSet_CheckExact(args[4])
+        || !PyFrozenSet_CheckExact(args[5])) {
         PyErr_SetString(PyExc_TypeError,
                         "setup(sync_cb_code, async_cb_code, kinds: 6-tuple, generator_cm_base: type, "
-                        "wrapper_code_names: frozenset)");
+                        "wrapper_code_names: frozenset, transparent_wrappers: frozenset)");
         return NULL;
     }
     module_state *state = get_state(module);
@@ -208,13 +289,13 @@ setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         args[0], args[1],
         PyTuple_GET_ITEM(args[2], 0), PyTuple_GET_ITEM(args[2], 1), PyTuple_GET_ITEM(args[2], 2),
         PyTuple_GET_ITEM(args[2], 3), PyTuple_GET_ITEM(args[2], 4), PyTuple_GET_ITEM(args[2], 5),
-        args[3], args[4],
+        args[3], args[4], args[5],
     };
     const char *names[] = {"__wrapped__", "__name__", "__exit__", "__aexit__", "gen", "__qualname__"};
     for (int i = 0; i < 6; i++) {
-        values[10 + i] = PyUnicode_InternFromString(names[i]);
-        if (values[10 + i] == NULL) {
-            for (int j = 10; j < 10 + i; j++) {
+        values[11 + i] = PyUnicode_InternFromString(names[i]);
+        if (values[11 + i] == NULL) {
+            for (int j = 11; j < 11 + i; j++) {
                 Py_DECREF(values[j]);
             }
             return NULL;
@@ -222,7 +303,7 @@ setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     PyObject **fields = state_fields(state);
     for (int i = 0; i < STATE_FIELDS; i++) {
-        if (i < 10) {
+        if (i < 11) {
             Py_INCREF(values[i]);
         }
         Py_XSETREF(fields[i], values[i]);
@@ -260,7 +341,8 @@ static PyMethodDef module_methods[] = {
     {"identity", (PyCFunction)(void (*)(void))identity, METH_FASTCALL,
      "identity(pushed, is_sync, stack_name): the key a push is looked up by, or None."},
     {"setup", (PyCFunction)(void (*)(void))setup, METH_FASTCALL,
-     "setup(sync_cb_code, async_cb_code, kinds, generator_cm_base, wrapper_code_names)."},
+     "setup(sync_cb_code, async_cb_code, kinds, generator_cm_base, wrapper_code_names, "
+     "transparent_wrappers)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -10,5 +10,6 @@ def setup(
     kinds: tuple[str, str, str, str, str, str],
     generator_cm_base: type,
     wrapper_code_names: frozenset[str],
+    transparent_wrappers: frozenset[tuple[str, str]],
     /,
 ) -> None: ...

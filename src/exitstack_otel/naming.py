@@ -125,10 +125,11 @@ _WRAPPER_CODE_NAMES = frozenset(name for _, name in _TRANSPARENT_WRAPPERS)
 def python_identity(pushed: Callable[..., Any], is_sync: bool, stack_name: str) -> tuple[object, ...] | None:
     """A key that stands for the stack, kind and default name of ``pushed``, found without naming
     it: the function's qualified name, or the manager's class, decided by exact types as the
-    names are. None where no key is cheap and certain (builtins, partials, other objects,
-    FastAPI's wrappers). Only strs and classes: a code object in a key would be hashed anew at
-    every lookup (code objects cache no hash). ``identity`` is this, compiled where the install
-    could build ``_identity.c``; the tests hold the two to the same answers."""
+    names are, and through FastAPI's wrappers to the manager each holds. None where no key is
+    cheap and certain (builtins, partials, other objects). Only strs and classes: a code object
+    in a key would be hashed anew at every lookup (code objects cache no hash). ``identity`` is
+    this, compiled where the install could build ``_identity.c``; the tests hold the two to the
+    same answers."""
     kind = type(pushed)
     if kind is FunctionType:
         code = pushed.__code__
@@ -143,20 +144,29 @@ def python_identity(pushed: Callable[..., Any], is_sync: bool, stack_name: str) 
         return stack_name, semconv.KIND_EXIT if is_sync else semconv.KIND_ASYNC_EXIT, pushed.__qualname__
     if kind is MethodType and pushed.__name__ in ("__exit__", "__aexit__"):
         manager_kind = semconv.KIND_CONTEXT if is_sync else semconv.KIND_ASYNC_CONTEXT
-        manager_type = type(pushed.__self__)  # type: ignore[attr-defined]
-        if not issubclass(manager_type, _GeneratorContextManagerBase):
-            return stack_name, manager_kind, manager_type
-        gen = pushed.__self__.gen  # type: ignore[attr-defined]
-        gen_type = type(gen)
-        if gen_type is GeneratorType:
-            gen_code = gen.gi_code
-        elif gen_type is AsyncGeneratorType:
-            gen_code = gen.ag_code
-        else:
-            return None
-        if gen_code.co_name in _WRAPPER_CODE_NAMES:
-            return None
-        return stack_name, manager_kind, gen.__qualname__
+        manager = pushed.__self__  # type: ignore[attr-defined]
+        for _ in range(4):  # as context_manager_name looks through FastAPI's wrappers
+            manager_type = type(manager)
+            if not issubclass(manager_type, _GeneratorContextManagerBase):
+                return stack_name, manager_kind, manager_type
+            gen = manager.gen
+            gen_type = type(gen)
+            if gen_type is GeneratorType:
+                gen_code, frame = gen.gi_code, gen.gi_frame
+            elif gen_type is AsyncGeneratorType:
+                gen_code, frame = gen.ag_code, gen.ag_frame
+            else:
+                return None
+            if gen_code.co_name not in _WRAPPER_CODE_NAMES:
+                return stack_name, manager_kind, gen.__qualname__
+            # a FastAPI wrapper (every sync dependency that yields): the key of what it holds
+            if frame is None:
+                return None
+            if (frame.f_globals.get("__name__"), gen_code.co_name) not in _TRANSPARENT_WRAPPERS:
+                return None
+            manager = frame.f_locals.get("cm")
+            if manager is None:
+                return None
     return None
 
 
@@ -184,5 +194,6 @@ if _identity is not None:
         ),
         _GeneratorContextManagerBase,
         _WRAPPER_CODE_NAMES,
+        _TRANSPARENT_WRAPPERS,
     )
     identity = _identity.identity
