@@ -3,6 +3,7 @@ test_alertmanager.py; what is locked down: test_security_compose.py)."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -155,6 +156,15 @@ def test_the_demo_exports_to_the_collector_and_traffic_targets_the_demo(resolved
     assert "USER " in dockerfile
 
 
+def _wheel_command(wheel_dir: Path) -> list[str]:
+    """What builds a wheel in this venv: pip where it has pip, else uv (a uv-made venv, such as
+    make test-lowest's, has none; uv comes with the dev group)."""
+    if importlib.util.find_spec("pip") is not None:
+        return [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--wheel-dir", str(wheel_dir), "."]
+    uv = shutil.which("uv", path=str(Path(sys.executable).parent)) or require_program("uv")
+    return [uv, "build", "--quiet", "--wheel", "--python", sys.executable, "--out-dir", str(wheel_dir), "."]
+
+
 def test_the_demo_images_wheel_builds_from_what_the_dockerfile_copies(tmp_path: Path) -> None:
     """The wheels stage, replayed without Docker: only what its COPY lines bring, and the wheel
     it builds holds the compiled step (the image checks that it imports)."""
@@ -175,7 +185,7 @@ def test_the_demo_images_wheel_builds_from_what_the_dockerfile_copies(tmp_path: 
                 shutil.copy(ROOT / source, context / source)
     assert "setup.py" in copied, "the compiled step is declared there"
     built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(tmp_path), "."],
+        _wheel_command(tmp_path),
         capture_output=True,
         text=True,
         cwd=context,
