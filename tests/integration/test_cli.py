@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 import pytest
@@ -141,13 +141,23 @@ class Started:
             [*COMMAND, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
         self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._stdout: list[str] = []
+        # both pipes read by threads of their own: communicate() would read stderr too, and close
+        # it under the stderr reader (a ValueError in that thread, seen under load)
+        self._reader = threading.Thread(
+            target=self._read, args=(self.process.stderr, self.lines), daemon=True
+        )
+        self._stdout_reader = threading.Thread(
+            target=self._read, args=(self.process.stdout, self._stdout), daemon=True
+        )
         self._reader.start()
+        self._stdout_reader.start()
 
-    def _read(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self.lines.append(line)
+    @staticmethod
+    def _read(pipe: IO[str] | None, lines: list[str]) -> None:
+        assert pipe is not None
+        for line in pipe:
+            lines.append(line)
 
     def wait_for_line(self, start: str) -> str:
         def line() -> str | None:
@@ -159,9 +169,10 @@ class Started:
         return wait_for(line, f"a line starting {start!r}; stderr: {''.join(self.lines)}", TIMEOUT)
 
     def finish(self) -> str:
-        stdout, _ = self.process.communicate(timeout=TIMEOUT)
+        self.process.wait(timeout=TIMEOUT)
         self._reader.join(TIMEOUT)
-        return stdout
+        self._stdout_reader.join(TIMEOUT)
+        return "".join(self._stdout)
 
 
 @contextmanager
@@ -174,7 +185,10 @@ def started(args: list[str]) -> Iterator[tuple[Started, str]]:
     finally:
         if cli.process.poll() is None:
             cli.process.kill()
-        cli.process.communicate(timeout=TIMEOUT)
+        cli.finish()
+        for pipe in (cli.process.stdout, cli.process.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
 def wait_for_series(url: str, series: str) -> str:
