@@ -176,7 +176,7 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
         if telemetry is not None and reported:
             start = clock()
             try:
-                hung = telemetry.options.hung_callback_warning
+                hung = telemetry.hung_callback_warning
                 if hung is not None:
                     hung_watch.unwinding.add(self)
                     if hung_watch.thread is None:

@@ -177,6 +177,8 @@ class Telemetry:
         self.all_spans = tracer is not None and options.callback_spans == "all"
         # a callback that took this long or more leaves the fast path; with "all", every one does
         self.span_threshold = -1.0 if self.all_spans else options.slow_callback_threshold
+        # read at every unwind: an attribute of this object costs less than one of the options'
+        self.hung_callback_warning = options.hung_callback_warning
         self._infos: dict[tuple[str, str, str], CallbackInfo] = {}
         self.by_code = options.callback_namer is None  # a namer sees every push
         """Pushes are known by ``naming.identity``, the key of ``infos_by_code``."""
