@@ -57,11 +57,8 @@ def use_first_step(monkeypatch: pytest.MonkeyPatch, step: str) -> None:
     not build, a failure in CI), or the pure-Python path that runs wherever it did not."""
     if step == "python":
         monkeypatch.setattr(eager, "_compiled_step", None)
-    elif not eager.compiled():
-        message = "exitstack_otel._first_step is not built (needs a C compiler and Python's headers)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    else:
+        require_compiled("_first_step", eager.compiled())
 
 
 @pytest.fixture
@@ -91,3 +88,15 @@ def require_program(name: str) -> str:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+def require_compiled(module: str, built: bool) -> None:
+    """A compiled part of the package (``exitstack_otel.<module>``) a test needs: a skip on a
+    laptop where it did not build, a failure in CI (which installs the compiler and headers).
+    Works at a module's top level too."""
+    if built:
+        return
+    message = f"exitstack_otel.{module} is not built (needs a C compiler and Python's headers)"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message, allow_module_level=True)

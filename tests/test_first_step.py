@@ -7,18 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import os
 from typing import Any
 
 import pytest
 
 from exitstack_otel import eager
+from tests.conftest import require_compiled
 
-if eager._compiled_step is None:
-    message = "exitstack_otel._first_step is not built (needs a C compiler and Python's headers)"
-    if os.environ.get("CI"):
-        raise AssertionError(message)
-    pytest.skip(message, allow_module_level=True)
+require_compiled("_first_step", eager.compiled())
 
 step: Any = eager._compiled_step
 

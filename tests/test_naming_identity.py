@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import gc
-import os
 import sys
 import types
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -15,16 +14,10 @@ import anyio
 import pytest
 
 from exitstack_otel import naming
+from tests.conftest import require_compiled
 
-try:
-    from exitstack_otel import _identity
-except ImportError:
-    message = "exitstack_otel._identity is not built (needs a C compiler and Python's headers)"
-    if os.environ.get("CI"):
-        raise AssertionError(message) from None
-    pytest.skip(message, allow_module_level=True)
-
-compiled = _identity.identity
+require_compiled("_identity", naming.identity is not naming.python_identity)
+compiled: Any = naming.identity
 
 
 class Pushes(AsyncExitStack):

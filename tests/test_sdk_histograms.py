@@ -48,6 +48,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from exitstack_otel import sdk_histograms
 from exitstack_otel.sdk_histograms import FastHistogram, HistogramSeries
+from tests.conftest import require_compiled
 from tests.support.otlp_receiver import OtlpReceiver
 
 NAME = "exitstack.test.duration"
@@ -69,11 +70,8 @@ def fold(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str
     """Every test with the fold's compiled pass (_fold.c) and with its pure-Python path."""
     if request.param == "python fold":
         monkeypatch.setattr(sdk_histograms, "_fold_batch", None)
-    elif sdk_histograms._fold_batch is None:
-        message = "exitstack_otel._fold is not built (needs a C compiler and Python's headers)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    else:
+        require_compiled("_fold", sdk_histograms._fold_batch is not None)
     return str(request.param)
 
 

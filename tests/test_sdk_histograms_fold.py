@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import sys
 from typing import Any
 
@@ -14,12 +13,9 @@ from opentelemetry.sdk.metrics import MeterProvider
 
 from exitstack_otel import sdk_histograms
 from exitstack_otel.sdk_histograms import HistogramSeries
+from tests.conftest import require_compiled
 
-if sdk_histograms._fold_batch is None:
-    message = "exitstack_otel._fold is not built (needs a C compiler and Python's headers)"
-    if os.environ.get("CI"):
-        raise AssertionError(message)
-    pytest.skip(message, allow_module_level=True)
+require_compiled("_fold", sdk_histograms._fold_batch is not None)
 
 fold_batch: Any = sdk_histograms._fold_batch
 BOUNDARIES = (0.0, 0.005, 0.01, 0.1, 1.0, 10.0)

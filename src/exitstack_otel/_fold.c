@@ -29,7 +29,7 @@ bucket_of(const double *bounds, Py_ssize_t nbounds, double value)
     return low;
 }
 
-/* an int that a double holds exactly, as a double; -1 (no error set) where it is not one */
+/* an int that a double holds exactly, as a long long; -1 (no error set) where it is not one */
 static int
 exact_int(PyObject *value, long long *as_long)
 {
@@ -43,6 +43,25 @@ exact_int(PyObject *value, long long *as_long)
         return -1;
     }
     *as_long = v;
+    return 0;
+}
+
+/* item as a double, if it is of the batch's kind: a float, or an int that a double holds */
+static inline int
+value_of(PyObject *item, int floats, double *value)
+{
+    long long whole;
+    if (floats) {
+        if (!PyFloat_CheckExact(item)) {
+            return -1;
+        }
+        *value = PyFloat_AS_DOUBLE(item);
+        return 0;
+    }
+    if (!PyLong_CheckExact(item) || exact_int(item, &whole) < 0) {
+        return -1;
+    }
+    *value = (double)whole;
     return 0;
 }
 
@@ -71,83 +90,51 @@ fold_batch(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
     }
     Py_ssize_t added[MAX_BUCKETS] = {0};
     int floats = PyFloat_CheckExact(PyList_GET_ITEM(values, 0));
+    /* the sum's start: a float batch adds onto float(start) (int + float is float(int) + float),
+       an int batch onto an int */
+    double float_sum = 0.0;
+    long long int_sum = 0;
+    if (floats && PyFloat_CheckExact(start)) {
+        float_sum = PyFloat_AS_DOUBLE(start);
+    }
+    else if (floats && PyLong_CheckExact(start)) {
+        float_sum = PyLong_AsDouble(start);
+        if (float_sum == -1.0 && PyErr_Occurred()) {
+            PyErr_Clear();
+            Py_RETURN_NONE;
+        }
+    }
+    else if (floats || !PyLong_CheckExact(start) || exact_int(start, &int_sum) < 0) {
+        Py_RETURN_NONE;
+    }
+    double value, low = 0.0, high = 0.0;
     Py_ssize_t lowest = 0, highest = 0;
-    PyObject *total;
-
-    if (floats) {
-        double sum;
-        if (PyFloat_CheckExact(start)) {
-            sum = PyFloat_AS_DOUBLE(start);
-        }
-        else if (PyLong_CheckExact(start)) {
-            /* int + float is float(int) + float */
-            sum = PyLong_AsDouble(start);
-            if (sum == -1.0 && PyErr_Occurred()) {
-                PyErr_Clear();
-                Py_RETURN_NONE;
-            }
-        }
-        else {
+    for (Py_ssize_t i = 0; i < n; i++) {
+        /* what record() accepts, [0, inf); NaN fails both */
+        if (value_of(PyList_GET_ITEM(values, i), floats, &value) < 0 || !(value >= 0.0 && value < INFINITY)) {
             Py_RETURN_NONE;
         }
-        double low = 0, high = 0;
-        for (Py_ssize_t i = 0; i < n; i++) {
-            PyObject *item = PyList_GET_ITEM(values, i);
-            if (!PyFloat_CheckExact(item)) {
-                Py_RETURN_NONE;
-            }
-            double value = PyFloat_AS_DOUBLE(item);
-            if (!(value >= 0.0 && value < INFINITY)) { /* what record() accepts; NaN fails */
-                Py_RETURN_NONE;
-            }
-            if (i == 0 || value < low) {
-                low = value;
-                lowest = i;
-            }
-            if (i == 0 || value > high) {
-                high = value;
-                highest = i;
-            }
+        if (i == 0 || value < low) {
+            low = value;
+            lowest = i;
         }
-        /* only a batch the fast path takes is counted */
-        for (Py_ssize_t i = 0; i < n; i++) {
-            double value = PyFloat_AS_DOUBLE(PyList_GET_ITEM(values, i));
-            sum += value;
-            added[bucket_of(bounds, nbounds, value)] += 1;
+        if (i == 0 || value > high) {
+            high = value;
+            highest = i;
         }
-        total = PyFloat_FromDouble(sum);
     }
-    else {
-        long long sum;
-        if (!PyLong_CheckExact(start) || exact_int(start, &sum) < 0) {
-            Py_RETURN_NONE;
+    /* only a batch the fast path takes is counted, and summed in the order the values came */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        (void)value_of(PyList_GET_ITEM(values, i), floats, &value); /* checked above */
+        if (floats) {
+            float_sum += value;
         }
-        long long low = 0, high = 0;
-        for (Py_ssize_t i = 0; i < n; i++) {
-            PyObject *item = PyList_GET_ITEM(values, i);
-            long long value;
-            if (!PyLong_CheckExact(item) || exact_int(item, &value) < 0 || value < 0) {
-                Py_RETURN_NONE;
-            }
-            if (i == 0 || value < low) {
-                low = value;
-                lowest = i;
-            }
-            if (i == 0 || value > high) {
-                high = value;
-                highest = i;
-            }
+        else if (__builtin_add_overflow(int_sum, (long long)value, &int_sum)) {
+            Py_RETURN_NONE; /* counts not touched yet */
         }
-        for (Py_ssize_t i = 0; i < n; i++) {
-            long long value;
-            (void)exact_int(PyList_GET_ITEM(values, i), &value); /* checked above */
-            if (__builtin_add_overflow(sum, value, &sum)) {
-                Py_RETURN_NONE; /* counts not touched yet */
-            }
-            added[bucket_of(bounds, nbounds, (double)value)] += 1;
-        }
-        total = PyLong_FromLongLong(sum);
+        added[bucket_of(bounds, nbounds, value)] += 1;
     }
+    PyObject *total = floats ? PyFloat_FromDouble(float_sum) : PyLong_FromLongLong(int_sum);
     if (total == NULL) {
         return NULL;
     }

@@ -53,7 +53,7 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
 
     # Slots, each set in __init__: the interpreter reads and writes them in a few instructions
     # from the first request on. (Class-level defaults, stored on the instance only where they
-    # differ, cost the push and the unwind an unspecialised lookup at every access: 3.12 +1.6k.)
+    # differed, left those accesses unspecialised: 3k instructions per request more on 3.12.)
     # contextlib's own attribute, _exit_callbacks, stays in the instance dict, as contextlib has it.
     __slots__ = (
         "_callback_timeout",
@@ -330,10 +330,9 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
 def _reported_info(
     reported: list[tuple[Callable[..., Any], CallbackInfo]], cb: object
 ) -> CallbackInfo | None:
-    if reported[-1][0] is cb:
-        return reported.pop()[1]
-    # a callback we do not report (FastAPI's bookkeeping), or entries someone took out of
-    # _exit_callbacks by hand: look further down, and drop what lies above a match
+    # The last entry is not cb's (the unwind looked at it first): a callback we do not report
+    # (FastAPI's bookkeeping), or entries someone took out of _exit_callbacks by hand. Look
+    # further down, and drop what lies above a match.
     for index in range(len(reported) - 2, -1, -1):
         if reported[index][0] is cb:
             info = reported[index][1]
