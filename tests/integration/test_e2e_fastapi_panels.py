@@ -59,6 +59,7 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     }
     (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
     stop = threading.Event()
+    traffic_thread: threading.Thread | None = None
     try:
         processes.start(
             "service", [sys.executable, "-m", "tests.support.panel_service", str(port), str(metrics_port)]
@@ -83,7 +84,8 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                     client.get("/two-deps")
                     client.get("/slow-teardown")
 
-        threading.Thread(target=traffic, daemon=True).start()
+        traffic_thread = threading.Thread(target=traffic, daemon=True)
+        traffic_thread.start()
 
         def both_routes_shown() -> bool | None:
             callbacks = _by_route_and_stack(
@@ -96,6 +98,10 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield stack
     finally:
         stop.set()
+        # the service must outlive the requests in flight (one may be in its 0.3 s teardown), or the
+        # loop's next request meets a closed port and fails the last test's teardown
+        if traffic_thread is not None:
+            traffic_thread.join(timeout=15)
         processes.stop_all()
 
 
