@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-CODE := src tests benchmarks monitoring scripts setup.py
+CODE := src tests benchmarks monitoring scripts
 # what the tests exercise; the dev tools come from pyproject's [dependency-groups]
 EXTRAS := demo,fastapi,instrumentation
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass
 
@@ -38,9 +37,6 @@ class SdkFloor:
     """the four spans ``callback_spans="all"`` makes for 3 callbacks, made as it makes them: the
     unwind span with its five attributes, three callback spans under it with four each, explicit
     start and end times (``spans_like_full_mode``)"""
-    task_us: float
-    """one asyncio task that does nothing, created and awaited: what the unwind's own task costs
-    on Python 3.10 and 3.11, where tasks cannot start eagerly"""
 
 
 def _per_call_us(calls: int, start_ns: int) -> float:
@@ -78,7 +74,7 @@ def measure(calls: int) -> SdkFloor:
     finally:
         tracer_provider.shutdown()
         meter_provider.shutdown()
-    return SdkFloor(record, record_in_span, span, full_spans, asyncio.run(_task_us(calls)))
+    return SdkFloor(record, record_in_span, span, full_spans)
 
 
 _UNWIND_ATTRIBUTES: dict[str, AttributeValue] = {
@@ -106,16 +102,3 @@ def spans_like_full_mode(tracer: trace.Tracer, callbacks: int) -> None:
         span.end(end_time=start_ns + index * 1000 + 500)
     unwind.set_attributes(_UNWIND_ATTRIBUTES)
     unwind.end(end_time=start_ns + callbacks * 1000)
-
-
-async def _nothing() -> None:
-    pass
-
-
-async def _task_us(calls: int) -> float:
-    loop = asyncio.get_running_loop()
-    await loop.create_task(_nothing())
-    start = time.perf_counter_ns()
-    for _ in range(calls):
-        await loop.create_task(_nothing())
-    return _per_call_us(calls, start)

@@ -6,8 +6,6 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from exitstack_otel import eager
-
 from .floor import SdkFloor
 from .memory import MemoryGrowth
 from .variants import BASELINE, PEER
@@ -20,9 +18,6 @@ METRICS_MAX_ADDED_US = 4.0
 DEFAULT_MAX_ADDED_US = 5.0
 DEFAULT_EMPTY_MAX_ADDED_US = 2.0  # a request that pushes nothing, any Python
 FULL_MAX_OVER_SPANS_US = 10.0  # over the SDK's own cost of the spans "all" makes
-# Python 3.10 and 3.11 cannot start a task eagerly: an unwind that awaits runs in a task of its
-# own there, so that a native Task.cancel() cannot cut a cleanup short; its cost is allowed once
-TASK_ALLOWED = sys.version_info < (3, 12)
 # a leak of one small object per request would grow the heap by megabytes over 100,000 requests
 FLAT_MAX_TRACED_KIB = 256.0
 
@@ -41,24 +36,21 @@ def added_us(in_process: Mapping[tuple[str, int], float], variant: str, callback
 def verdicts(in_process: Mapping[tuple[str, int], float], floor: SdkFloor | None) -> list[Verdict]:
     found: list[Verdict] = []
     n = TARGET_CALLBACKS
-    task = floor.task_us if floor is not None and TASK_ALLOWED else 0.0
-    task_note = f" + one task ({task:.2f} us)" if task else ""
     limits: list[tuple[str, int, float, str]] = [
-        ("ours-nosdk", n, NOSDK_MAX_ADDED_US + task, f"no SDK: at most +{NOSDK_MAX_ADDED_US:g} us"),
+        ("ours-nosdk", n, NOSDK_MAX_ADDED_US, f"no SDK: at most +{NOSDK_MAX_ADDED_US:g} us"),
         (
             "ours-metrics",
             n,
-            METRICS_MAX_ADDED_US + task,
+            METRICS_MAX_ADDED_US,
             f"metrics only: at most +{METRICS_MAX_ADDED_US:g} us",
         ),
         (
             "ours-default",
             n,
-            DEFAULT_MAX_ADDED_US + task,
+            DEFAULT_MAX_ADDED_US,
             f"default mode: at most +{DEFAULT_MAX_ADDED_US:g} us",
         ),
     ]
-    limits = [(variant, callbacks, limit, target + task_note) for variant, callbacks, limit, target in limits]
     limits.append(
         ("ours-default", 0, DEFAULT_EMPTY_MAX_ADDED_US,
          f"default mode, pushing nothing: at most +{DEFAULT_EMPTY_MAX_ADDED_US:g} us")
@@ -66,10 +58,10 @@ def verdicts(in_process: Mapping[tuple[str, int], float], floor: SdkFloor | None
     if floor is not None:
         # "all": the unwind span and one per callback, as the SDK charges for them with their
         # attributes and times (floor.spans_like_full_mode), measured in the same run
-        limit = floor.full_spans_us + FULL_MAX_OVER_SPANS_US + task
+        limit = floor.full_spans_us + FULL_MAX_OVER_SPANS_US
         limits.append(
             ("ours-full", n, limit, f"full mode: at most the SDK's cost of its {n + 1} spans "
-             f"({floor.full_spans_us:.2f} us) + {FULL_MAX_OVER_SPANS_US:g} us{task_note} = +{limit:.1f} us")
+             f"({floor.full_spans_us:.2f} us) + {FULL_MAX_OVER_SPANS_US:g} us = +{limit:.1f} us")
         )  # fmt: skip
     for variant, callbacks, limit, target in limits:
         if (variant, callbacks) in in_process:
@@ -142,15 +134,12 @@ def table(
             f"SDK floor, same run: histogram record (4 attributes) {floor.record_us:.2f} us, "
             f"inside a sampled span {floor.record_in_span_us:.2f} us; span start+end {floor.span_us:.2f} us; "
             f"the {TARGET_CALLBACKS + 1} spans of 'all' at {TARGET_CALLBACKS} callbacks "
-            f"{floor.full_spans_us:.2f} us; "
-            f"an asyncio task created and awaited {floor.task_us:.2f} us",
+            f"{floor.full_spans_us:.2f} us",
         ]
     python = ".".join(map(str, sys.version_info[:3]))
-    step = "compiled" if eager.compiled() else "in pure Python (_first_step did not build)"
     lines += [
         "",
-        f"Targets (Python {python}; {TARGET_CALLBACKS} callbacks per request unless said; in-process; "
-        f"the unwind's first step {step})",
+        f"Targets (Python {python}; {TARGET_CALLBACKS} callbacks per request unless said; in-process)",
         "",
     ]
     for verdict in verdicts(in_process, floor):

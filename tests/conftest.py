@@ -2,13 +2,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import time
 from collections.abc import Iterator
 
 import pytest
 
-from exitstack_otel import eager, shield
 from tests.support.clock import SteppedClock
 from tests.support.otel_helpers import Sdk
 
@@ -40,43 +38,10 @@ def stepped_clock(monkeypatch: pytest.MonkeyPatch) -> SteppedClock:
     return clock
 
 
-# How the shield starts an unwind's task on asyncio: a spare task stands in (3.11 and newer,
-# exitstack_otel.eager) through its compiled step or its pure-Python one, an eager task (3.12 and
-# newer, where no spare can), or an ordinary task (3.10, and the last fallback).
-UNWIND_TASK_STARTS = (
-    (["eager"] if sys.version_info >= (3, 12) else [])
-    + (["spare", "spare-python"] if sys.version_info >= (3, 11) else [])
-    + ["plain"]
-)
-FIRST_STEPS = ("compiled", "python")
-"""How a spare runs an unwind's first step: ``_first_step.c`` where it built, else Python."""
-
-
-def use_first_step(monkeypatch: pytest.MonkeyPatch, step: str) -> None:
-    """The spare's first step the test runs: the compiled one (a skip on a laptop where it did
-    not build, a failure in CI), or the pure-Python path that runs wherever it did not."""
-    if step == "python":
-        monkeypatch.setattr(eager, "_compiled_step", None)
-    else:
-        require_compiled("_first_step", eager.compiled())
-
-
-@pytest.fixture
-def unwind_task_start(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Each way the shield can start an unwind's task on this Python, one after the other."""
-    start = str(request.param)
-    monkeypatch.setattr(shield, "_EAGER_TASKS", start == "eager")
-    monkeypatch.setattr(eager, "AVAILABLE", start.startswith("spare"))
-    use_first_step(monkeypatch, "python" if start == "spare-python" else "compiled")
-    return start
-
-
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     # every anyio test runs on both backends
     if "anyio_backend" in metafunc.fixturenames:
         metafunc.parametrize("anyio_backend", ["asyncio", "trio"], indirect=True)
-    if "unwind_task_start" in metafunc.fixturenames:
-        metafunc.parametrize("unwind_task_start", UNWIND_TASK_STARTS, indirect=True)
 
 
 def require_program(name: str) -> str:
@@ -88,15 +53,3 @@ def require_program(name: str) -> str:
             pytest.fail(message)
         pytest.skip(message)
     return path
-
-
-def require_compiled(module: str, built: bool) -> None:
-    """A compiled part of the package (``exitstack_otel.<module>``) a test needs: a skip on a
-    laptop where it did not build, a failure in CI (which installs the compiler and headers).
-    Works at a module's top level too."""
-    if built:
-        return
-    message = f"exitstack_otel.{module} is not built (needs a C compiler and Python's headers)"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message, allow_module_level=True)

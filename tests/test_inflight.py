@@ -13,8 +13,6 @@ from starlette.types import Message, Receive, Scope, Send
 from exitstack_otel import ExitStackMiddleware, get_exit_stack, wait_for_unwinds
 from exitstack_otel.inflight import requests_in_flight, wait_until_idle
 
-pytestmark = pytest.mark.usefixtures("unwind_task_start")
-
 _SCOPE: Scope = {"type": "http", "method": "GET", "path": "/", "headers": []}
 
 

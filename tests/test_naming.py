@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import io
+import threading
 from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -92,6 +93,12 @@ async def _names(
     return found
 
 
+def _held_lock() -> threading.Lock:
+    lock = threading.Lock()
+    lock.acquire()  # push() enters nothing: the unwind releases it
+    return lock
+
+
 CASES: list[tuple[str, Callable[[InstrumentedAsyncExitStack], Any], tuple[str, str]]] = [
     ("bound method", lambda s: s.callback(Pool().release, "secret"), ("Pool.release", "callback")),
     (
@@ -107,6 +114,10 @@ CASES: list[tuple[str, Callable[[InstrumentedAsyncExitStack], Any], tuple[str, s
     ("builtin function", lambda s: s.callback(print, "secret", end=""), ("print", "callback")),
     ("builtin method", lambda s: s.callback(io.BytesIO(b"secret").close), ("BytesIO.close", "callback")),
     ("callable object", lambda s: s.callback(Closer()), ("Closer", "callback")),
+    # managers written in C: 3.15's contextlib pushes their exits unbound by it (a builtin method)
+    ("C context manager", lambda s: s.enter_context(threading.Lock()), ("lock", "context")),
+    ("C file", lambda s: s.enter_context(io.BytesIO()), ("BytesIO", "context")),
+    ("C manager pushed", lambda s: s.push(_held_lock()), ("lock", "context")),
     ("exit function", lambda s: s.push(exit_function), ("exit_function", "exit")),
     (
         "async exit function",

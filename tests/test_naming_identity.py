@@ -1,11 +1,10 @@
-"""naming.identity: the compiled key (``_identity.c``) is the pure-Python one's, push for push."""
+"""naming.identity: the key a push is known by says what naming it would say, for every push."""
 
 from __future__ import annotations
 
 import functools
-import gc
-import sys
-import types
+import io
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from typing import Any
@@ -13,11 +12,7 @@ from typing import Any
 import anyio
 import pytest
 
-from exitstack_otel import naming
-from tests.conftest import require_compiled
-
-require_compiled("_identity", naming.identity is not naming.python_identity)
-compiled: Any = naming.identity
+from exitstack_otel import naming, semconv
 
 
 class Pushes(AsyncExitStack):
@@ -51,17 +46,6 @@ class Manager:
     async def aclose(self) -> None:
         pass
 
-    @staticmethod
-    def static() -> None:
-        pass
-
-    @classmethod
-    def klass(cls) -> None:
-        pass
-
-    def __call__(self, *exc: object) -> None:
-        pass
-
 
 class Proxy:
     """Answers every attribute itself, as a proxy does: only exact types may decide."""
@@ -71,18 +55,6 @@ class Proxy:
 
     def __exit__(self, *exc: object) -> None:
         pass
-
-
-class Nameless:
-    def __call__(self, *args: object) -> None:
-        pass
-
-
-class OddName(str):
-    def __eq__(self, other: object) -> bool:
-        return True
-
-    __hash__ = str.__hash__
 
 
 @contextmanager
@@ -103,154 +75,106 @@ async def acleanup() -> None:
     pass
 
 
-async def _pushes() -> list[tuple[Callable[..., Any], bool]]:
-    """Every kind of push, made in the running loop: FastAPI's wrappers keep their frames (what
-    identity looks through) until it ends."""
-    stack = Pushes()
-    manager = Manager()
-    stack.callback(cleanup)
-    stack.callback(lambda: None)
-    stack.callback(manager.close)
-    stack.callback(Manager.static)
-    stack.callback(Manager.klass)
-    stack.callback(functools.partial(cleanup))
-    stack.callback(print)
-    stack.callback(io_close)
-    stack.callback(manager)
-    stack.push_async_callback(acleanup)
-    stack.push_async_callback(manager.aclose)
-    stack.push_async_callback(functools.partial(acleanup))
-    stack.enter_context(Manager())
-    stack.enter_context(session())
-    await stack.enter_async_context(Manager())
-    await stack.enter_async_context(connection())
-    try:  # FastAPI's wrappers (the venvs of make test-pythons have no FastAPI)
-        from fastapi import concurrency
-    except ImportError:
-        pass
-    else:
-        # a sync dependency that yields, a class-based one, and one wrapped twice
-        await stack.enter_async_context(concurrency.contextmanager_in_threadpool(session()))
-        await stack.enter_async_context(concurrency.contextmanager_in_threadpool(Manager()))
-        shielded = getattr(concurrency, "_asynccontextmanager_with_shielded_exit", None)
-        if shielded is not None:
-            inner = concurrency.contextmanager_in_threadpool(session())
-            await stack.enter_async_context(shielded(inner, anyio.CancelScope()))
-    stack.push(cleanup_exit)
-    stack.push(Manager())
-    stack.push(Proxy())
-    stack.push_async_exit(acleanup_exit)
-    stack.push_async_exit(Manager())
-    stack.push(types.MethodType(Nameless(), manager))  # a method whose function has no __name__
-    stack.push(types.MethodType(len, manager))
-    pushed = list(stack.pushed)
-    stack._exit_callbacks.clear()  # type: ignore[attr-defined]
-
-    # what no public push method makes, but a caller can put there by hand
-    wrapper = pushed[0][0]
-    unwrapped = types.FunctionType(wrapper.__code__, wrapper.__globals__, None, None, wrapper.__closure__)
-    rewrapped = types.FunctionType(wrapper.__code__, wrapper.__globals__, None, None, wrapper.__closure__)
-    rewrapped.__wrapped__ = Manager.static  # type: ignore[attr-defined]
-    odd = Manager().__exit__
-    odd_method = types.MethodType(_renamed(OddName("close")), Manager())
-    gen_cm = session()
-    gen_cm.gen = "not a generator"  # type: ignore[assignment]
-    pushed += [
-        (unwrapped, True),
-        (rewrapped, True),
-        (odd, False),
-        (odd_method, True),
-        (gen_cm.__exit__, True),
-        (Proxy().__exit__, True),
-        (object(), True),  # type: ignore[list-item]  # not callable: a caller's mistake
-    ]
-    return pushed
-
-
-def io_close() -> None:
-    pass
-
-
 def cleanup_exit(*exc: object) -> None:
     pass
 
 
-async def acleanup_exit(*exc: object) -> None:
-    pass
+async def _pushes(stack: Pushes) -> None:
+    """Every kind of push; FastAPI's wrappers keep their frames (what identity looks through)
+    until the stack unwinds."""
+    manager = Manager()
+    stack.callback(cleanup)
+    stack.callback(lambda: None)
+    stack.callback(manager.close)
+    stack.callback(functools.partial(cleanup))
+    stack.callback(print)
+    stack.push_async_callback(acleanup)
+    stack.push_async_callback(manager.aclose)
+    stack.enter_context(Manager())
+    stack.enter_context(session())
+    stack.enter_context(threading.Lock())  # written in C: a builtin exit method on 3.15
+    stack.enter_context(io.BytesIO())
+    await stack.enter_async_context(Manager())
+    await stack.enter_async_context(connection())
+    from fastapi import concurrency
+
+    await stack.enter_async_context(concurrency.contextmanager_in_threadpool(session()))
+    await stack.enter_async_context(concurrency.contextmanager_in_threadpool(Manager()))
+    stack.push(cleanup_exit)
+    stack.push(Manager())
+    stack.push(Proxy())
+    stack.push_async_exit(Manager())
 
 
-def _renamed(name: str) -> Callable[..., None]:
-    def function(*exc: object) -> None:
-        pass
-
-    function.__name__ = name
-    return function
+def _named(pushed: Callable[..., Any], is_sync: bool) -> tuple[str, str]:
+    kind, target = naming.classify(pushed, is_sync)
+    return kind, naming.default_name(kind, target)
 
 
-def _answer(identity: Callable[..., Any], pushed: Callable[..., Any], is_sync: bool) -> object:
-    try:
-        return identity(pushed, is_sync, "exitstack")
-    except Exception as exc:  # the same error, from either
-        return type(exc), str(exc)
+def _key_name(thing: object) -> str:
+    return thing if isinstance(thing, str) else thing.__qualname__  # type: ignore[attr-defined]
 
 
-def test_the_compiled_key_is_the_pure_python_key_for_every_push() -> None:
+def test_every_key_says_the_kind_and_name_the_slow_path_would() -> None:
     async def check() -> None:
-        # each push as it was made, and as the other kind (a caller of the private method could)
-        cases = [(pushed, flag) for pushed, is_sync in await _pushes() for flag in (is_sync, not is_sync)]
-        answers = [_answer(naming.python_identity, pushed, is_sync) for pushed, is_sync in cases]
-        for (pushed, is_sync), expected in zip(cases, answers, strict=True):
-            assert _answer(compiled, pushed, is_sync) == expected, (pushed, is_sync)
-        # every kind of key, None and an error are among the answers: the comparison covers them
-        kinds = {answer[1] for answer in answers if isinstance(answer, tuple) and len(answer) == 3}
-        assert kinds == {"callback", "async_callback", "exit", "async_exit", "context", "async_context"}
-        assert None in answers
-        assert [answer for answer in answers if isinstance(answer, tuple) and len(answer) == 2]
+        async with Pushes() as stack:
+            await _pushes(stack)
+            keys = 0
+            for pushed, is_sync in stack.pushed:
+                key = naming.identity(pushed, is_sync, "s")
+                if key is None:
+                    continue
+                keys += 1
+                stack_name, kind, thing = key
+                assert (stack_name, kind, _key_name(thing)) == ("s", *_named(pushed, is_sync)), pushed
+            assert keys == len(stack.pushed) - 2  # all but the partial and the builtin
 
     anyio.run(check)
 
 
+@pytest.mark.parametrize(
+    ("make", "name"),
+    [
+        (threading.Lock, "lock"),
+        (threading.RLock, "RLock"),
+        (io.BytesIO, "BytesIO"),
+    ],
+    ids=["lock", "rlock", "file"],
+)
+def test_a_manager_written_in_c_is_a_context_known_by_its_type(make: Callable[[], Any], name: str) -> None:
+    # the same kind, name and key on every supported Python (3.15 pushes a builtin exit method)
+    stack = Pushes()
+    manager = make()
+    stack.enter_context(manager)
+    [(pushed, is_sync)] = stack.pushed
+    assert _named(pushed, is_sync) == (semconv.KIND_CONTEXT, name)
+    assert naming.identity(pushed, is_sync, "s") == ("s", semconv.KIND_CONTEXT, type(manager))
+    anyio.run(stack.aclose)
+
+
+def test_only_an_exit_of_an_instance_is_a_context() -> None:
+    # builtins named __exit__ that are no manager's: a class's, a module's
+    assert naming.exit_method_owner(len) is None
+    assert naming.exit_method_owner(threading.Lock().__enter__) is None
+    assert naming.exit_method_owner(type(threading.Lock()).__exit__) is None
+    lock = threading.Lock()
+    assert naming.exit_method_owner(lock.__exit__) is lock
+    manager = Manager()
+    assert naming.exit_method_owner(manager.__exit__) is manager
+    assert naming.exit_method_owner(manager.close) is None
+
+
 def test_fastapis_wrappers_are_known_by_what_they_hold() -> None:
     """Every push of a sync dependency that yields is known by its key, not named again."""
-    concurrency = pytest.importorskip("fastapi.concurrency")
+    from fastapi import concurrency
 
     async def check() -> None:
         stack = Pushes()
         await stack.enter_async_context(concurrency.contextmanager_in_threadpool(session()))
         await stack.enter_async_context(concurrency.contextmanager_in_threadpool(Manager()))
         (wrapped_generator, _), (wrapped_class, _) = stack.pushed
-        for identity in (naming.python_identity, compiled):
-            assert identity(wrapped_generator, False, "s") == ("s", "async_context", "session")
-            assert identity(wrapped_class, False, "s") == ("s", "async_context", Manager)
+        assert naming.identity(wrapped_generator, False, "s") == ("s", "async_context", "session")
+        assert naming.identity(wrapped_class, False, "s") == ("s", "async_context", Manager)
         await stack.aclose()
 
     anyio.run(check)
-
-
-def test_the_compiled_key_leaves_nothing_behind() -> None:
-    name = "stack " + "name"  # not interned: its count is this test's alone
-
-    def rounds(pushes: list[tuple[Callable[..., Any], bool]], count: int) -> None:
-        for _ in range(count):
-            for pushed, is_sync in pushes:
-                _answer(lambda *args: compiled(args[0], args[1], name), pushed, is_sync)
-
-    async def check() -> None:
-        pushes = await _pushes()
-        rounds(pushes, 100)
-        gc.collect()
-        references, blocks = sys.getrefcount(name), sys.getallocatedblocks()
-        rounds(pushes, 2000)
-        gc.collect()
-        assert sys.getrefcount(name) == references
-        assert sys.getallocatedblocks() - blocks < 500
-
-    anyio.run(check)
-
-
-def test_the_compiled_key_is_what_the_stack_uses() -> None:
-    from exitstack_otel import stack
-
-    assert stack.identity is compiled  # type: ignore[attr-defined]
-    with pytest.raises(TypeError, match="3 arguments"):
-        compiled(cleanup, True)  # type: ignore[call-arg]

@@ -46,9 +46,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from opentelemetry.util.types import AttributeValue
 from prometheus_client import CollectorRegistry, generate_latest
 
-from exitstack_otel import sdk_histograms
 from exitstack_otel.sdk_histograms import FastHistogram, HistogramSeries
-from tests.conftest import require_compiled
 from tests.support.otlp_receiver import OtlpReceiver
 
 NAME = "exitstack.test.duration"
@@ -63,16 +61,6 @@ Temporality = dict[type, AggregationTemporality]
 DELTA: Temporality = {Histogram: AggregationTemporality.DELTA}
 CUMULATIVE: Temporality = {Histogram: AggregationTemporality.CUMULATIVE}
 Attributes = Mapping[str, AttributeValue]
-
-
-@pytest.fixture(autouse=True, params=["compiled fold", "python fold"])
-def fold(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every test with the fold's compiled pass (_fold.c) and with its pure-Python path."""
-    if request.param == "python fold":
-        monkeypatch.setattr(sdk_histograms, "_fold_batch", None)
-    else:
-        require_compiled("_fold", sdk_histograms._fold_batch is not None)
-    return str(request.param)
 
 
 class Pair:

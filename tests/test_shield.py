@@ -10,8 +10,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from exitstack_otel import ExitStackMiddleware, get_exit_stack
 from exitstack_otel.shield import cancellation_can_reach_task
 
-pytestmark = pytest.mark.usefixtures("unwind_task_start")
-
 _SCOPE: Scope = {"type": "http", "method": "GET", "path": "/", "headers": []}
 
 

@@ -6,19 +6,31 @@ import os
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING
 
+import anyio
 import pytest
 from hypothesis import HealthCheck, given, settings
 from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.trace import NoOpTracerProvider
 
-from exitstack_otel import semconv
+from exitstack_otel import DEFAULT_SCOPE_KEY, ExitStackMiddleware, semconv
 from exitstack_otel.stack import InstrumentedAsyncExitStack
 from exitstack_otel.telemetry import Telemetry, TelemetryOptions
 from tests.support.otel_helpers import Sdk, histogram_points, number_points
-from tests.support.stack_scenarios import Aclose, PopAll, Push, Scenario, run, scenarios
+from tests.support.stack_scenarios import (
+    Aclose,
+    Observed,
+    PopAll,
+    Push,
+    Scenario,
+    run,
+    run_scenario_in_middleware,
+    scenarios,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+    from starlette.types import ASGIApp, Receive, Scope, Send
 
 # `make test-pythons` runs this module on every supported Python with fewer examples
 EXAMPLES = int(os.environ.get("EXITSTACK_EQUIVALENCE_EXAMPLES", "300"))
@@ -117,3 +129,55 @@ def test_telemetry_accounts_for_every_callback(scenario: Scenario, backend: str)
         assert {point.value for point in active} <= {0}
     finally:
         sdk.shutdown()
+
+
+class ContextlibMiddleware:
+    """FastAPI's ``AsyncExitStackMiddleware``: the behaviour ``ExitStackMiddleware`` promises."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async with AsyncExitStack() as stack:
+            scope[DEFAULT_SCOPE_KEY] = stack
+            await self.app(scope, receive, send)
+
+
+MIDDLEWARES: dict[str, Callable[[ASGIApp], ASGIApp]] = {
+    "sdk-problems": lambda app: ExitStackMiddleware(
+        app, tracer_provider=_sdk.tracer_provider, meter_provider=_sdk.meter_provider
+    ),
+    "sdk-all": lambda app: ExitStackMiddleware(
+        app, tracer_provider=_sdk.tracer_provider, meter_provider=_sdk.meter_provider, callback_spans="all"
+    ),
+    "noop-global": ExitStackMiddleware,
+}
+
+
+def _through(middleware: Callable[[ASGIApp], ASGIApp], scenario: Scenario, backend: str) -> Observed:
+    make_stack = AsyncExitStack if middleware is ContextlibMiddleware else InstrumentedAsyncExitStack
+
+    async def main() -> Observed:
+        return await run_scenario_in_middleware(middleware, DEFAULT_SCOPE_KEY, make_stack, scenario)
+
+    return anyio.run(main, backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("mode", sorted(MIDDLEWARES))
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenario=scenarios())
+def test_the_middleware_unwinds_as_contextlibs_middleware(
+    scenario: Scenario, mode: str, backend: str
+) -> None:
+    # the endpoint's escape, every callback's arguments, the exception each one sees being handled
+    # (after a suspension too) and the chain that escapes the middleware, as FastAPI's own has them
+    assert _through(MIDDLEWARES[mode], scenario, backend) == _through(ContextlibMiddleware, scenario, backend)
+    _sdk.spans_exporter.clear()
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("scenario", HAND_PICKED)
+def test_hand_picked_scenarios_through_the_middleware(scenario: Scenario, backend: str) -> None:
+    expected = _through(ContextlibMiddleware, scenario, backend)
+    assert _through(MIDDLEWARES["sdk-problems"], scenario, backend) == expected

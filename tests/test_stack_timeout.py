@@ -169,7 +169,6 @@ async def test_a_timeout_leaves_the_callback_list_as_contextlib_has_it() -> None
 
 
 @pytest.mark.anyio
-@pytest.mark.usefixtures("unwind_task_start")
 async def test_through_the_middleware_the_response_is_sent_before_the_timeout_is_raised(sdk: Sdk) -> None:
     sent: list[Message] = []
     closed: list[bool] = []

@@ -13,7 +13,7 @@ from . import inflight
 from .asgi import http_route, request_method
 from .options import TelemetryOptions
 from .providers import TelemetrySource
-from .shield import unwind, unwind_after_return
+from .shield import request_scope
 from .stack import InstrumentedAsyncExitStack
 
 if TYPE_CHECKING:
@@ -35,8 +35,10 @@ class ExitStackMiddleware:
     stack: context variables set by the endpoint are then visible to the callbacks, and the unwind
     runs after the response has been sent in full (after the last chunk of a streaming response,
     after a websocket closes).
-    The unwind is shielded from cancellation so that a disconnect or a shutdown cannot skip a
-    cleanup; the cancellation propagates once every callback has run.
+    The callbacks run in the request's own task, as contextlib runs them. The unwind is shielded
+    from cancel scopes (a client hanging up, a task group failing), whose cancellation propagates
+    once every callback has run; a native ``Task.cancel()`` interrupts the callback running at that
+    moment, and the rest still run (``exitstack_otel.shield``).
 
     Settings: ``options`` (a ``TelemetryOptions``) and/or its fields as keyword arguments, which
     win. ``stack_name`` defaults to ``exitstack_middleware`` for the default scope key and to the
@@ -73,22 +75,26 @@ class ExitStackMiddleware:
             self.stack_name, telemetry=telemetry, callback_timeout=self.callback_timeout
         )
         scope[self.scope_key] = stack
+        shielded = request_scope()  # a cancel scope around the request, where one can reach it
         in_flight = inflight.entered()  # in-flight hook: wait_for_unwinds() waits for this request
-        try:
-            await self.app(scope, receive, send)
-        except BaseException as exc:
-            if telemetry is not None:  # the route is known once routing ran
-                stack.route, stack.method = http_route(scope), request_method(scope)
-            if not await unwind(stack, type(exc), exc, exc.__traceback__):
-                raise
-        else:
-            if telemetry is not None:
-                stack.route, stack.method = http_route(scope), request_method(scope)
-            unwinding = unwind_after_return(stack)
-            if unwinding is not None:  # not over at once
-                await unwinding
-        finally:  # in-flight hook
-            in_flight.left()
+        # as ``async with stack:`` runs it: the unwind in this task, inside the except clause that
+        # caught the endpoint's exception (what a cleanup raises chains to it)
+        with shielded:
+            try:
+                await self.app(scope, receive, send)
+            except BaseException as exc:
+                shielded.shield = True  # cancel scopes around the request wait for the unwind
+                if telemetry is not None:  # the route is known once routing ran
+                    stack.route, stack.method = http_route(scope), request_method(scope)
+                if not await stack.__aexit__(type(exc), exc, exc.__traceback__):
+                    raise
+            else:
+                shielded.shield = True
+                if telemetry is not None:
+                    stack.route, stack.method = http_route(scope), request_method(scope)
+                await stack.__aexit__(None, None, None)
+            finally:  # in-flight hook
+                in_flight.left()
 
 
 def get_exit_stack(

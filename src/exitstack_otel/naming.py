@@ -8,7 +8,6 @@ exact type, never from attributes read through it, which a proxy's ``__getattr__
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import AsyncExitStack, _GeneratorContextManagerBase
 from functools import partial
 from types import (
     AsyncGeneratorType,
@@ -24,11 +23,13 @@ from types import (
 from typing import Any
 
 from . import semconv
+from .internals import ASYNC_CALLBACK_CODE, GENERATOR_MANAGER_TYPES, SYNC_CALLBACK_CODE
 
-# contextlib wraps ``callback()`` and ``push_async_callback()`` targets in closures built by
-# these two factories; their code objects identify such wrappers on every supported Python.
-_SYNC_CB_CODE = AsyncExitStack._create_cb_wrapper(print).__code__  # type: ignore[attr-defined]  # private in typeshed
-_ASYNC_CB_CODE = AsyncExitStack._create_async_cb_wrapper(print).__code__  # type: ignore[attr-defined]
+# contextlib wraps ``callback()`` and ``push_async_callback()`` targets in closures; their code
+# objects identify such wrappers on every supported Python (``internals`` says how they are found)
+_SYNC_CB_CODE = SYNC_CALLBACK_CODE
+_ASYNC_CB_CODE = ASYNC_CALLBACK_CODE
+_EXIT_NAMES = ("__exit__", "__aexit__")
 
 # Objects whose ``__qualname__`` is code's: functions (async ones too, lambdas) and builtins;
 # classes are added by ``issubclass(type(target), type)``.
@@ -51,14 +52,32 @@ _TRANSPARENT_WRAPPERS = frozenset(
 
 def classify(pushed: Callable[..., Any], is_sync: bool) -> tuple[str, object]:
     """Return the contract kind and the user's object (function or context manager) behind a push."""
-    if type(pushed) is MethodType and pushed.__name__ in ("__exit__", "__aexit__"):
-        return (semconv.KIND_CONTEXT if is_sync else semconv.KIND_ASYNC_CONTEXT), pushed.__self__
+    manager = exit_method_owner(pushed)
+    if manager is not None:
+        return (semconv.KIND_CONTEXT if is_sync else semconv.KIND_ASYNC_CONTEXT), manager
     code = getattr(pushed, "__code__", None)
-    if code is _SYNC_CB_CODE:
+    if code is not None and code is _SYNC_CB_CODE:
         return semconv.KIND_CALLBACK, pushed.__wrapped__  # type: ignore[attr-defined]
-    if code is _ASYNC_CB_CODE:
+    if code is not None and code is _ASYNC_CB_CODE:
         return semconv.KIND_ASYNC_CALLBACK, pushed.__wrapped__  # type: ignore[attr-defined]
     return (semconv.KIND_EXIT if is_sync else semconv.KIND_ASYNC_EXIT), pushed
+
+
+def exit_method_owner(pushed: Any) -> Any:
+    """The context manager whose ``__exit__``/``__aexit__`` was pushed, else None.
+
+    A manager written in Python arrives as a bound method on every supported Python. One written
+    in C (a lock, a file) arrives so up to 3.14, where contextlib binds the method itself; from 3.15
+    on contextlib pushes what it looks up on the type, a builtin method bound to the manager."""
+    kind = type(pushed)
+    if kind is MethodType:
+        if pushed.__name__ in _EXIT_NAMES:
+            return pushed.__self__
+    elif kind is BuiltinFunctionType and pushed.__name__ in _EXIT_NAMES:
+        owner = pushed.__self__
+        if owner is not None and not isinstance(owner, (type, ModuleType)):
+            return owner
+    return None
 
 
 def callable_name(target: object) -> str:
@@ -81,9 +100,9 @@ def context_manager_name(cm: object) -> str:
     for _ in range(4):
         # @contextmanager / @asynccontextmanager objects drop ``func`` once entered, but keep
         # the generator, which carries the decorated function's name.
-        if not issubclass(type(cm), _GeneratorContextManagerBase):
+        if not issubclass(type(cm), GENERATOR_MANAGER_TYPES):
             break
-        gen = cm.gen  # type: ignore[attr-defined]
+        gen: Any = getattr(cm, "gen", None)
         if type(gen) is GeneratorType:
             code, frame = gen.gi_code, gen.gi_frame
         elif type(gen) is AsyncGeneratorType:
@@ -122,18 +141,16 @@ def _code_name(target: object) -> str:
 _WRAPPER_CODE_NAMES = frozenset(name for _, name in _TRANSPARENT_WRAPPERS)
 
 
-def python_identity(pushed: Callable[..., Any], is_sync: bool, stack_name: str) -> tuple[object, ...] | None:
+def identity(pushed: Callable[..., Any], is_sync: bool, stack_name: str) -> tuple[object, ...] | None:
     """A key that stands for the stack, kind and default name of ``pushed``, found without naming
     it: the function's qualified name, or the manager's class, decided by exact types as the
     names are, and through FastAPI's wrappers to the manager each holds. None where no key is
     cheap and certain (builtins, partials, other objects). Only strs and classes: a code object
-    in a key would be hashed anew at every lookup (code objects cache no hash). ``identity`` is
-    this, compiled where the install could build ``_identity.c``; the tests hold the two to the
-    same answers."""
+    in a key would be hashed anew at every lookup (code objects cache no hash)."""
     kind = type(pushed)
     if kind is FunctionType:
         code = pushed.__code__
-        if code is _SYNC_CB_CODE or code is _ASYNC_CB_CODE:
+        if code is not None and (code is _SYNC_CB_CODE or code is _ASYNC_CB_CODE):
             wrapper = semconv.KIND_CALLBACK if code is _SYNC_CB_CODE else semconv.KIND_ASYNC_CALLBACK
             target: Any = getattr(pushed, "__wrapped__", None)
             if type(target) is MethodType:
@@ -142,14 +159,20 @@ def python_identity(pushed: Callable[..., Any], is_sync: bool, stack_name: str) 
                 return stack_name, wrapper, target.__qualname__
             return None
         return stack_name, semconv.KIND_EXIT if is_sync else semconv.KIND_ASYNC_EXIT, pushed.__qualname__
-    if kind is MethodType and pushed.__name__ in ("__exit__", "__aexit__"):
+    # a manager's exit: a bound method (inline, the usual case), or a builtin one (3.15, a C manager)
+    manager: Any = None
+    if kind is MethodType:
+        if pushed.__name__ in _EXIT_NAMES:
+            manager = pushed.__self__  # type: ignore[attr-defined]
+    elif kind is BuiltinFunctionType:
+        manager = exit_method_owner(pushed)
+    if manager is not None:
         manager_kind = semconv.KIND_CONTEXT if is_sync else semconv.KIND_ASYNC_CONTEXT
-        manager = pushed.__self__  # type: ignore[attr-defined]
         for _ in range(4):  # as context_manager_name looks through FastAPI's wrappers
             manager_type = type(manager)
-            if not issubclass(manager_type, _GeneratorContextManagerBase):
+            if not issubclass(manager_type, GENERATOR_MANAGER_TYPES):
                 return stack_name, manager_kind, manager_type
-            gen = manager.gen
+            gen: Any = getattr(manager, "gen", None)
             gen_type = type(gen)
             if gen_type is GeneratorType:
                 gen_code, frame = gen.gi_code, gen.gi_frame
@@ -168,32 +191,3 @@ def python_identity(pushed: Callable[..., Any], is_sync: bool, stack_name: str) 
             if manager is None:
                 return None
     return None
-
-
-_Identity = Callable[[Callable[..., Any], bool, str], "tuple[object, ...] | None"]
-
-try:
-    # every push's key, compiled (_identity.c), wherever the install could build it
-    from . import _identity
-except ImportError:  # no C compiler or headers where it was installed, or not CPython
-    _identity = None  # type: ignore[assignment]
-
-identity: _Identity = python_identity
-"""The key a push is looked up by (``python_identity`` says which), compiled where it built."""
-if _identity is not None:
-    _identity.setup(
-        _SYNC_CB_CODE,
-        _ASYNC_CB_CODE,
-        (
-            semconv.KIND_CALLBACK,
-            semconv.KIND_ASYNC_CALLBACK,
-            semconv.KIND_EXIT,
-            semconv.KIND_ASYNC_EXIT,
-            semconv.KIND_CONTEXT,
-            semconv.KIND_ASYNC_CONTEXT,
-        ),
-        _GeneratorContextManagerBase,
-        _WRAPPER_CODE_NAMES,
-        _TRANSPARENT_WRAPPERS,
-    )
-    identity = _identity.identity

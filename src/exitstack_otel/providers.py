@@ -9,11 +9,12 @@ comparisons.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from opentelemetry import metrics, trace
 from opentelemetry.environment_variables import OTEL_PYTHON_METER_PROVIDER, OTEL_PYTHON_TRACER_PROVIDER
-from opentelemetry.metrics import _internal as metrics_internal
 
+from .internals import API_GLOBALS
 from .options import TelemetryOptions
 from .telemetry import Telemetry, logger
 
@@ -21,16 +22,9 @@ from .telemetry import Telemetry, logger
 # is set, which alone cost more than our whole no-SDK budget (benchmarks/RESULTS.md). Reading the API's
 # module globals gives the same answer; the getters still run when a variable names a provider,
 # so that they load it as they would, and always when this API release keeps its globals elsewhere
-# (checked once, here).
-_PRIVATE_GLOBALS = all(
-    hasattr(module, name)
-    for module, name in (
-        (trace, "_TRACER_PROVIDER"),
-        (trace, "_PROXY_TRACER_PROVIDER"),
-        (metrics_internal, "_METER_PROVIDER"),
-        (metrics_internal, "_PROXY_METER_PROVIDER"),
-    )
-)
+# (internals.API_GLOBALS is None then).
+_PRIVATE_GLOBALS = API_GLOBALS is not None
+metrics_internal: Any = API_GLOBALS[1] if API_GLOBALS is not None else None
 _READ_TRACER_GLOBAL = _PRIVATE_GLOBALS and OTEL_PYTHON_TRACER_PROVIDER not in os.environ
 _READ_METER_GLOBAL = _PRIVATE_GLOBALS and OTEL_PYTHON_METER_PROVIDER not in os.environ
 
@@ -45,7 +39,7 @@ def global_tracer_provider() -> trace.TracerProvider:
 def global_meter_provider() -> metrics.MeterProvider:
     if not _READ_METER_GLOBAL:
         return metrics.get_meter_provider()
-    provider = metrics_internal._METER_PROVIDER  # private: see above
+    provider: metrics.MeterProvider | None = metrics_internal._METER_PROVIDER  # private: see above
     return provider if provider is not None else metrics_internal._PROXY_METER_PROVIDER
 
 

@@ -10,9 +10,8 @@ storage, where it is exported as if each value had gone through ``record()``: th
 bucket counts, min, max and attributes, and the same sum (adds in another order can round the last
 bit differently when ``record()`` and a series feed one aggregation, or with several readers).
 Merged values carry no exemplars; ``FastHistogram.record`` is there for the ones that should.
-Folding a series' pending values into its counts takes one compiled pass (``_fold.c``) where the
-install could build it, else a sort and a bisect per bucket here; the two leave a series alike
-(the tests run both).
+Folding a series' pending values into its counts takes a sort and a bisect per bucket, in C
+through the standard library.
 
 The Python SDK has no public way to do this (no MetricProducer), so this is the only module that
 reaches into opentelemetry-sdk's internals. Everything it relies on is checked once, at setup,
@@ -49,13 +48,6 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.util.types import AttributeValue
 
 logger = logging.getLogger(__name__)
-
-_fold_batch: Callable[[list[Any], tuple[float, ...], list[int], Any], tuple[Any, Any, Any] | None] | None
-try:
-    # the fold's usual batch in one compiled pass (_fold.c), wherever the install could build it
-    from ._fold import fold_batch as _fold_batch
-except ImportError:  # no C compiler or headers where it was installed, or not CPython
-    _fold_batch = None
 
 _INFINITY = math.inf
 _FOLD_AT = 256
@@ -201,14 +193,6 @@ class HistogramSeries:
         if not values:
             return
         counts, boundaries = self._counts, self._boundaries
-        if _fold_batch is not None:
-            # the usual batch (floats or ints in [0, inf)) in one compiled pass; None for the rest
-            folded = _fold_batch(values, boundaries, counts, self._sum)
-            if folded is not None:
-                self._sum, low, high = folded
-                self._min = min(self._min, low)
-                self._max = max(self._max, high)
-                return
         try:
             # The usual batch: numbers in [0, inf), no NaN (which would make the sum NaN). Then C
             # does the work: one sort, a bisect per bucket, the sum added in record()'s order.

@@ -25,13 +25,12 @@ from opentelemetry.util.types import AttributeValue
 from . import naming, semconv, spans
 from .cleanup_log import FailureLog
 from .instruments import Count, Instruments, instruments_for
+from .internals import PROXY_METER_PROVIDER_TYPE
 from .options import CallbackNamer, CallbackSpans, TelemetryOptions
 from .version import __version__
 
-try:  # the API's global before one is set: a no-op that is no NoOpMeterProvider
-    from opentelemetry.metrics._internal import _ProxyMeterProvider
-except ImportError:  # another API layout: a provider not set yet is looked up again per request
-    _ProxyMeterProvider = NoOpMeterProvider  # type: ignore[assignment,misc]
+# the API's global before one is set: a no-op that is no NoOpMeterProvider
+_ProxyMeterProvider = PROXY_METER_PROVIDER_TYPE
 
 __all__ = ["CallbackNamer", "CallbackSpans", "Telemetry", "TelemetryOptions", "error_type"]
 

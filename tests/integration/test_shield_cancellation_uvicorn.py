@@ -25,7 +25,6 @@ from tests.support.servers import running_server
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
-    pytest.mark.usefixtures("unwind_task_start"),
 ]
 
 

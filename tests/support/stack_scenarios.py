@@ -8,6 +8,7 @@ Exceptions are compared by class and label because each run raises fresh instanc
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
@@ -18,6 +19,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from contextlib import AsyncExitStack
     from types import TracebackType
+
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 PushKind = Literal[
     "callback",
@@ -156,7 +159,8 @@ async def _push(
 
     async def async_callback(*args: Any, **kwargs: Any) -> bool:
         await anyio.lowlevel.checkpoint()
-        log.append(f"{label} async callback {args} {kwargs}")
+        # the exception being handled is the task's: it must survive the suspension
+        log.append(f"{label} async callback {args} {kwargs} handling {shape(sys.exc_info()[1])}")
         return _exit_result(behaviour, label)
 
     def exit_function(
@@ -169,7 +173,8 @@ async def _push(
         exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> bool:
         await anyio.lowlevel.checkpoint()
-        log.append(f"{label} async exit function {shape(exc)} {exc_type is type(exc)}")
+        handling = shape(sys.exc_info()[1])
+        log.append(f"{label} async exit function {shape(exc)} {exc_type is type(exc)} handling {handling}")
         return _exit_result(behaviour, label)
 
     returned: object
@@ -212,24 +217,68 @@ async def run_scenario(make_stack: Callable[[], AsyncExitStack], scenario: Scena
     try:
         async with stack as entered:
             log.append(f"entered is the stack: {entered is stack}")
-            for index, op in enumerate(scenario.ops):
-                label = f"op{index}"
-                if isinstance(op, Push):
-                    await _push(stack, op, label, log, make_stack)
-                elif isinstance(op, PopAll):
-                    new_stack = stack.pop_all()
-                    observed.moved_types_ok &= type(new_stack) is type(stack)
-                    moved.append(new_stack)
-                else:
-                    log.append(f"{label} aclose")
-                    await stack.aclose()
-            error = failure(scenario.body_end, "body")
-            if error is not None:
-                raise error
-            log.append("body done")
+            await _body(stack, scenario, observed, moved, make_stack)
     except BaseException as exc:  # BaseBoom included: it is part of what is compared
         observed.escaped = describe(exc)
-    log.append("main stack done")
+    await _after(observed, moved)
+    return observed
+
+
+async def run_scenario_in_middleware(
+    middleware: Callable[[ASGIApp], ASGIApp],
+    scope_key: str,
+    make_stack: Callable[[], AsyncExitStack],
+    scenario: Scenario,
+) -> Observed:
+    """The scenario as an endpoint behind ``middleware``, on the stack it puts at ``scope[scope_key]``."""
+    observed = Observed()
+    moved: list[AsyncExitStack] = []
+
+    async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+        await _body(scope[scope_key], scenario, observed, moved, make_stack)
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        pass
+
+    scope: Scope = {"type": "http", "method": "GET", "path": "/", "headers": []}
+    try:
+        await middleware(endpoint)(scope, receive, send)
+    except BaseException as exc:
+        observed.escaped = describe(exc)
+    await _after(observed, moved)
+    return observed
+
+
+async def _body(
+    stack: AsyncExitStack,
+    scenario: Scenario,
+    observed: Observed,
+    moved: list[AsyncExitStack],
+    make_stack: Callable[[], AsyncExitStack],
+) -> None:
+    log = observed.log
+    for index, op in enumerate(scenario.ops):
+        label = f"op{index}"
+        if isinstance(op, Push):
+            await _push(stack, op, label, log, make_stack)
+        elif isinstance(op, PopAll):
+            new_stack = stack.pop_all()
+            observed.moved_types_ok &= type(new_stack) is type(stack)
+            moved.append(new_stack)
+        else:
+            log.append(f"{label} aclose")
+            await stack.aclose()
+    error = failure(scenario.body_end, "body")
+    if error is not None:
+        raise error
+    log.append("body done")
+
+
+async def _after(observed: Observed, moved: list[AsyncExitStack]) -> None:
+    observed.log.append("main stack done")
     for new_stack in moved:
         try:
             await new_stack.aclose()
@@ -237,7 +286,6 @@ async def run_scenario(make_stack: Callable[[], AsyncExitStack], scenario: Scena
             observed.moved_escaped.append(describe(exc))
         else:
             observed.moved_escaped.append(None)
-    return observed
 
 
 def run(make_stack: Callable[[], AsyncExitStack], scenario: Scenario, backend: str) -> Observed:
