@@ -1,7 +1,8 @@
-"""Cancellation never skips a cleanup: every pushed callback runs to its end, the unwind records
-``cancelled``, and the cancellation propagates once the stack is empty. In process, on both
-backends and asyncio's own ``Task.cancel()``; tests/integration/test_shield_cancellation_uvicorn.py
-has a real client hanging up and a real server shutting down."""
+"""A cancel scope's cancellation never skips a cleanup: every pushed callback runs to its end, the
+unwind records ``cancelled``, and the cancellation propagates once the stack is empty. asyncio's own
+``Task.cancel()`` interrupts the callback running at that moment, as with contextlib, and the rest
+run. In process, on both backends; tests/integration/test_shield_cancellation_uvicorn.py has a
+real client hanging up and a real server shutting down."""
 
 from __future__ import annotations
 
