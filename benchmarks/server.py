@@ -13,7 +13,12 @@ def main() -> None:
     variant, port = sys.argv[1], int(sys.argv[2])
     app, sdk = VARIANTS_BY_NAME[variant].build()
     try:
-        uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="off")
+        # the h11 parser on asyncio, whatever else is installed (uvicorn[standard] would pick uvloop and
+        # httptools): the baseline and every variant in the same shape
+        uvicorn.run(
+            app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="off",
+            loop="asyncio", http="h11",
+        )  # fmt: skip
     finally:
         sdk.shutdown()
 

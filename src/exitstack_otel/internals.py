@@ -18,7 +18,8 @@ fastapi.concurrency's wrapper generators and their     naming            no matc
 ``cm`` local (a sync ``yield`` dependency is named by
 what it wraps)
 anyio: ``_backends._asyncio._task_states`` (does an    shield            always put the shield up
-anyio scope enclose this asyncio task?)
+anyio scope enclose this asyncio task?), read through
+its WeakKeyDictionary's ``data``                                         (``data``: its ``get()``)
 asyncio: ``_get_running_loop`` (the loop, or None,     shield            ``get_running_loop()`` in a try
 without raising under trio)
 opentelemetry-api: ``trace._TRACER_PROVIDER``,         providers         the public getters, per request
@@ -43,6 +44,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from types import CodeType, ModuleType
 from typing import Any
+from weakref import ref as _weak_reference
 
 # ---- contextlib --------------------------------------------------------------------------------
 
@@ -112,14 +114,21 @@ def _anyio_task_states() -> Any:
 
 
 _TASK_STATES = _anyio_task_states()
+# the WeakKeyDictionary's own dict, keyed by weak references: read with no Python call per request
+_TASK_STATES_BY_REF: dict[Any, Any] | None = getattr(_TASK_STATES, "data", None)
+if not isinstance(_TASK_STATES_BY_REF, dict):
+    _TASK_STATES_BY_REF = None
 
 
 def anyio_scope_encloses(task: asyncio.Task[Any] | None) -> bool:
     """Whether an anyio cancel scope encloses ``task`` (True when it cannot be known)."""
-    task_states = _TASK_STATES
-    if task_states is None:
+    by_ref = _TASK_STATES_BY_REF
+    if by_ref is not None and task is not None:
+        state = by_ref.get(_weak_reference(task))
+    elif _TASK_STATES is not None:
+        state = _TASK_STATES.get(task)
+    else:
         return True
-    state = task_states.get(task)
     return state is not None and getattr(state, "cancel_scope", True) is not None
 
 

@@ -75,26 +75,33 @@ class ExitStackMiddleware:
             self.stack_name, telemetry=telemetry, callback_timeout=self.callback_timeout
         )
         scope[self.scope_key] = stack
-        shielded = request_scope()  # a cancel scope around the request, where one can reach it
+        cancel_scope = request_scope()  # None where no cancel scope can reach this request
         in_flight = inflight.entered()  # in-flight hook: wait_for_unwinds() waits for this request
+        if cancel_scope is not None:
+            # a ``with`` block's enter and exit, written out: most requests (a plain uvicorn task)
+            # have no scope, and pay nothing for one; ours is never cancelled, and swallows nothing
+            cancel_scope.__enter__()
         # as ``async with stack:`` runs it: the unwind in this task, inside the except clause that
         # caught the endpoint's exception (what a cleanup raises chains to it)
-        with shielded:
-            try:
-                await self.app(scope, receive, send)
-            except BaseException as exc:
-                shielded.shield = True  # cancel scopes around the request wait for the unwind
-                if telemetry is not None:  # the route is known once routing ran
-                    stack.route, stack.method = http_route(scope), request_method(scope)
-                if not await stack.__aexit__(type(exc), exc, exc.__traceback__):
-                    raise
-            else:
-                shielded.shield = True
-                if telemetry is not None:
-                    stack.route, stack.method = http_route(scope), request_method(scope)
-                await stack.__aexit__(None, None, None)
-            finally:  # in-flight hook
-                in_flight.left()
+        try:
+            await self.app(scope, receive, send)
+        except BaseException as exc:
+            if cancel_scope is not None:  # cancel scopes around the request wait for the unwind
+                cancel_scope.shield = True
+            if telemetry is not None:  # the route is known once routing ran
+                stack.route, stack.method = http_route(scope), request_method(scope)
+            if not await stack.__aexit__(type(exc), exc, exc.__traceback__):
+                raise
+        else:
+            if cancel_scope is not None:
+                cancel_scope.shield = True
+            if telemetry is not None:
+                stack.route, stack.method = http_route(scope), request_method(scope)
+            await stack.__aexit__(None, None, None)
+        finally:
+            in_flight.left()  # in-flight hook
+            if cancel_scope is not None:
+                cancel_scope.__exit__(None, None, None)
 
 
 def get_exit_stack(

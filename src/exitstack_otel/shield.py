@@ -27,38 +27,18 @@ requests' cleanups finish before uvicorn ends the event loop.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import anyio
 
 from . import inflight, internals
 
 
-class _Unreachable:
-    """The scope of a request no cancel scope can reach: nothing to enter, nothing to shield."""
-
-    __slots__ = ()
-
-    shield = False
-
-    def __enter__(self) -> _Unreachable:
-        return self
-
-    def __exit__(self, *exc_details: object) -> None:
-        return None
-
-    def __setattr__(self, name: str, value: object) -> None:
-        pass  # ``shield = True`` has nothing to do
-
-
-_UNREACHABLE = _Unreachable()
-
-
-def request_scope() -> Any:
-    """What to enter around a request: set its ``shield`` to True when the unwind begins."""
+def request_scope() -> anyio.CancelScope | None:
+    """A cancel scope to enter around a request and shield when its unwind begins; None where no
+    cancel scope can reach the request's task (then there is nothing to shield it from)."""
     if cancellation_can_reach_task():
         return anyio.CancelScope()
-    return _UNREACHABLE
+    return None
 
 
 def cancellation_can_reach_task() -> bool:

@@ -1,0 +1,189 @@
+"""Every private name ``exitstack_otel.internals`` looks up has a fallback that works: each guard
+is run with its name gone, and the package imports and serves a request without any of them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+import sys
+import textwrap
+from collections.abc import AsyncIterator, Iterator
+
+import anyio
+import anyio._backends._asyncio
+import anyio.lowlevel
+import pytest
+from opentelemetry import trace
+from opentelemetry.metrics import NoOpMeterProvider
+from opentelemetry.metrics import _internal as metrics_internal
+from starlette.types import Receive, Scope, Send
+
+from exitstack_otel import ExitStackMiddleware, get_exit_stack, internals, naming, semconv
+
+
+@contextlib.contextmanager
+def session() -> Iterator[None]:
+    yield
+
+
+@contextlib.asynccontextmanager
+async def connection() -> AsyncIterator[None]:
+    yield
+
+
+def cleanup() -> None:
+    pass
+
+
+def test_the_callback_wrappers_are_found_through_the_public_push_methods() -> None:
+    stack = contextlib.ExitStack()
+    stack.callback(cleanup)
+    [(_, wrapper)] = stack._exit_callbacks  # type: ignore[attr-defined]
+    assert wrapper.__code__ is internals.SYNC_CALLBACK_CODE
+    assert internals.ASYNC_CALLBACK_CODE is not None
+    assert internals.ASYNC_CALLBACK_CODE is not internals.SYNC_CALLBACK_CODE
+    stack.pop_all()
+
+
+def test_without_the_wrappers_code_a_callback_is_named_as_an_exit(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert internals._wrapper_code(lambda probe: 1 / 0) is None  # a push that no longer works
+    monkeypatch.setattr(naming, "_SYNC_CB_CODE", None)
+    monkeypatch.setattr(naming, "_ASYNC_CB_CODE", None)
+    stack = contextlib.ExitStack()
+    stack.callback(cleanup)
+    [(_, wrapper)] = stack._exit_callbacks  # type: ignore[attr-defined]
+    assert naming.classify(wrapper, True) == (semconv.KIND_EXIT, wrapper)
+    assert naming.identity(wrapper, True, "s") == ("s", semconv.KIND_EXIT, wrapper.__qualname__)
+    stack.pop_all()
+
+
+def test_without_the_generator_managers_base_they_are_known_by_the_decorators_classes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delattr(contextlib, "_GeneratorContextManagerBase")
+    found = internals._generator_manager_types()
+    assert found == (type(session()), type(connection()))
+    monkeypatch.setattr(naming, "GENERATOR_MANAGER_TYPES", found)
+    assert naming.context_manager_name(session()) == "session"
+    assert naming.context_manager_name(connection()) == "connection"
+
+
+def test_a_manager_without_its_generator_is_named_by_its_class() -> None:
+    manager = session()
+    del manager.gen
+    assert naming.context_manager_name(manager) == type(manager).__qualname__
+    assert naming.identity(manager.__exit__, True, "s") is None  # no key: named on the slow path
+
+
+def test_without_anyios_task_states_every_request_is_shielded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(anyio._backends._asyncio, "_task_states")
+    assert internals._anyio_task_states() is None
+    monkeypatch.undo()
+    monkeypatch.setattr(internals, "_TASK_STATES", None)
+    monkeypatch.setattr(internals, "_TASK_STATES_BY_REF", None)
+    assert internals.anyio_scope_encloses(None)
+    finished: list[str] = []
+
+    async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+        stack = get_exit_stack(scope)
+        group = await stack.enter_async_context(anyio.create_task_group())
+        group.start_soon(anyio.lowlevel.checkpoint)
+
+        async def release() -> None:
+            await anyio.lowlevel.checkpoint()
+            finished.append("release")
+
+        stack.push_async_callback(release)
+
+    async def main() -> None:
+        await ExitStackMiddleware(endpoint)(_scope(), _receive, _send)
+
+    asyncio.run(main())  # a plain task: shielded all the same, and the task group leaves in order
+    assert finished == ["release"]
+
+
+def test_without_the_weak_dicts_data_its_get_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(internals, "_TASK_STATES_BY_REF", None)
+
+    async def plain() -> bool:
+        return internals.anyio_scope_encloses(asyncio.current_task())
+
+    async def in_a_scope() -> bool:
+        with anyio.CancelScope():
+            return internals.anyio_scope_encloses(asyncio.current_task())
+
+    assert asyncio.run(plain()) is False
+    assert asyncio.run(in_a_scope()) is True
+
+
+def test_the_public_running_loop_lookup() -> None:
+    assert internals._get_running_loop_public() is None
+
+    async def inside() -> bool:
+        return internals._get_running_loop_public() is asyncio.get_running_loop()
+
+    assert asyncio.run(inside())
+
+
+def test_without_the_apis_private_globals(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(trace, "_PROXY_TRACER_PROVIDER")
+    assert internals._api_globals() is None
+    monkeypatch.undo()
+    monkeypatch.delattr(metrics_internal, "_ProxyMeterProvider")
+    assert internals._proxy_meter_provider_type() is NoOpMeterProvider
+
+
+def test_the_package_imports_and_serves_without_the_private_names() -> None:
+    # what a release that renamed them would look like, in a fresh interpreter
+    code = textwrap.dedent(
+        """
+        import asyncio, contextlib
+        del contextlib._GeneratorContextManagerBase
+        del asyncio._get_running_loop
+        import opentelemetry.metrics._internal as metrics_internal
+        del metrics_internal._ProxyMeterProvider
+
+        from exitstack_otel import ExitStackMiddleware, get_exit_stack, internals
+
+        assert internals.running_loop is internals._get_running_loop_public
+        ran = []
+
+        @contextlib.asynccontextmanager
+        async def connection():
+            yield
+            ran.append("connection")
+
+        async def endpoint(scope, receive, send):
+            stack = get_exit_stack(scope)
+            await stack.enter_async_context(connection())
+            stack.callback(ran.append, "callback")
+
+        async def receive():
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message):
+            pass
+
+        scope = {"type": "http", "method": "GET", "path": "/", "headers": []}
+        asyncio.run(ExitStackMiddleware(endpoint)(scope, receive, send))
+        assert ran == ["callback", "connection"], ran
+        print("served")
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "served"
+    assert done.stderr == ""  # silent where a name is gone
+
+
+def _scope() -> Scope:
+    return {"type": "http", "method": "GET", "path": "/", "headers": []}
+
+
+async def _receive() -> dict[str, object]:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+async def _send(message: object) -> None:
+    pass
