@@ -111,7 +111,9 @@ def test_without_the_weak_dicts_data_its_get_answers(monkeypatch: pytest.MonkeyP
 
     async def in_a_scope() -> bool:
         with anyio.CancelScope():
-            return internals.anyio_scope_encloses(asyncio.current_task())
+            await anyio.lowlevel.checkpoint()
+            encloses = internals.anyio_scope_encloses(asyncio.current_task())
+        return encloses
 
     assert asyncio.run(plain()) is False
     assert asyncio.run(in_a_scope()) is True
