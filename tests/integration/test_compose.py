@@ -166,8 +166,8 @@ def _wheel_command(wheel_dir: Path) -> list[str]:
 
 
 def test_the_demo_images_wheel_builds_from_what_the_dockerfile_copies(tmp_path: Path) -> None:
-    """The wheels stage, replayed without Docker: only what its COPY lines bring, and the wheel
-    it builds holds the compiled step (the image checks that it imports)."""
+    """The wheels stage, replayed without Docker: only what its COPY lines bring, and the wheel it
+    builds is pure Python, for every platform."""
     copied: list[str] = []
     context = tmp_path / "context"
     context.mkdir()
@@ -183,7 +183,7 @@ def test_the_demo_images_wheel_builds_from_what_the_dockerfile_copies(tmp_path: 
                 shutil.copytree(ROOT / source, context / source, ignore=shutil.ignore_patterns("*.so"))
             else:
                 shutil.copy(ROOT / source, context / source)
-    assert "setup.py" in copied, "the compiled step is declared there"
+    assert "pyproject.toml" in copied
     built = subprocess.run(
         _wheel_command(tmp_path),
         capture_output=True,
@@ -193,10 +193,11 @@ def test_the_demo_images_wheel_builds_from_what_the_dockerfile_copies(tmp_path: 
     )
     assert built.returncode == 0, built.stderr
     (wheel,) = tmp_path.glob("exitstack_otel-*.whl")
+    assert wheel.name.endswith("-py3-none-any.whl")
     with zipfile.ZipFile(wheel) as files:
         names = files.namelist()
-    assert [name for name in names if name.startswith("exitstack_otel/_first_step.") and name.endswith(".so")]
-    assert "exitstack_otel/_first_step.c" not in names
+    assert "exitstack_otel/middleware.py" in names
+    assert not [name for name in names if name.endswith((".so", ".c"))]
 
 
 # Prometheus 3's `otlp:` keys (configuration reference, 3.14) and translation strategies; promtool 2.42
