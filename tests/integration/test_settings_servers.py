@@ -35,9 +35,7 @@ def serve_and_get(prefix: list[str], target: str) -> tuple[list[int], str]:
     the server's stderr."""
     port = free_port()
     env = {name: value for name, value in os.environ.items() if not name.startswith("OTEL_")}
-    env.update(
-        OTEL_TRACES_EXPORTER="none", OTEL_METRICS_EXPORTER="none", OTEL_LOGS_EXPORTER="none", **BAD
-    )
+    env.update(OTEL_TRACES_EXPORTER="none", OTEL_METRICS_EXPORTER="none", OTEL_LOGS_EXPORTER="none", **BAD)
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     argv = [*prefix, str(BIN / "uvicorn"), target, "--host", "127.0.0.1", "--port", str(port)]
     process = subprocess.Popen(argv, cwd=ROOT, env=env, stderr=subprocess.PIPE)
