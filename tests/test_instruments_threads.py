@@ -23,7 +23,7 @@ from starlette.routing import Route
 
 from exitstack_otel import ExitStackMiddleware, get_exit_stack, semconv
 from exitstack_otel.instruments import instruments_for
-from tests.support.otel_helpers import Sdk, histogram_points
+from tests.support.otel_helpers import Sdk, attrs, histogram_points
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -96,15 +96,15 @@ async def send(app: ASGIApp, count: int) -> None:
 
 def pushed(sdk: Sdk, name: str) -> int:
     return sum(
-        point.value
+        int(point.value)
         for point in sdk.points(semconv.CALLBACK_PUSHED)
-        if point.attributes[semconv.CALLBACK_NAME] == name
+        if attrs(point)[semconv.CALLBACK_NAME] == name
     )
 
 
 def executed(sdk: Sdk, name: str) -> int:
     points = histogram_points(sdk.metrics()[semconv.CALLBACK_DURATION])
-    return sum(point.count for point in points if point.attributes[semconv.CALLBACK_NAME] == name)
+    return sum(point.count for point in points if attrs(point)[semconv.CALLBACK_NAME] == name)
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
