@@ -43,6 +43,7 @@ def _log_left_out(summary: tuple[int, float, int] | None) -> None:
         left_out,
         seconds,
         per_window,
+        extra={"exitstack_left_out": left_out, "exitstack_window_seconds": seconds},
     )
 
 

@@ -141,6 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--slow-seconds", type=_seconds, default=0.25, help="how long a slow cleanup takes (default: 0.25)"
     )
     service.add_argument(
+        "--log-file",
+        type=Path,
+        default=None,
+        help="where the demo writes the cleanup log's full records; the failures the traffic asks for "
+        "are only counted on stderr (default: exitstack-otel-demo-PID.log in the temp directory)",
+    )
+    service.add_argument(
         "--log-level",
         choices=("critical", "error", "warning", "info", "debug"),
         default=None,
@@ -239,6 +246,7 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         prometheus_host=args.prometheus_host,
         log_level=args.log_level or ("warning" if serve else "critical"),
         settings=DemoSettings(slow_seconds=args.slow_seconds),
+        log_file=args.log_file,
     )
     if serve:
         return anyio.run(run_serve, options, args.json_report)
