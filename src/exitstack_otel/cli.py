@@ -177,7 +177,8 @@ _DEMO_DEPENDENCIES = (
     ("prometheus_client", "prometheus-client"),
     ("opentelemetry.exporter", "OpenTelemetry's exporters"),  # the namespace, when none is installed
 )
-DEMO_EXTRA = "pip install 'exitstack-otel[demo]'"
+# from the checkout, where '.' is this project: it is not on PyPI yet (README: Install)
+DEMO_EXTRA = "pip install '.[demo]' in the exitstack-otel checkout"
 
 
 def missing_demo_dependency(exc: ModuleNotFoundError) -> str | None:

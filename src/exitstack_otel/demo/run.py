@@ -46,7 +46,8 @@ def build_app(options: ServiceOptions, sdk: DemoSdk) -> ASGIApp:
             from .fastapi_app import create_fastapi_app
         except ImportError as exc:
             raise RuntimeError(
-                f"--app fastapi needs FastAPI: pip install 'exitstack-otel[fastapi]' ({exc})"
+                "--app fastapi needs FastAPI: pip install '.[fastapi]' in the exitstack-otel checkout "
+                f"({exc})"
             ) from exc
         return create_fastapi_app(
             options.settings, tracer_provider=sdk.tracer_provider, meter_provider=sdk.meter_provider
