@@ -140,6 +140,23 @@ def test_a_late_summary_states_the_interval_it_covers(caplog: pytest.LogCaptureF
     assert "left 4 more failed cleanup callbacks out of the log in the last 600.0 s" in summary
 
 
+def test_a_timer_of_a_window_already_over_says_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    # the next failure closed the window before its timer ran (cancel() came too late for it)
+    now = [0.0]
+    timers = Timers()
+    log = FailureLog(per_window=1, window=60.0, clock=lambda: now[0], schedule=timers)
+    with caplog.at_level(logging.WARNING):
+        fail(log, 2)
+        now[0] = 70.0
+        fail(log, 3)  # closes the first window (its summary), one logged, one left out: a new timer
+        assert len(timers.scheduled) == 2
+        timers.fire()  # the first window's timer, late
+        assert len(summaries(caplog)) == 1
+        now[0] = 130.0
+        timers.fire()
+    assert ["left 1 more" in message for message in summaries(caplog)] == [True, True]
+
+
 def test_shutdown_says_what_the_unfinished_window_left_out(caplog: pytest.LogCaptureFixture) -> None:
     cleanup_log._flush_all()  # other tests' logs have had their say, outside this test's records
     now = [0.0]

@@ -100,8 +100,7 @@ class FailureLog:
                 allowed = True
             else:
                 if not self._left_out:  # the first one left out: say so when the window ends
-                    remaining = self._window_start + self.window - now
-                    self._timer = self._schedule(max(remaining, 0.0), self._window_ended)
+                    self._start_timer(now)
                 self._left_out += 1
                 allowed = False
         _log_left_out(summary)
@@ -116,13 +115,19 @@ class FailureLog:
         self._window_start, self._logged, self._left_out = now, 0, 0
         return summary
 
-    def _window_ended(self) -> None:
+    def _start_timer(self, now: float) -> None:
+        """Under the lock: ``_window_ended`` at the current window's end."""
+        start = self._window_start
+        remaining = max(start + self.window - now, 0.0)
+        self._timer = self._schedule(remaining, lambda: self._window_ended(start))
+
+    def _window_ended(self, start: float) -> None:
         with self._lock:
+            if start != self._window_start:  # a timer of a window already over (cancelled too late)
+                return
             now = self._clock()
-            self._timer = None
-            if now - self._window_start < self.window:  # woken early: wait for the rest
-                if self._left_out:
-                    self._timer = self._schedule(self._window_start + self.window - now, self._window_ended)
+            if now - start < self.window:  # woken early: wait for the rest
+                self._start_timer(now)
                 return
             summary = self._end_window(now)
         _log_left_out(summary)
