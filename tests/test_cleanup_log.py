@@ -148,13 +148,18 @@ def test_a_timer_of_a_window_already_over_says_nothing(caplog: pytest.LogCapture
     with caplog.at_level(logging.WARNING):
         fail(log, 2)
         now[0] = 70.0
-        fail(log, 3)  # closes the first window (its summary), one logged, one left out: a new timer
+        fail(log, 3)  # closes the first window (its summary), one logged, two left out: a new timer
         assert len(timers.scheduled) == 2
         timers.fire()  # the first window's timer, late
         assert len(summaries(caplog)) == 1
+        assert len(timers.scheduled) == 1  # the new window's own timer, and no second one
         now[0] = 130.0
         timers.fire()
-    assert ["left 1 more" in message for message in summaries(caplog)] == [True, True]
+    assert [message.split(" failed")[0] for message in summaries(caplog)] == [
+        "exitstack-otel left 1 more",
+        "exitstack-otel left 2 more",
+    ]
+    assert "in the last 60.0 s" in summaries(caplog)[1]  # the new window, from 70 s to 130 s
 
 
 def test_shutdown_says_what_the_unfinished_window_left_out(caplog: pytest.LogCaptureFixture) -> None:
