@@ -92,17 +92,22 @@ Counter = Callable[[str, int, int], int]
 
 
 def per_request(
-    variants: Sequence[str], callback_counts: Sequence[int], requests: int, count: Counter
+    variants: Sequence[str],
+    callback_counts: Sequence[int],
+    requests: int,
+    count: Counter,
+    workers: int | None = None,
 ) -> dict[tuple[str, int], float]:
-    """Each (variant, callbacks) counted with ``requests`` and twice as many, on every core; the
-    difference over ``requests`` is one request's count, what both runs share cancelled out."""
+    """Each (variant, callbacks) counted with ``requests`` and twice as many, on ``workers`` cores
+    (default: every one); the difference over ``requests`` is one request's count, what both runs
+    share cancelled out. The counts do not depend on the workers, only the wall time does."""
     jobs = [
         (name, callbacks, total)
         for name in variants
         for callbacks in callback_counts
         for total in (requests, 2 * requests)
     ]
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         counts = list(pool.map(lambda job: count(*job), jobs))
     found = dict(zip(jobs, counts, strict=True))
     return {

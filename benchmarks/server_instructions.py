@@ -26,7 +26,7 @@ from .wrk import free_port, wait_until_serving
 
 _ROOT = Path(__file__).resolve().parent.parent
 _WARMUP = 200
-_STARTUP_SECONDS = 180.0  # imports under valgrind run about fifty times slower
+STARTUP_SECONDS = 180.0  # imports under valgrind run about fifty times slower
 
 
 def _get(connection: socket.socket, path: str) -> None:
@@ -50,8 +50,16 @@ def _recv(connection: socket.socket) -> bytes:
     return chunk
 
 
-def count(valgrind: str, variant: str, callbacks: int, requests: int) -> int:
-    """Instructions the server executed from start to exit, serving ``_WARMUP + requests``."""
+def count(
+    valgrind: str,
+    variant: str,
+    callbacks: int,
+    requests: int,
+    *,
+    startup_seconds: float = STARTUP_SECONDS,
+    warmup: int = _WARMUP,
+) -> int:
+    """Instructions the server executed from start to exit, serving ``warmup + requests``."""
     port = free_port()
     process = subprocess.Popen(
         counted_module(valgrind, "benchmarks.server", variant, str(port)),
@@ -62,12 +70,12 @@ def count(valgrind: str, variant: str, callbacks: int, requests: int) -> int:
         text=True,
     )
     try:
-        wait_until_serving(port, process, timeout=_STARTUP_SECONDS)
+        wait_until_serving(port, process, timeout=startup_seconds)
         with socket.create_connection(("127.0.0.1", port)) as connection:
-            for _ in range(_WARMUP + requests):
+            for _ in range(warmup + requests):
                 _get(connection, f"/cb/{callbacks}")
         process.send_signal(signal.SIGINT)  # uvicorn's own graceful exit; valgrind then reports
-        _, stderr = process.communicate(timeout=_STARTUP_SECONDS)
+        _, stderr = process.communicate(timeout=startup_seconds)
     finally:
         if process.poll() is None:
             process.kill()
@@ -76,13 +84,21 @@ def count(valgrind: str, variant: str, callbacks: int, requests: int) -> int:
 
 
 def measure(
-    variants: Sequence[str], callback_counts: Sequence[int], requests: int
+    variants: Sequence[str],
+    callback_counts: Sequence[int],
+    requests: int,
+    *,
+    workers: int | None = None,
+    startup_seconds: float = STARTUP_SECONDS,
+    warmup: int = _WARMUP,
 ) -> dict[tuple[str, int], float]:
-    """Server instructions per request for each (variant, callbacks); valgrind on every core."""
+    """Server instructions per request for each (variant, callbacks); valgrind on ``workers`` cores
+    (default: every one). ``startup_seconds`` bounds the server's start and its exit."""
     valgrind = available()
     if valgrind is None:
         raise RuntimeError("valgrind is not installed (Debian: apt-get install valgrind)")
-    return per_request(variants, callback_counts, requests, partial(count, valgrind))
+    counter = partial(count, valgrind, startup_seconds=startup_seconds, warmup=warmup)
+    return per_request(variants, callback_counts, requests, counter, workers)
 
 
 def table(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -265,10 +266,15 @@ async def test_without_the_middleware_nothing_is_read_and_the_error_says_why() -
         ("max_part_size", 0),
         ("max_file_size", 0),
         ("spool_max_size", 0),
+        *[
+            (limit, bad)
+            for limit in ("max_files", "max_fields", "max_part_size", "max_file_size", "spool_max_size")
+            for bad in (math.nan, math.inf, 2.5, True)
+        ],
     ],
 )
 @pytest.mark.anyio
-async def test_nonsense_limits_are_refused(limit: str, value: int) -> None:
+async def test_nonsense_limits_are_refused(limit: str, value: float) -> None:
     limits: dict[str, Any] = {limit: value}
 
     async def endpoint(request: Request) -> JSONResponse:

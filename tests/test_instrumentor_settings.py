@@ -6,6 +6,8 @@ under ``opentelemetry-instrument``.
 
 from __future__ import annotations
 
+import logging
+import math
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -26,6 +28,7 @@ GET_DB_SPAN = f"{semconv.SPAN_CALLBACK} get_db"
 
 @pytest.fixture(autouse=True)
 def _uninstrument_afterwards() -> Iterator[None]:
+    settings._warned.clear()  # each mistake is logged once per process; each test starts afresh
     yield
     if ExitStackInstrumentor().is_instrumented_by_opentelemetry:
         ExitStackInstrumentor().uninstrument()
@@ -65,12 +68,27 @@ async def test_instrument_keywords_win_over_the_environment(
     assert GET_DB_SPAN not in await get_item(sdk)
 
 
-def test_a_bad_value_stops_instrument_in_code_too(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.anyio
+async def test_a_bad_variable_is_logged_and_instrument_goes_on_with_the_default(
+    sdk: Sdk, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.setenv(settings.CALLBACK_SPANS, "everything")
-    with pytest.raises(SystemExit, match=f"{settings.CALLBACK_SPANS}='everything' is not valid"):
-        ExitStackInstrumentor().instrument()
+    monkeypatch.setenv(settings.SLOW_CALLBACK_THRESHOLD, "0")  # a good one next to it still applies
+    with caplog.at_level(logging.WARNING, logger="exitstack_otel"):
+        instrument(sdk)
+    [warning] = [r.getMessage() for r in caplog.records if r.name.startswith("exitstack_otel")]
+    assert f"{settings.CALLBACK_SPANS}='everything'" in warning
+    assert warning.endswith("uses the default, problems")
+    # "problems" with a threshold of 0: get_db is slow, so it has its span
+    assert GET_DB_SPAN in await get_item(sdk)
+
+
+def test_a_bad_keyword_value_is_still_refused() -> None:
+    with pytest.raises(ValueError, match="callback_spans must be 'all' or 'problems'"):
+        ExitStackInstrumentor().instrument(callback_spans="everything")
+    with pytest.raises(ValueError, match="slow_callback_threshold"):
+        ExitStackInstrumentor().instrument(slow_callback_threshold=math.nan)
     # nothing was patched: a later, corrected instrument() starts from scratch
-    monkeypatch.delenv(settings.CALLBACK_SPANS)
     ExitStackInstrumentor().instrument()
     ExitStackInstrumentor().uninstrument()
 
@@ -91,10 +109,46 @@ def test_the_middleware_reads_the_environment_and_its_keywords_win(monkeypatch: 
     assert given.telemetry.options.callback_spans == "problems"
 
 
-def test_a_bad_value_stops_the_middleware_with_its_message(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.anyio
+async def test_a_bad_variable_never_fails_a_request_through_the_middleware(
+    sdk: Sdk, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.setenv(settings.CALLBACK_TIMEOUT, "-1")
-    with pytest.raises(ValueError, match=settings.CALLBACK_TIMEOUT):
-        ExitStackMiddleware(build_app())
+    monkeypatch.setenv(settings.CALLBACK_SPANS, "bogus")
+    with caplog.at_level(logging.WARNING, logger="exitstack_otel"):
+        middleware = ExitStackMiddleware(
+            build_app(), tracer_provider=sdk.tracer_provider, meter_provider=sdk.meter_provider
+        )
+    assert middleware.callback_timeout is None
+    assert middleware.telemetry.options == TelemetryOptions()
+    warnings = sorted(r.getMessage() for r in caplog.records if r.name.startswith("exitstack_otel"))
+    assert [settings.CALLBACK_SPANS in warnings[0], settings.CALLBACK_TIMEOUT in warnings[1]] == [True, True]
+    transport = httpx.ASGITransport(app=middleware)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        assert (await http.get("/items/1")).status_code == 200
+
+
+def test_a_bad_keyword_value_still_stops_the_middleware() -> None:
+    with pytest.raises(ValueError, match="callback_timeout must be a finite positive number"):
+        ExitStackMiddleware(build_app(), callback_timeout=-1)
+
+
+@pytest.mark.anyio
+async def test_instrument_fastapi_goes_on_with_the_default_for_a_bad_variable(
+    sdk: Sdk, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv(settings.MAX_CALLBACK_NAMES, "many")
+    app = build_app()
+    with caplog.at_level(logging.WARNING, logger="exitstack_otel"):
+        instrument_fastapi(app, tracer_provider=sdk.tracer_provider, meter_provider=sdk.meter_provider)
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            assert (await http.get("/items/1")).status_code == 200
+    finally:
+        uninstrument_fastapi(app)
+    [warning] = [r.getMessage() for r in caplog.records if r.name.startswith("exitstack_otel")]
+    assert f"{settings.MAX_CALLBACK_NAMES}='many'" in warning
 
 
 @pytest.mark.anyio

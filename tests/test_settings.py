@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -60,26 +61,63 @@ def test_the_keywords_are_telemetry_options_fields() -> None:
     )
 
 
+@pytest.fixture(autouse=True)
+def _forget_warnings() -> None:
+    settings._warned.clear()  # each mistake is logged once per process; each test starts afresh
+
+
 @pytest.mark.parametrize(
-    ("variable", "value", "accepted"),
+    ("variable", "value", "accepted", "default"),
     [
-        (settings.CALLBACK_SPANS, "some", "'all' or 'problems'"),
-        (settings.SLOW_CALLBACK_THRESHOLD, "-1", "a number of seconds >= 0"),
-        (settings.SLOW_CALLBACK_THRESHOLD, "100ms", "a number of seconds >= 0"),
-        (settings.SLOW_CALLBACK_THRESHOLD, "nan", "a number of seconds >= 0"),
-        (settings.CALLBACK_TIMEOUT, "0", "a number of seconds > 0, e.g. 5, or 'none'"),
-        (settings.CALLBACK_TIMEOUT, "inf", "a number of seconds > 0, e.g. 5, or 'none'"),
-        (settings.CALLBACK_TIMEOUT, "off", "a number of seconds > 0, e.g. 5, or 'none'"),
-        (settings.MAX_CALLBACK_NAMES, "0", "a whole number >= 1"),
-        (settings.MAX_CALLBACK_NAMES, "2.5", "a whole number >= 1"),
+        (settings.CALLBACK_SPANS, "some", "'all' or 'problems'", "problems"),
+        (settings.CALLBACK_SPANS, "bogus", "'all' or 'problems'", "problems"),
+        (settings.SLOW_CALLBACK_THRESHOLD, "-1", "a number of seconds >= 0", "0.1"),
+        (settings.SLOW_CALLBACK_THRESHOLD, "100ms", "a number of seconds >= 0", "0.1"),
+        (settings.SLOW_CALLBACK_THRESHOLD, "nan", "a number of seconds >= 0", "0.1"),
+        (settings.CALLBACK_TIMEOUT, "0", "a number of seconds > 0, e.g. 5, or 'none'", "none"),
+        (settings.CALLBACK_TIMEOUT, "inf", "a number of seconds > 0, e.g. 5, or 'none'", "none"),
+        (settings.CALLBACK_TIMEOUT, "off", "a number of seconds > 0, e.g. 5, or 'none'", "none"),
+        (settings.MAX_CALLBACK_NAMES, "0", "a whole number >= 1", "200"),
+        (settings.MAX_CALLBACK_NAMES, "2.5", "a whole number >= 1", "200"),
     ],
 )
-def test_a_bad_value_names_the_variable_and_what_it_accepts(variable: str, value: str, accepted: str) -> None:
-    with pytest.raises(ValueError, match="is not valid") as raised:
-        options_from_environment({variable: value})
-    message = str(raised.value)
-    assert message.startswith(f"{variable}={value!r}")
+def test_a_bad_value_is_one_warning_and_the_default_applies(
+    caplog: pytest.LogCaptureFixture, variable: str, value: str, accepted: str, default: str
+) -> None:
+    # OpenTelemetry's rule for environment settings: warn, ignore, go on with the default
+    with caplog.at_level(logging.WARNING, logger="exitstack_otel"):
+        assert options_from_environment({variable: value}) == {}
+    [record] = caplog.records
+    assert record.levelno == logging.WARNING
+    message = record.getMessage()
+    assert "\n" not in message
+    assert f"{variable}={value!r}" in message
     assert accepted in message
+    assert message.endswith(f"uses the default, {default}")
+
+
+def test_a_bad_value_leaves_the_good_ones_in_force(caplog: pytest.LogCaptureFixture) -> None:
+    environ = {settings.CALLBACK_SPANS: "all", settings.MAX_CALLBACK_NAMES: "lots"}
+    with caplog.at_level(logging.WARNING, logger="exitstack_otel"):
+        assert options_from_environment(environ) == {"callback_spans": "all"}
+        assert options_from_environment(environ) == {"callback_spans": "all"}
+    # read twice (middleware and instrumentor, say): one line for one mistake
+    assert [settings.MAX_CALLBACK_NAMES in r.getMessage() for r in caplog.records] == [True]
+
+
+def test_telemetry_options_build_from_a_bad_environment_gives_the_defaults(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    for variable, value in [
+        (settings.CALLBACK_SPANS, "bogus"),
+        (settings.SLOW_CALLBACK_THRESHOLD, "nan"),
+        (settings.CALLBACK_TIMEOUT, "-3"),
+        (settings.MAX_CALLBACK_NAMES, "zero"),
+    ]:
+        monkeypatch.setenv(variable, value)
+    with caplog.at_level(logging.WARNING, logger="exitstack_otel"):
+        assert TelemetryOptions.build() == TelemetryOptions()
+    assert len(caplog.records) == 4
 
 
 def test_the_readme_table_names_every_variable_and_its_keyword() -> None:

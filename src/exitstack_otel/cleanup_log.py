@@ -3,20 +3,22 @@
 Both go through the ``exitstack_otel`` logger. A failure is logged with its span's context made
 current, so OpenTelemetry's logging handler, where installed, turns the record into a log record of
 the same trace; the ids are in the message too. Failures are rate-limited per ``Telemetry`` (a
-failure storm logs ``FAILURES_PER_WINDOW`` records a window, then says how many it left out).
+failure storm logs ``FAILURES_PER_WINDOW`` records a window, then says how many it left out when
+the window ends, or at shutdown if that comes first).
 Hung callbacks are found by a watcher thread that looks at the unwinds in progress once a second,
 so the request path pays two attribute writes per callback and nothing else.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -31,43 +33,115 @@ WINDOW_SECONDS = 60.0
 WATCH_INTERVAL_SECONDS = 1.0
 
 
+def _log_left_out(summary: tuple[int, float, int] | None) -> None:
+    if summary is None:
+        return
+    left_out, seconds, per_window = summary
+    logger.warning(
+        "exitstack-otel left %d more failed cleanup callbacks out of the log in the last %.1f s "
+        "(at most %d are logged a window)",
+        left_out,
+        seconds,
+        per_window,
+        extra={"exitstack_left_out": left_out, "exitstack_window_seconds": seconds},
+    )
+
+
 def _ids(span_context: trace.SpanContext) -> str:
     if not span_context.is_valid:
         return ""
     return f" trace_id={span_context.trace_id:032x} span_id={span_context.span_id:016x}"
 
 
+class _Timer(Protocol):
+    def cancel(self) -> None: ...
+
+
+def _start_timer(delay: float, function: Callable[[], None]) -> _Timer:
+    timer = threading.Timer(delay, function)
+    timer.name = "exitstack-otel-failure-log"
+    timer.daemon = True  # never holds the process up; the summary at exit comes from atexit
+    timer.start()
+    return timer
+
+
 class FailureLog:
-    """Logs failed callbacks, at most ``FAILURES_PER_WINDOW`` every ``WINDOW_SECONDS``."""
+    """Logs failed callbacks, at most ``FAILURES_PER_WINDOW`` every ``WINDOW_SECONDS``.
+
+    Failures beyond that are counted, and the count is logged when the window ends (a timer,
+    started only by the first failure left out of a window), when the next failure after it
+    arrives, or at shutdown, whichever is first; with the time the window really lasted.
+    """
 
     def __init__(
         self,
         per_window: int = FAILURES_PER_WINDOW,
         window: float = WINDOW_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        schedule: Callable[[float, Callable[[], None]], _Timer] = _start_timer,
     ) -> None:
         self.per_window = per_window
         self.window = window
         self._clock = clock
+        self._schedule = schedule
+        self._lock = threading.Lock()
         self._window_start = clock()
         self._logged = 0
         self._left_out = 0
+        self._timer: _Timer | None = None
+        _live.add(self)
 
     def _allowed(self) -> bool:
-        now = self._clock()
-        if now - self._window_start >= self.window:
-            if self._left_out:
-                logger.warning(
-                    "exitstack-otel left %d more failed cleanup callbacks out of the log in the last %.0f s",
-                    self._left_out,
-                    self.window,
-                )
-            self._window_start, self._logged, self._left_out = now, 0, 0
-        if self._logged >= self.per_window:
-            self._left_out += 1
-            return False
-        self._logged += 1
-        return True
+        with self._lock:
+            now = self._clock()
+            summary = self._end_window(now) if now - self._window_start >= self.window else None
+            if self._logged < self.per_window:
+                self._logged += 1
+                allowed = True
+            else:
+                if not self._left_out:  # the first one left out: say so when the window ends
+                    self._start_timer(now)
+                self._left_out += 1
+                allowed = False
+        _log_left_out(summary)
+        return allowed
+
+    def _end_window(self, now: float) -> tuple[int, float, int] | None:
+        """Starts a new window at ``now``; what the old one left out, if anything. Under the lock."""
+        summary = (self._left_out, now - self._window_start, self.per_window) if self._left_out else None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._window_start, self._logged, self._left_out = now, 0, 0
+        return summary
+
+    def _start_timer(self, now: float) -> None:
+        """Under the lock: ``_window_ended`` at the current window's end."""
+        start = self._window_start
+        remaining = max(start + self.window - now, 0.0)
+        self._timer = self._schedule(remaining, lambda: self._window_ended(start))
+
+    def _window_ended(self, start: float) -> None:
+        with self._lock:
+            if start != self._window_start:  # a timer of a window already over (cancelled too late)
+                return
+            now = self._clock()
+            if now - start < self.window:  # woken early: wait for the rest
+                self._start_timer(now)
+                return
+            summary = self._end_window(now)
+        _log_left_out(summary)
+
+    def flush(self) -> None:
+        """Logs what the current window left out now (at shutdown), and starts a new window."""
+        with self._lock:
+            summary = self._end_window(self._clock())
+        _log_left_out(summary)
+
+    def _forked(self) -> None:
+        # a forked child has no timer thread, and the lock may have been held by another thread
+        self._lock = threading.Lock()
+        self._timer = None
 
     def failed(
         self,
@@ -163,6 +237,23 @@ class HungWatch:
             )
 
 
+# every FailureLog alive, for the summaries at shutdown and after a fork
+_live: weakref.WeakSet[FailureLog] = weakref.WeakSet()
+
+
+def _flush_all() -> None:
+    for failure_log in list(_live):
+        failure_log.flush()
+
+
+def _forked() -> None:
+    hung_watch._forked()
+    for failure_log in list(_live):
+        failure_log._forked()
+
+
 hung_watch = HungWatch()
+# registered after logging's own atexit shutdown, so run before it: the handlers are still there
+atexit.register(_flush_all)
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=hung_watch._forked)
+    os.register_at_fork(after_in_child=_forked)

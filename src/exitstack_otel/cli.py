@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -34,7 +35,9 @@ def _checked(
     return parse
 
 
-_positive_float = _checked(float, "a number", lambda value: value > 0, "must be > 0")
+# finite: "inf" and "nan" are floats to Python, not a rate or a number of seconds
+_positive_float = _checked(float, "a number", lambda value: math.isfinite(value) and value > 0, "must be > 0")
+_seconds = _checked(float, "a number", lambda value: math.isfinite(value) and value >= 0, "must be >= 0")
 _share = _checked(float, "a number", lambda value: 0.0 <= value <= 1.0, "must be between 0 and 1")
 _count = _checked(int, "a whole number", lambda value: value >= 1, "must be at least 1")
 _port = _checked(int, "a port number", lambda value: 0 <= value <= 65535, "a port is 0-65535")
@@ -135,7 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--prometheus-host", default="127.0.0.1", help="address for /metrics (default: 127.0.0.1)"
     )
     service.add_argument(
-        "--slow-seconds", type=float, default=0.25, help="how long a slow cleanup takes (default: 0.25)"
+        "--slow-seconds", type=_seconds, default=0.25, help="how long a slow cleanup takes (default: 0.25)"
+    )
+    service.add_argument(
+        "--log-file",
+        type=Path,
+        default=None,
+        help="where the demo writes the cleanup log's full records; the failures the traffic asks for "
+        "are only counted on stderr (default: exitstack-otel-demo-PID.log in the temp directory)",
     )
     service.add_argument(
         "--log-level",
@@ -167,7 +177,8 @@ _DEMO_DEPENDENCIES = (
     ("prometheus_client", "prometheus-client"),
     ("opentelemetry.exporter", "OpenTelemetry's exporters"),  # the namespace, when none is installed
 )
-DEMO_EXTRA = "pip install 'exitstack-otel[demo]'"
+# from the checkout, where '.' is this project: it is not on PyPI yet (README: Install)
+DEMO_EXTRA = "pip install '.[demo]' in the exitstack-otel checkout"
 
 
 def missing_demo_dependency(exc: ModuleNotFoundError) -> str | None:
@@ -226,8 +237,6 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
     if args.target:
         parser.error("--target goes with --traffic-only (or the traffic command)")
-    if args.slow_seconds < 0:
-        parser.error("--slow-seconds must be >= 0")
     serve = bool(args.serve)
     options = ServiceOptions(
         app=args.app,
@@ -238,6 +247,7 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         prometheus_host=args.prometheus_host,
         log_level=args.log_level or ("warning" if serve else "critical"),
         settings=DemoSettings(slow_seconds=args.slow_seconds),
+        log_file=args.log_file,
     )
     if serve:
         return anyio.run(run_serve, options, args.json_report)

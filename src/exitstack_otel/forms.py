@@ -95,14 +95,22 @@ def _check_limits(
     max_file_size: int | None,
     spool_max_size: int,
 ) -> None:
+    # whole numbers only: NaN passes every "< 0" refusal, and an infinity or a fraction of a byte
+    # is no limit a parser can count to
     for name, value in (("max_files", max_files), ("max_fields", max_fields)):
-        if value < 0:
-            raise ValueError(f"{name} must be >= 0, not {value!r}")
+        if not _whole(value) or value < 0:
+            raise ValueError(f"{name} must be a whole number >= 0, not {value!r}")
     for name, value in (("max_part_size", max_part_size), ("spool_max_size", spool_max_size)):
-        if value < 1:
-            raise ValueError(f"{name} must be at least 1 byte, not {value!r}")
-    if max_file_size is not None and max_file_size < 1:
-        raise ValueError(f"max_file_size must be at least 1 byte or None, not {max_file_size!r}")
+        if not _whole(value) or value < 1:
+            raise ValueError(f"{name} must be a whole number of bytes, at least 1, not {value!r}")
+    if max_file_size is not None and (not _whole(max_file_size) or max_file_size < 1):
+        raise ValueError(
+            f"max_file_size must be a whole number of bytes, at least 1, or None, not {max_file_size!r}"
+        )
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _check_multipart_params(params: dict[bytes, bytes]) -> None:

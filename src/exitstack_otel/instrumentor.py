@@ -26,7 +26,9 @@ class ExitStackInstrumentor(BaseInstrumentor):  # type: ignore[misc]  # the base
     """``ExitStackInstrumentor().instrument(tracer_provider=..., meter_provider=...)``; both optional.
 
     Further keyword arguments are the ``TelemetryOptions`` fields (``callback_spans``, ...); they win
-    over the ``OTEL_PYTHON_EXITSTACK_*`` environment variables (``exitstack_otel.settings``).
+    over the ``OTEL_PYTHON_EXITSTACK_*`` environment variables (``exitstack_otel.settings``). A bad
+    keyword value raises; a bad variable is logged and its default used, so that a deployment's typo
+    never stops ``opentelemetry-instrument`` starting the service.
     """
 
     def instrumentation_dependencies(self) -> Collection[str]:
@@ -35,7 +37,7 @@ class ExitStackInstrumentor(BaseInstrumentor):  # type: ignore[misc]  # the base
     def _instrument(self, **kwargs: Any) -> None:
         tracer_provider: trace.TracerProvider | None = kwargs.pop("tracer_provider", None)
         meter_provider: metrics.MeterProvider | None = kwargs.pop("meter_provider", None)
-        options = TelemetryOptions(**{**_environment_options(), **_option_kwargs(kwargs)})
+        options = TelemetryOptions(**{**options_from_environment(), **_option_kwargs(kwargs)})
         # BaseInstrumentor.instrument() has checked that FastAPI is installed (``_instruments``)
         from .fastapi import instrument_all_apps
 
@@ -56,13 +58,3 @@ def _option_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
             f"accepted: tracer_provider, meter_provider, {', '.join(sorted(OPTION_NAMES))}"
         )
     return kwargs
-
-
-def _environment_options() -> dict[str, Any]:
-    # SystemExit, not ValueError: opentelemetry-instrument logs an instrumentor's exception and
-    # goes on without the instrumentors after it, so a misspelt setting would leave the service
-    # running half-observed; the deployment's mistake stops the process instead, with its message.
-    try:
-        return options_from_environment()
-    except ValueError as exc:
-        raise SystemExit(f"exitstack-otel: {exc}") from None

@@ -7,6 +7,7 @@ time, and histogram points are aggregated by ``sdk_histograms`` and handed to th
 
 from __future__ import annotations
 
+import threading
 import weakref
 from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any
@@ -88,19 +89,24 @@ class Instruments:
         self.unwind_duration.fold()
         self.unwind_callbacks.fold()
 
+    # setdefault: one step under the GIL, so that loops in two threads meeting the same series for
+    # the first time both get the Count that is read, never one that is replaced and lost
     def pushed_count(self, key: tuple[str, str, str]) -> Count:
         found = self.pushed.get(key)
         if found is None:
             stack_name, name, kind = key
-            found = self.pushed[key] = Count(
-                {semconv.STACK_NAME: stack_name, semconv.CALLBACK_NAME: name, semconv.CALLBACK_KIND: kind}
+            found = self.pushed.setdefault(
+                key,
+                Count(
+                    {semconv.STACK_NAME: stack_name, semconv.CALLBACK_NAME: name, semconv.CALLBACK_KIND: kind}
+                ),
             )
         return found
 
     def active_count(self, stack_name: str) -> Count:
         found = self.active.get(stack_name)
         if found is None:
-            found = self.active[stack_name] = Count({semconv.STACK_NAME: stack_name})
+            found = self.active.setdefault(stack_name, Count({semconv.STACK_NAME: stack_name}))
         return found
 
     def _observe_pushed(self, options: CallbackOptions) -> Iterable[Observation]:
@@ -111,12 +117,17 @@ class Instruments:
 
 
 # One set of instruments per meter provider: a second registration of an observable instrument
-# would be ignored by the SDK, and its counts lost.
+# would be ignored by the SDK, and its counts lost. Event loops in several threads may meet a new
+# provider at the same moment, so creation is locked; the lock is taken only on a cache miss.
 _by_provider: MutableMapping[Any, Instruments] = weakref.WeakKeyDictionary()
+_creating = threading.Lock()
 
 
 def instruments_for(meter_provider: metrics.MeterProvider) -> Instruments:
     found = _by_provider.get(meter_provider)
     if found is None:
-        found = _by_provider[meter_provider] = Instruments(meter_provider)
+        with _creating:
+            found = _by_provider.get(meter_provider)
+            if found is None:
+                found = _by_provider[meter_provider] = Instruments(meter_provider)
     return found

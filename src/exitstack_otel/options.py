@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
@@ -45,13 +46,15 @@ class TelemetryOptions:
         hung = self.hung_callback_warning
         if hung is not None and (not _is_number(hung) or not hung > 0):
             raise ValueError(
-                f"hung_callback_warning must be a positive number of seconds or None, not {hung!r}"
+                f"hung_callback_warning must be a finite positive number of seconds or None, not {hung!r}"
             )
         if self.callback_spans not in ("all", "problems"):
             raise ValueError(f"callback_spans must be 'all' or 'problems', not {self.callback_spans!r}")
         threshold = self.slow_callback_threshold
         if not _is_number(threshold) or threshold < 0:
-            raise ValueError(f"slow_callback_threshold must be a number of seconds >= 0, not {threshold!r}")
+            raise ValueError(
+                f"slow_callback_threshold must be a finite number of seconds >= 0, not {threshold!r}"
+            )
         if isinstance(self.max_callback_names, bool) or not isinstance(self.max_callback_names, int):
             raise ValueError(f"max_callback_names must be an integer, not {self.max_callback_names!r}")
         if self.max_callback_names < 1:
@@ -59,7 +62,7 @@ class TelemetryOptions:
         timeout = self.callback_timeout
         if timeout is not None and (not _is_number(timeout) or not timeout > 0):
             raise ValueError(
-                f"callback_timeout must be a positive number of seconds or None, not {timeout!r}"
+                f"callback_timeout must be a finite positive number of seconds or None, not {timeout!r}"
             )
 
     @classmethod
@@ -95,4 +98,6 @@ def unknown_options(kwargs: Mapping[str, Any]) -> list[str]:
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    # finite: NaN passes no comparison's refusal (NaN < 0 is False) and an infinite duration is
+    # no duration; both are refused wherever a number of seconds is taken
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -4,14 +4,26 @@ The names follow opentelemetry-python-contrib's instrumentations (``OTEL_PYTHON_
 ``OTEL_PYTHON_LOG_CORRELATION``): ``OTEL_PYTHON_`` and the instrumentation's name. Only variables that
 are set appear in the result, so that ``{**options_from_environment(), **explicit}`` lets explicit
 keyword arguments win and leaves every other option at its default.
+
+A value that cannot be used is handled as OpenTelemetry's specification for environment variables
+asks: one warning, naming the variable, its value and the default used instead, and the default
+applies. A typo in a deployment's settings must not take the service down (or, under
+``opentelemetry-instrument``, stop it starting); values passed in code are still refused
+(``TelemetryOptions``).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import threading
 from collections.abc import Callable, Mapping
 from typing import Final
+
+from .options import TelemetryOptions
+
+logger = logging.getLogger(__name__)
 
 CALLBACK_SPANS: Final = "OTEL_PYTHON_EXITSTACK_CALLBACK_SPANS"
 SLOW_CALLBACK_THRESHOLD: Final = "OTEL_PYTHON_EXITSTACK_SLOW_CALLBACK_THRESHOLD"
@@ -74,8 +86,9 @@ _VARIABLES: Final[dict[str, tuple[str, Callable[[str], object], str]]] = {
 def options_from_environment(environ: Mapping[str, str] | None = None) -> dict[str, object]:
     """The options the ``OTEL_PYTHON_EXITSTACK_*`` variables set, as keyword arguments.
 
-    An empty variable counts as unset. A bad value raises ``ValueError`` naming the variable, its
-    value and what it accepts: a misspelt setting stops startup instead of being ignored.
+    An empty variable counts as unset. A bad value is left out (its option keeps its default) and
+    logged once per process as a warning naming the variable, its value, what it accepts and the
+    default used.
     """
     env = os.environ if environ is None else environ
     options: dict[str, object] = {}
@@ -86,5 +99,30 @@ def options_from_environment(environ: Mapping[str, str] | None = None) -> dict[s
         try:
             options[keyword] = parse(text)
         except ValueError as exc:
-            raise ValueError(f"{variable}={text!r} is not valid ({exc}): it accepts {accepted}") from None
+            _warn_once(variable, text, f"{exc}; it accepts {accepted}", _default_text(keyword))
     return options
+
+
+def _default_text(keyword: str) -> str:
+    default = getattr(TelemetryOptions(), keyword)
+    return "none" if default is None else str(default)
+
+
+# (variable, value) pairs already warned about: the middleware, instrument_fastapi and the
+# instrumentor may each read the same environment, and one mistake is worth one line
+_warned: set[tuple[str, str]] = set()
+_warned_lock = threading.Lock()
+
+
+def _warn_once(variable: str, text: str, reason: str, default: str) -> None:
+    with _warned_lock:
+        if (variable, text) in _warned:
+            return
+        _warned.add((variable, text))
+    logger.warning(
+        "exitstack-otel ignores %s=%r (%s) and uses the default, %s",
+        variable,
+        text,
+        reason,
+        default,
+    )

@@ -188,7 +188,7 @@ async def test_unwinds_are_broken_down_per_stack(sdk: Sdk) -> None:
     assert (report.unwinds, report.unwinds_active) == (5, 1)
     assert [row["stack"] for row in report.as_dict()["stacks"]] == ["inner", "outer"]
     header, *lines = render_stacks(report).splitlines()
-    assert header.split() == ["stack", "unwinds", "running", "p50", "p95", "p99", "max"]
+    assert header.split() == ["stack", "unwinds", "active", "p50", "p95", "p99", "max"]  # the JSON field
     assert [line.split()[:3] for line in lines] == [["inner", "2", "1"], ["outer", "3", "0"]]
     assert read_report(reader).unwinds == 6  # the hung one has ended since
 

@@ -31,6 +31,12 @@ CONSOLE_SCRIPT = str(Path(sys.executable).parent / "exitstack-otel")
 TIMEOUT = 120  # generous: two cores are shared with other test runs
 
 
+@pytest.fixture(autouse=True)
+def _temp_dir_of_the_test(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the demo's cleanup log goes to the temp directory by default: the test's, here
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+
+
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*COMMAND, *args], capture_output=True, text=True, timeout=TIMEOUT, env={**os.environ, **(env or {})}
@@ -52,6 +58,7 @@ def test_demo_report_matches_the_traffic_it_sent(tmp_path: Path) -> None:
     result = run(
         "demo", "--duration", "3", "--rate", "60", "--failure-share", str(share), "--seed", "5",
         "--slow-share", "0.1", "--slow-seconds", "0.1", "--json-report", str(report_path),
+        "--log-file", str(tmp_path / "cleanup.log"),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     document = load(report_path)
@@ -81,6 +88,12 @@ def test_demo_report_matches_the_traffic_it_sent(tmp_path: Path) -> None:
     assert all(row["pushed"] == row["executed"] for row in rows.values())
     assert document["pool"]["in_use"] == 0
     assert document["pool"]["acquired"] == document["pool"]["released"]
+    # the pool's releases, by the callbacks that made them: streams give theirs back through the cursor
+    assert document["pool"]["released_by"] == {
+        "ConnectionPool.release": rows["ConnectionPool.release"]["executed"],
+        "ResultCursor.close": rows["ResultCursor.close"]["executed"],
+    }
+    assert sum(document["pool"]["released_by"].values()) == document["pool"]["released"]
     quantiles = flush["duration_s"]
     assert 0 < quantiles["p50"] <= quantiles["p95"] <= quantiles["p99"] <= quantiles["max"]
     # the flushes the traffic told to be slow show in the max, however few they are
@@ -93,10 +106,38 @@ def test_demo_report_matches_the_traffic_it_sent(tmp_path: Path) -> None:
 
     # the text report says the same
     out = result.stdout
+    assert f"Cleanups meant to fail: {total['meant_to_fail']}; failed: {flush['failed']}" in out
+    # one vocabulary: the traffic table's columns are the JSON report's field names
+    header = next(line for line in out.splitlines() if line.startswith("kind "))
+    columns = header.replace("meant to fail", "meant_to_fail").replace("meant slow", "meant_slow").split()
+    assert columns[0] == "kind"
+    assert sorted(columns[1:]) == sorted(total)
+    pool = document["pool"]
     assert (
-        f"Cleanup failures asked for by the traffic: {total['meant_to_fail']}; observed: {flush['failed']}"
+        f"Connection pool: {pool['acquired']} acquired, {pool['released']} released, {pool['in_use']} in use"
         in out
     )
+    released_by = pool["released_by"]
+    assert (
+        f"released by ConnectionPool.release {released_by['ConnectionPool.release']} (/pool, /ws) "
+        f"and by ResultCursor.close {released_by['ResultCursor.close']} (/stream" in out
+    )
+
+    # the failures the traffic asked for are counted on stderr, not dumped; the file has them in full
+    err = result.stderr
+    assert "Traceback" not in err, err
+    assert err.splitlines()[0].startswith("demo service (starlette) on http://127.0.0.1:"), err
+    logged = min(total["meant_to_fail"], 20)  # the library logs 20 failures a minute at most
+    summary = next(line for line in err.splitlines() if line.startswith("cleanup log:"))
+    assert summary.startswith(f"cleanup log: {logged} records of the failures the traffic asked for"), err
+    left_out = total["meant_to_fail"] - logged
+    assert (f"and {left_out} more left out" in summary) == (left_out > 0), summary
+    assert summary.endswith(f"in {tmp_path / 'cleanup.log'}")
+    records = (tmp_path / "cleanup.log").read_text()
+    assert records.count("Traceback (most recent call last)") == logged
+    assert records.count("AuditFlushError: audit store refused the record") == logged
+    if left_out:
+        assert f"left {left_out} more failed cleanup callbacks out of the log" in records
     line = next(line for line in out.splitlines() if line.split()[1:2] == ["AuditLog.flush"])
     assert line.split()[2:6] == [str(n), str(n), str(flush["failed"]), "0"]
     assert line.split()[-1] == format_seconds(quantiles["max"])
@@ -383,7 +424,8 @@ def test_progress_is_redrawn_in_place_on_a_terminal_only() -> None:
         assert process.returncode == 0
     redraws = seen.count(b"\r\x1b[2K")
     assert redraws >= 2, seen  # one every half second
-    assert b"req/s  cleanups" in seen
+    assert b"req/s  executed" in seen
+    assert b"Traceback" not in seen  # the requested failures no longer break the line
     assert "\x1b[2K" not in stdout  # the report itself stays plain
 
 

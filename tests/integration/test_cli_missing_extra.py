@@ -44,4 +44,4 @@ def test_a_missing_demo_dependency_is_one_line_naming_the_extra(
     assert result.stderr.strip() == (
         f"exitstack-otel: error: the demo needs {distribution}, which is not installed: {DEMO_EXTRA}"
     )
-    assert DEMO_EXTRA == "pip install 'exitstack-otel[demo]'"
+    assert DEMO_EXTRA == "pip install '.[demo]' in the exitstack-otel checkout"  # README: Install

@@ -20,11 +20,14 @@ def progress_line(stats: TrafficStats, reader: InMemoryMetricReader | None) -> s
     elapsed = stats.elapsed()
     rate = total.sent / elapsed if elapsed > 0 else 0.0
     line = (
-        f"{elapsed:6.1f}s  sent {total.sent}  ok {total.completed}  errors {total.errors}  {rate:.1f} req/s"
+        f"{elapsed:6.1f}s  sent {total.sent}  completed {total.completed}  errors {total.errors}"
+        f"  {rate:.1f} req/s"
     )
     if reader is not None:
         report = read_report(reader)
-        line += f"  cleanups {report.executed} ({report.failed} failed, {report.unwinds_active} unwinding)"
+        line += (
+            f"  executed {report.executed}  failed {report.failed}  active unwinds {report.unwinds_active}"
+        )
     return line
 
 

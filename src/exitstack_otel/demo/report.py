@@ -245,8 +245,8 @@ def format_seconds(value: float | None) -> str:
 
 
 def render_stacks(report: CleanupReport) -> str:
-    """One line per stack: its unwinds, those still running, and how long an unwind took."""
-    lines: list[tuple[str, ...]] = [("stack", "unwinds", "running", "p50", "p95", "p99", "max")]
+    """One line per stack: its unwinds, those still running (active), and how long an unwind took."""
+    lines: list[tuple[str, ...]] = [("stack", "unwinds", "active", "p50", "p95", "p99", "max")]
     for stack in report.stacks:
         durations = (format_seconds(value) for value in stack.quantiles().values())
         lines.append((stack.stack, str(stack.unwinds), str(stack.active), *durations))

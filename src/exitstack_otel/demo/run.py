@@ -16,6 +16,7 @@ from typing import Any, TextIO
 import anyio
 from starlette.types import ASGIApp
 
+from .logs import demo_cleanup_log
 from .pool import ConnectionPool
 from .progress import progress_line, show_progress
 from .report import CleanupReport, columns, read_report, render_stacks, render_table
@@ -35,6 +36,8 @@ class ServiceOptions:
     prometheus_host: str = "127.0.0.1"
     log_level: str = "warning"
     settings: DemoSettings = field(default_factory=DemoSettings)
+    log_file: Path | None = None
+    """Where the embedded demo writes the cleanup log's full records (None: a file in the temp dir)."""
 
 
 def build_app(options: ServiceOptions, sdk: DemoSdk) -> ASGIApp:
@@ -43,7 +46,8 @@ def build_app(options: ServiceOptions, sdk: DemoSdk) -> ASGIApp:
             from .fastapi_app import create_fastapi_app
         except ImportError as exc:
             raise RuntimeError(
-                f"--app fastapi needs FastAPI: pip install 'exitstack-otel[fastapi]' ({exc})"
+                "--app fastapi needs FastAPI: pip install '.[fastapi]' in the exitstack-otel checkout "
+                f"({exc})"
             ) from exc
         return create_fastapi_app(
             options.settings, tracer_provider=sdk.tracer_provider, meter_provider=sdk.meter_provider
@@ -118,16 +122,22 @@ async def run_demo(
         sdk = _sdk(options)
         try:
             app = build_app(options, sdk)
-            async with stopper.watching(), running_server(app, sock, log_level=options.log_level) as server:
-                stopper.server = server
-                _log(
-                    f"demo service ({options.app}) on {server.url}; traffic for {traffic.duration:g} s at "
-                    f"{traffic.rate:g} req/s, concurrency {traffic.concurrency} (Ctrl-C stops early)"
-                )
-                with stopper.run_scope:
-                    await _drive(replace(traffic, target=server.url), stats, sdk)
-                _log(progress_line(stats, sdk.reader))
-                _log("traffic stopped; waiting for in-flight requests and their cleanup")
+            # the failures the traffic asks for are in the report: counted here, not dumped on stderr
+            with demo_cleanup_log(options.log_file) as cleanup_records:
+                async with (
+                    stopper.watching(),
+                    running_server(app, sock, log_level=options.log_level) as server,
+                ):
+                    stopper.server = server
+                    _log(
+                        f"demo service ({options.app}) on {server.url}; traffic for {traffic.duration:g} s "
+                        f"at {traffic.rate:g} req/s, concurrency {traffic.concurrency} (Ctrl-C stops early)"
+                    )
+                    with stopper.run_scope:
+                        await _drive(replace(traffic, target=server.url), stats, sdk)
+                    _log(progress_line(stats, sdk.reader))
+                    _log("traffic stopped; waiting for in-flight requests and their cleanup")
+            _log(cleanup_records.summary())
             # the server has shut down: every unwind has ended, the numbers are final
             report = _report(sdk, app, stats, options.app, stopper.signal, out, json_report)
         finally:
@@ -149,7 +159,7 @@ def _report(
 ) -> CleanupReport:
     """Print the cleanup report (and write it as JSON); the server must have stopped."""
     report = read_report(sdk.reader)
-    pool = pool_counts(app)
+    pool = pool_counts(app, report, app_name)
     print_report(report, stats, app_name, stopped_by, out, pool)
     if json_report is not None:
         write_json(json_report, report_document(report, stats, app_name, stopped_by, pool))
@@ -193,12 +203,35 @@ async def run_traffic(
     return 0 if stats.total().completed else 1
 
 
-def pool_counts(app: ASGIApp) -> dict[str, int] | None:
-    """The demo pool's own bookkeeping, a check on the telemetry: every lease returned?"""
+# The callbacks that give a connection back to the pool, per demo app: a stream's cursor holds its
+# connection until the last row is sent, and its close returns it, so ConnectionPool.release alone
+# (/pool and /ws) is short of the pool's count of releases by the streams.
+LEASE_RETURNS = {
+    "starlette": ("ConnectionPool.release", "ResultCursor.close"),
+    "fastapi": ("create_fastapi_app.<locals>.leased_connection", "create_fastapi_app.<locals>.open_cursor"),
+}
+
+
+def pool_counts(
+    app: ASGIApp, report: CleanupReport | None = None, app_name: str = ""
+) -> dict[str, Any] | None:
+    """The demo pool's own bookkeeping, a check on the telemetry: every lease returned, and by which
+    callbacks (executed, by the report)?"""
     pool = getattr(getattr(app, "state", None), "pool", None)
     if not isinstance(pool, ConnectionPool):
         return None
-    return {"size": pool.size, "acquired": pool.acquired, "released": pool.released, "in_use": pool.in_use}
+    counts: dict[str, Any] = {
+        "size": pool.size,
+        "acquired": pool.acquired,
+        "released": pool.released,
+        "in_use": pool.in_use,
+    }
+    if report is not None and app_name in LEASE_RETURNS:
+        counts["released_by"] = {
+            name: sum(row.executed for row in report.rows if row.callback == name)
+            for name in LEASE_RETURNS[app_name]
+        }
+    return counts
 
 
 def _sdk(options: ServiceOptions) -> DemoSdk:
@@ -213,7 +246,9 @@ def _sdk(options: ServiceOptions) -> DemoSdk:
 
 
 def render_traffic(stats: TrafficStats) -> str:
-    lines: list[tuple[str, ...]] = [("kind", "sent", "ok", "errors", "cut off", "told to fail", "told slow")]
+    # the column names are the JSON report's field names (traffic.kinds.*), spaces for underscores
+    header = ("kind", "sent", "completed", "errors", "interrupted", "meant to fail", "meant slow")
+    lines: list[tuple[str, ...]] = [header]
     for kind, counts in [*stats.kinds.items(), ("total", stats.total())]:
         numbers = (counts.sent, counts.completed, counts.errors, counts.interrupted)
         lines.append((kind, *map(str, numbers), str(counts.meant_to_fail), str(counts.meant_slow)))
@@ -229,7 +264,7 @@ def print_report(
     app: str,
     interrupted: int | None,
     out: TextIO,
-    pool: dict[str, int] | None = None,
+    pool: dict[str, Any] | None = None,
 ) -> None:
     title = f"exitstack-otel demo ({app})"
     if interrupted is not None:
@@ -239,28 +274,33 @@ def print_report(
         total = stats.total()
         elapsed = max(stats.elapsed(), 1e-9)
         parts += [
-            f"Traffic: {total.sent} requests in {elapsed:.1f} s ({total.sent / elapsed:.1f}/s), "
-            f"{total.completed} ok, {total.errors} errors, {total.interrupted} cut off by the stop",
+            f"Traffic: {total.sent} requests sent in {elapsed:.1f} s ({total.sent / elapsed:.1f}/s), "
+            f"{total.completed} completed, {total.errors} errors, "
+            f"{total.interrupted} interrupted by the stop",
             render_traffic(stats),
             "",
         ]
     parts += [
         f"Cleanup: {report.unwinds} unwinds, {report.executed} callbacks executed, {report.failed} failed, "
-        f"{report.never_ran} pushed but never ran",
+        f"{report.never_ran} never ran (pushed, not executed)",
         render_stacks(report),
         "",
         render_table(report),
     ]
     if pool is not None:
         parts.append(
-            f"\nConnection pool: {pool['acquired']} leases, {pool['released']} returned, "
-            f"{pool['in_use']} still out (of {pool['size']})"
+            f"\nConnection pool: {pool['acquired']} acquired, {pool['released']} released, "
+            f"{pool['in_use']} in use (size {pool['size']})"
         )
+        released_by = pool.get("released_by")
+        if released_by:
+            names = list(released_by)
+            parts.append(
+                f"  released by {names[0]} {released_by[names[0]]} (/pool, /ws) and by {names[1]} "
+                f"{released_by[names[1]]} (/stream: a cursor returns its connection when it is closed)"
+            )
     if stats is not None:
-        parts.append(
-            f"Cleanup failures asked for by the traffic: {stats.total().meant_to_fail}; "
-            f"observed: {report.failed}"
-        )
+        parts.append(f"Cleanups meant to fail: {stats.total().meant_to_fail}; failed: {report.failed}")
     out.write("\n".join(parts) + "\n")
     out.flush()
 
@@ -270,7 +310,7 @@ def report_document(
     stats: TrafficStats | None,
     app: str,
     interrupted: int | None,
-    pool: dict[str, int] | None = None,
+    pool: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     return {
         "app": app,

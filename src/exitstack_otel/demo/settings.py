@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 APPS = ("starlette", "fastapi")  # the demo app in either framework
@@ -14,7 +15,7 @@ class DemoSettings:
     def __post_init__(self) -> None:
         if self.pool_size < 1:
             raise ValueError("pool_size must be at least 1")
-        if self.slow_seconds < 0:
-            raise ValueError("slow_seconds must be >= 0")
+        if not (math.isfinite(self.slow_seconds) and self.slow_seconds >= 0):
+            raise ValueError(f"slow_seconds must be a finite number >= 0, not {self.slow_seconds}")
         if self.stream_rows < 1:
             raise ValueError("stream_rows must be at least 1")

@@ -6,6 +6,7 @@ counts them, so a report can be checked against what was asked for.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -41,20 +42,21 @@ class TrafficConfig:
     def __post_init__(self) -> None:
         if not self.target.startswith(("http://", "https://")):
             raise ValueError(f"target must be an http:// or https:// URL, not {self.target!r}")
-        if not self.rate > 0:
-            raise ValueError("rate must be > 0 requests per second")
+        if not (math.isfinite(self.rate) and self.rate > 0):
+            raise ValueError(f"rate must be a finite number > 0 of requests per second, not {self.rate}")
         if self.concurrency < 1:
             raise ValueError("concurrency must be at least 1")
-        if self.duration is not None and not self.duration > 0:
-            raise ValueError("duration must be > 0 seconds")
+        if self.duration is not None and not (math.isfinite(self.duration) and self.duration > 0):
+            raise ValueError(f"duration must be a finite number > 0 of seconds or None, not {self.duration}")
         for name, share in (("failure_share", self.failure_share), ("slow_share", self.slow_share)):
             if not 0.0 <= share <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, not {share}")
         unknown = sorted(set(self.mix) - set(KINDS))
         if unknown:
             raise ValueError(f"unknown request kind(s) {', '.join(unknown)}; known: {', '.join(KINDS)}")
-        if any(weight < 0 for weight in self.mix.values()) or not sum(self.mix.values()) > 0:
-            raise ValueError("mix weights must be >= 0 and not all 0")
+        weights = self.mix.values()
+        if not all(math.isfinite(weight) and weight >= 0 for weight in weights) or not sum(weights) > 0:
+            raise ValueError("mix weights must be finite, >= 0 and not all 0")
 
 
 def parse_mix(text: str) -> dict[str, float]:
