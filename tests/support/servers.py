@@ -59,6 +59,11 @@ def running_server(app: ASGIApp, **config: object) -> Iterator[RunningServer]:
         "log_config": None,
         "log_level": "warning",
         "lifespan": "off",
+        # uvicorn's pure-Python parser on asyncio unless a test asks for uvloop and httptools (the
+        # dev group installs both, and "auto" would pick them): hostile raw requests that h11
+        # hands to the app, httptools refuses itself
+        "loop": "asyncio",
+        "http": "h11",
         "access_log": False,
         **config,
     }
