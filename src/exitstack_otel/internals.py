@@ -101,6 +101,20 @@ def _generator_manager_types() -> tuple[type, ...]:
 GENERATOR_MANAGER_TYPES: tuple[type, ...] = _generator_manager_types()
 """What ``@contextmanager`` and ``@asynccontextmanager`` make (``issubclass`` against it)."""
 
+# ---- fastapi -----------------------------------------------------------------------------------
+
+FASTAPI_WRAPPERS = frozenset(
+    {
+        ("fastapi.concurrency", "contextmanager_in_threadpool"),
+        ("fastapi.concurrency", "_asynccontextmanager_with_shielded_exit"),
+        ("fastapi.concurrency", "_contextmanager_with_concurrency_limit"),
+    }
+)
+"""FastAPI runs sync dependencies, shielded exits and concurrency-limited dependencies through
+these generator functions, ``(module, name)``; the user's own dependency is the context manager
+each holds in its ``cm`` argument. Matched by name, never imported: where FastAPI renames one,
+nothing matches and its pushes are named after the wrapper."""
+
 
 # ---- anyio and asyncio -------------------------------------------------------------------------
 

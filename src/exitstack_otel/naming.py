@@ -23,7 +23,7 @@ from types import (
 from typing import Any
 
 from . import semconv
-from .internals import ASYNC_CALLBACK_CODE, GENERATOR_MANAGER_TYPES, SYNC_CALLBACK_CODE
+from .internals import ASYNC_CALLBACK_CODE, FASTAPI_WRAPPERS, GENERATOR_MANAGER_TYPES, SYNC_CALLBACK_CODE
 
 # contextlib wraps ``callback()`` and ``push_async_callback()`` targets in closures; their code
 # objects identify such wrappers on every supported Python (``internals`` says how they are found)
@@ -38,16 +38,8 @@ _NAMED_TYPES = frozenset(
 )
 _BUILTIN_METHOD_TYPES = frozenset({BuiltinFunctionType, MethodWrapperType})
 
-# FastAPI runs sync dependencies, shielded exits and concurrency-limited dependencies through
-# these generator-based wrappers; the user's own dependency is the context manager each wrapper
-# holds in its ``cm`` argument.
-_TRANSPARENT_WRAPPERS = frozenset(
-    {
-        ("fastapi.concurrency", "contextmanager_in_threadpool"),
-        ("fastapi.concurrency", "_asynccontextmanager_with_shielded_exit"),
-        ("fastapi.concurrency", "_contextmanager_with_concurrency_limit"),
-    }
-)
+# FastAPI's generator-based wrappers around a dependency, known by (module, function name)
+_TRANSPARENT_WRAPPERS = FASTAPI_WRAPPERS
 
 
 def classify(pushed: Callable[..., Any], is_sync: bool) -> tuple[str, object]:
