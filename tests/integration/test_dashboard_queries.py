@@ -64,12 +64,14 @@ def test_the_first_failure_of_a_new_series_is_counted_and_drawn(tmp_path: Path) 
 
 
 def test_never_run_and_hung_do_not_go_negative_at_window_edges(tmp_path: Path) -> None:
+    pool = '{job="shop", exitstack_callback_name="Pool.release"}'
     labels = 'job="shop", instance="a", exitstack_stack_name="s", exitstack_callback_name="Pool.release"'
     unwinds = 'job="shop", instance="a", exitstack_stack_name="s"'
-    wobble = " ".join(str(10 * t - (3 if t % 2 else 0)) for t in range(21))
+    wobble = " ".join(str(10 * t - (3 if t % 3 == 1 else 0)) for t in range(21))
     series = [
-        # every push runs; at every other minute 3 runs are still to come, so over a window that starts on
-        # such a minute more ran than were pushed
+        # every push runs; at every third minute 3 runs are still to come, so over a window that starts on
+        # such a minute more ran than were pushed (Prometheus 3: the 5m window holds 5 samples, 4 intervals,
+        # extrapolated by 5/4)
         {"series": f"exitstack_callback_pushed_total{{{labels}}}", "values": "0+10x20"},
         {
             "series": f'exitstack_callback_duration_seconds_count{{{labels}, exitstack_callback_outcome="ok"}}',  # noqa: E501
@@ -92,28 +94,29 @@ def test_never_run_and_hung_do_not_go_negative_at_window_edges(tmp_path: Path) -
         "sum by (job, exitstack_callback_name) (increase(exitstack_callback_duration_seconds_count[5m]))"
     )
     cases = [
-        # the plain difference reads -3 at 12m; the panel's reads 0
+        # the plain difference reads -3.75 at 11m (window 7m..11m); the panel's reads 0
         {
             "expr": plain,
-            "eval_time": "12m",
-            "exp_samples": [{"labels": '{job="shop", exitstack_callback_name="Pool.release"}', "value": -3}],
-        },
-        {
-            "expr": never_run,
-            "eval_time": "12m",
-            "exp_samples": [{"labels": '{job="shop", exitstack_callback_name="Pool.release"}', "value": 0}],
+            "eval_time": "11m",
+            "exp_samples": [{"labels": pool, "value": -3.75}],
         },
         {
             "expr": never_run,
             "eval_time": "11m",
-            "exp_samples": [{"labels": '{job="shop", exitstack_callback_name="Pool.release"}', "value": 3}],
+            "exp_samples": [{"labels": '{job="shop", exitstack_callback_name="Pool.release"}', "value": 0}],
         },
-        # without the clamp, 5 s of jitter in the finished sum read as -0.04 hung unwinds at 10m
+        {
+            "expr": never_run,
+            "eval_time": "13m",
+            "exp_samples": [{"labels": pool, "value": 3.75}],
+        },
+        # without the clamp, 5 s of jitter in the finished sum read as -0.08 hung unwinds at 10m (the 2m
+        # window holds the samples at 9m and 10m, extrapolated to 2m)
         {
             "expr": hung.removeprefix("clamp_min(\n").removesuffix(",\n0)"),
             "eval_time": "10m",
             "exp_samples": [
-                {"labels": '{job="shop", instance="a", exitstack_stack_name="s"}', "value": 1 - 125 / 120}
+                {"labels": '{job="shop", instance="a", exitstack_stack_name="s"}', "value": 1 - 130 / 120}
             ],
         },
         {
