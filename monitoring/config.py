@@ -82,6 +82,11 @@ TELEMETRY_STOPPED_FOR: Final = "5m"
 # memory_limiter or a size limit turned data away; failed sends mean a backend is gone. Either one
 # minute's worth is enough to look, not to page.
 COLLECTOR_JOB: Final = "otel-collector"
+# The Collector counts as down when its scrape job's up series is 0, or was there within this lookback
+# and is gone (the job removed or renamed). A deployment without a Collector (services scraped, or
+# pushing OTLP straight to Prometheus) never has that series and is never paged; the alert fires for a
+# day after the job goes away, long enough to be seen, then resolves (docs/runbooks.md).
+COLLECTOR_SEEN_LOOKBACK: Final = "1d"
 # the Collector's counters per signal (metric points and spans count separately)
 COLLECTOR_REFUSED: Final = {
     "metrics": "otelcol_receiver_refused_metric_points_total",

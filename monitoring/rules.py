@@ -45,21 +45,33 @@ def alive(by: str) -> str:
 def stuck_expr() -> str:
     in_progress = f"sum by ({STUCK_BY}) (avg_over_time({c.UNWIND_ACTIVE}[{c.STUCK_WINDOW}]))"
     finished = f"sum by ({STUCK_BY}) (rate({c.UNWIND_DURATION}_sum[{c.STUCK_WINDOW}]))"
+    # judged once its series cover the whole window: rate() divides by the window, so a busy instance
+    # that started within it (a deploy, a restart) reads as finishing less than it does
+    old_enough = f"group by ({STUCK_BY}) ({c.UNWIND_ACTIVE} offset {c.STUCK_WINDOW})"
     # an instance whose every unwind hangs has no finished ones at all: count that as zero; an instance
     # that is gone (killed with unwinds in flight) is not stuck, whatever its last values say
     return (
         f"(\n{in_progress}\n- ({finished} or {in_progress} * 0)\n> {c.STUCK_UNWINDS_THRESHOLD:g}\n)\n"
-        f"and\n{alive(STUCK_BY)}"
+        f"and\n{alive(STUCK_BY)}\nand\n{old_enough}"
     )
 
 
-def leaked(window: str = c.NEVER_RUN_WINDOW, by: str = NEVER_RUN_BY, selector: str = "") -> str:
-    """Pushes minus runs over the window: callbacks that did not run, give or take those in flight."""
-    pushed = f"sum by ({by}) (increase({c.CALLBACK_PUSHED}{selector}[{window}]))"
-    runs = f"{c.CALLBACK_DURATION}_count{selector}"
-    ran = f"sum by ({by}) (increase({runs}[{window}]))"
+def _gap(by: str, selector: str, offset: str = "") -> str:
+    """Pushes minus runs since each instance started, from the raw counters, summed before they are
+    subtracted: a run counted in a series born later (the first failure's outcome="error") is in the sum
+    from its first value on, where increase() of that series would miss its first value."""
+    pushed = f"sum by ({by}) ({c.CALLBACK_PUSHED}{selector}{offset})"
+    ran = f"sum by ({by}) ({c.CALLBACK_DURATION}_count{selector}{offset})"
     # a callback that never ran at all has no duration series: count it as zero runs, not as no data
     return f"{pushed}\n- ({ran} or {pushed} * 0)"
+
+
+def leaked(window: str = c.NEVER_RUN_WINDOW, by: str = NEVER_RUN_BY, selector: str = "") -> str:
+    """Pushes minus runs over the window: callbacks that did not run, give or take those in flight. An
+    instance younger than the window counts from its start. Exact integers: no increase() extrapolation."""
+    now = _gap(by, selector)
+    then = _gap(by, selector, f" offset {window}")
+    return f"(\n{now}\n)\n- (\n(\n{then}\n)\nor\n(\n{now}\n) * 0\n)"
 
 
 def never_run_expr() -> str:
@@ -77,8 +89,10 @@ def telemetry_stopped_expr() -> str:
 
 def collector_down_expr() -> str:
     up = f'up{{job="{c.COLLECTOR_JOB}"}}'
-    # absent(): a scrape job that was removed or renamed is as silent as a dead collector
-    return f"{up} == 0\nor\nabsent({up})"
+    # a scrape job that was removed or renamed is as silent as a dead Collector: its up series was there
+    # within the lookback and is gone. A deployment without a Collector never had one, and is not paged.
+    gone = f"last_over_time({up}[{c.COLLECTOR_SEEN_LOOKBACK}]) unless {up}"
+    return f"{up} == 0\nor\n{gone}"
 
 
 def per_signal(counters: dict[str, str], by: str) -> str:
