@@ -112,6 +112,14 @@ DASHBOARD_TITLE: Final = "Request cleanup"
 PROMETHEUS_UID: Final = "prometheus"  # the datasource uids provisioned in grafana/provisioning
 TEMPO_UID: Final = "tempo"
 TABLE_TOP_N: Final = 10  # the table lists the callbacks most worth a look, not all 200 names
-# Grafana's floor for $__rate_interval: the scrape interval of prometheus/prometheus.yml (and the SDK's
-# export interval in the compose stack), so a rate always spans at least four points
-SCRAPE_INTERVAL: Final = "15s"
+# Grafana's floor for the sample interval (the datasource's timeInterval, "Min interval"): $__rate_interval
+# is max(4 x this, query step + this), so every rate spans at least four samples. 60 s is the SDK's
+# default export interval (OTEL_METRIC_EXPORT_INTERVAL unset): a service that pushes once a minute has
+# one sample a minute, and a floor of 15 s (the scrape interval) gave 1-minute windows with one sample
+# in them: every rate panel read "No data". At 15 s exports a 4-minute window holds 16 samples: smoother,
+# never empty. Whoever exports every 15 s everywhere may lower it in grafana/provisioning.
+SAMPLE_INTERVAL_FLOOR: Final = "60s"
+
+# "Pushed, never run" on the dashboard: a push minus run gap that lasts this long is a leak; a request in
+# flight at one moment is gone a minute later (the alert waits NEVER_RUN_SETTLE, the panel less)
+NEVER_RUN_PANEL_SETTLE: Final = "5m"

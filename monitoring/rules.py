@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import config as c
+from . import promql
 from .links import dashboard_url, runbook_url
 
 BY = ", ".join(c.ALERT_BY)
@@ -56,22 +57,9 @@ def stuck_expr() -> str:
     )
 
 
-def _gap(by: str, selector: str, offset: str = "") -> str:
-    """Pushes minus runs since each instance started, from the raw counters, summed before they are
-    subtracted: a run counted in a series born later (the first failure's outcome="error") is in the sum
-    from its first value on, where increase() of that series would miss its first value."""
-    pushed = f"sum by ({by}) ({c.CALLBACK_PUSHED}{selector}{offset})"
-    ran = f"sum by ({by}) ({c.CALLBACK_DURATION}_count{selector}{offset})"
-    # a callback that never ran at all has no duration series: count it as zero runs, not as no data
-    return f"{pushed}\n- ({ran} or {pushed} * 0)"
-
-
 def leaked(window: str = c.NEVER_RUN_WINDOW, by: str = NEVER_RUN_BY, selector: str = "") -> str:
-    """Pushes minus runs over the window: callbacks that did not run, give or take those in flight. An
-    instance younger than the window counts from its start. Exact integers: no increase() extrapolation."""
-    now = _gap(by, selector)
-    then = _gap(by, selector, f" offset {window}")
-    return f"(\n{now}\n)\n- (\n(\n{then}\n)\nor\n(\n{now}\n) * 0\n)"
+    """Pushes minus runs over the window: callbacks that did not run, give or take those in flight."""
+    return promql.leaked(window, by, selector)
 
 
 def never_run_expr() -> str:
