@@ -57,8 +57,11 @@ def leaked(window: str, by: str, selector: str) -> str:
 def never_run(window: str, by: str, selector: str) -> str:
     """Callbacks pushed and not run within the window, as the lowest count over the last
     NEVER_RUN_PANEL_SETTLE: a request in flight now is not a leak, a lost callback stays. Never below 0."""
-    lowest = f"min_over_time((\n{leaked(window, by, '{' + selector + '}')}\n)[{c.NEVER_RUN_PANEL_SETTLE}:1m])"
-    return not_negative(lowest)
+    gap = leaked(window, by, "{" + selector + "}")
+    lowest = f"min_over_time((\n{gap}\n)[{c.NEVER_RUN_PANEL_SETTLE}:1m])"
+    # the subquery's steps fall on whole minutes: a service younger than its first step has none yet,
+    # and nothing that lasted a minute; 0, not "No data"
+    return not_negative(f"{lowest}\nor\n(\n{gap}\n) * 0")
 
 
 def hung(by: str, selector: str) -> str:
