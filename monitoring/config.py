@@ -120,6 +120,13 @@ TABLE_TOP_N: Final = 10  # the table lists the callbacks most worth a look, not 
 # never empty. Whoever exports every 15 s everywhere may lower it in grafana/provisioning.
 SAMPLE_INTERVAL_FLOOR: Final = "60s"
 
-# "Pushed, never run" on the dashboard: a push minus run gap that lasts this long is a leak; a request in
-# flight at one moment is gone a minute later (the alert waits NEVER_RUN_SETTLE, the panel less)
+# "Pushed, never run" on the dashboard. Pushes minus runs is the callbacks in flight plus those lost;
+# in flight never drops below what the traffic holds open (5 on a busy service, at every moment), so the
+# panels read the lowest the gap has been over the last NEVER_RUN_PANEL_SETTLE (what stayed that long)
+# minus the lowest over the whole window (the level it started from, which a worker born within the
+# window has too): steady traffic cancels, a lost callback raises the first and not the second.
 NEVER_RUN_PANEL_SETTLE: Final = "5m"
+# the settle window's steps: the floor of the sample interval, so a moment with nothing in flight is seen
+NEVER_RUN_PANEL_STEP: Final = "15s"
+# the per-callback panel's window: as long as the alert's, so what it shows is what the alert counts
+NEVER_RUN_PANEL_WINDOW: Final = "1h"

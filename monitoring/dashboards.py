@@ -68,8 +68,8 @@ def _stats() -> list[dict[str, Any]]:
         panel(
             "Pushed, never run (time range)",
             "Callbacks pushed in the time range that did not run: what they were to release leaked. "
-            "Requests in flight are not counted (the lowest count over the last "
-            f"{c.NEVER_RUN_PANEL_SETTLE}). "
+            f"Counted once they have not run for {c.NEVER_RUN_PANEL_SETTLE}: requests in flight are not "
+            "leaks. "
             "Red from one, as the alert counts.",
             "stat",
             [target(f"sum(\n{q.never_run('$__range', BY_INSTANCE + ', ' + c.CALLBACK, CALLBACK_SEL)}\n)")],
@@ -203,13 +203,13 @@ def _unwind_panels() -> list[dict[str, Any]]:
         ),
         panel(
             "Pushed but never executed by callback",
-            f"Pushes minus runs per callback over 5 minutes, the lowest over the last "
-            f"{c.NEVER_RUN_PANEL_SETTLE} (a request in flight is not counted; never below zero): above 0 "
-            "it means stacks that are never unwound.",
+            f"Callbacks pushed within the last {c.NEVER_RUN_PANEL_WINDOW} that have not run for "
+            f"{c.NEVER_RUN_PANEL_SETTLE} (requests in flight are not counted): above 0 it means stacks that "
+            "are never unwound.",
             "timeseries",
             [
                 target(
-                    q.never_run("5m", f"{BY_CALLBACK}, instance, {c.KIND}", CALLBACK_SEL),
+                    q.never_run(c.NEVER_RUN_PANEL_WINDOW, f"{BY_CALLBACK}, instance, {c.KIND}", CALLBACK_SEL),
                     "{{job}} {{exitstack_callback_name}} {{instance}}",
                 )
             ],

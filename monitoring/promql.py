@@ -55,13 +55,13 @@ def leaked(window: str, by: str, selector: str) -> str:
 
 
 def never_run(window: str, by: str, selector: str) -> str:
-    """Callbacks pushed and not run within the window, as the lowest count over the last
-    NEVER_RUN_PANEL_SETTLE: a request in flight now is not a leak, a lost callback stays. Never below 0."""
-    gap = leaked(window, by, "{" + selector + "}")
-    lowest = f"min_over_time((\n{gap}\n)[{c.NEVER_RUN_PANEL_SETTLE}:1m])"
-    # the subquery's steps fall on whole minutes: a service younger than its first step has none yet,
-    # and nothing that lasted a minute; 0, not "No data"
-    return not_negative(f"{lowest}\nor\n(\n{gap}\n) * 0")
+    """Callbacks pushed and not run within the window, requests in flight not counted: the lowest
+    pushes-minus-runs over the last NEVER_RUN_PANEL_SETTLE less the lowest over the window (config.py
+    says why). Never below 0; 0, not "No data", before the first step."""
+    pending = gap(by, "{" + selector + "}")
+    settled = f"min_over_time((\n{pending}\n)[{c.NEVER_RUN_PANEL_SETTLE}:{c.NEVER_RUN_PANEL_STEP}])"
+    lowest = f"min_over_time((\n{pending}\n)[{window}:1m])"
+    return not_negative(f"(\n{settled}\n-\n{lowest}\n)\nor\n(\n{pending}\n) * 0")
 
 
 def hung(by: str, selector: str) -> str:

@@ -89,7 +89,7 @@ def test_never_run_and_hung_do_not_go_negative_at_window_edges(tmp_path: Path) -
             "values": " ".join(str(60 * t + (5 if t % 3 == 1 else 0)) for t in range(21)),
         },
     ]
-    never_run = promql.never_run("5m", "job, exitstack_callback_name", 'job="shop"')
+    never_run = promql.never_run("1h", "job, exitstack_callback_name", 'job="shop"')
     hung = _grafana(promql.hung("job, instance, exitstack_stack_name", 'job="shop"'))
     plain = (
         "sum by (job, exitstack_callback_name) (increase(exitstack_callback_pushed_total[5m])) - "
@@ -308,6 +308,7 @@ def test_the_whole_range_table_keeps_a_replaced_workers_failures(tmp_path: Path)
 
 def test_pushed_never_run_counts_leaks_not_requests_in_flight(tmp_path: Path) -> None:
     labels = 'job="shop", instance="a", exitstack_stack_name="s", exitstack_callback_kind="async_callback"'
+    busy = labels.replace('instance="a"', 'instance="b"')
     pushed = 'exitstack_callback_pushed_total{{{}, exitstack_callback_name="{}"}}'
     ran = 'exitstack_callback_duration_seconds_count{{{}, exitstack_callback_name="{}", exitstack_callback_outcome="ok"}}'  # noqa: E501
     series = [
@@ -317,6 +318,9 @@ def test_pushed_never_run_counts_leaks_not_requests_in_flight(tmp_path: Path) ->
         # Upload.close: 1 push a minute not run from 11m to 20m (10 leaked), none after
         {"series": pushed.format(labels, "Upload.close"), "values": "0+10x30"},
         {"series": ran.format(labels, "Upload.close"), "values": "0+10x10 109+9x9 200+10x9"},
+        # b: a busy worker started at 10m, 5 callbacks in flight at every export, none lost
+        {"series": pushed.format(busy, "Busy.close"), "values": "_x10 15+10x20"},
+        {"series": ran.format(busy, "Busy.close"), "values": "_x10 10+10x20"},
     ]
     (stat,) = _panel_exprs("Pushed, never run (time range)")
     (by_callback,) = _panel_exprs("Pushed but never executed by callback")
@@ -331,10 +335,14 @@ def test_pushed_never_run_counts_leaks_not_requests_in_flight(tmp_path: Path) ->
             "eval_time": "16m",
             "exp_samples": [
                 {
-                    "labels": f'{{job="shop", instance="a", exitstack_callback_name="{name}", exitstack_callback_kind="async_callback"}}',  # noqa: E501
+                    "labels": f'{{job="shop", instance="{instance}", exitstack_callback_name="{name}", exitstack_callback_kind="async_callback"}}',  # noqa: E501
                     "value": value,
                 }
-                for name, value in (("Pool.release", 0), ("Upload.close", 2))
+                for instance, name, value in (
+                    ("a", "Pool.release", 0),
+                    ("a", "Upload.close", 1),
+                    ("b", "Busy.close", 0),
+                )
             ],
         },
     ]
