@@ -66,12 +66,13 @@ LIVENESS_WINDOW: Final = "3m"
 
 # A callback that is pushed and never run leaks what it was meant to release, however rare; a ratio
 # hides 3 leaks in 5,000 pushes, so the alert counts them. Pushes are counted at push time and runs at
-# unwind time: requests in flight at the window's two edges make the count wobble by a few either way,
-# never steadily up. The alert wants at least one push more than runs over the last hour, and not one
-# minute in the last SETTLE without that gap, so in-flight wobble (which swings back) does not fire.
+# unwind time: pushes minus runs is what is in flight plus what is lost, and what is in flight never
+# drops below what the traffic holds open. The alert reads the lowest gap over the last SETTLE minus the
+# lowest over the WINDOW (a worker started within it has its own lowest), so steady traffic cancels and
+# a callback lost for SETTLE counts; it resolves when the WINDOW's lowest catches up, an hour later.
 NEVER_RUN_WINDOW: Final = "1h"
 NEVER_RUN_SETTLE: Final = "10m"
-NEVER_RUN_MIN_LEAKED: Final = 0.5  # "at least one", with room for increase()'s extrapolation
+NEVER_RUN_MIN_LEAKED: Final = 0.5  # "at least one"
 NEVER_RUN_FOR: Final = "5m"
 
 # A service that reported within the last hour and not within LIVENESS_WINDOW stopped reporting.

@@ -57,17 +57,15 @@ def stuck_expr() -> str:
     )
 
 
-def leaked(window: str = c.NEVER_RUN_WINDOW, by: str = NEVER_RUN_BY, selector: str = "") -> str:
-    """Pushes minus runs over the window: callbacks that did not run, give or take those in flight."""
-    return promql.leaked(window, by, selector)
-
-
 def never_run_expr() -> str:
-    gap = leaked()
-    threshold = f"{c.NEVER_RUN_MIN_LEAKED:g}"
-    return (
-        f"(\n{gap}\n) > {threshold}\nand\nmin_over_time((\n{gap}\n)[{c.NEVER_RUN_SETTLE}:1m]) > {threshold}"
-    )
+    # pushes minus runs is what is in flight plus what is lost; what is in flight never drops below what
+    # the traffic holds open, also in a worker started within the hour (whose gap an hour ago is not
+    # there to subtract). The lowest gap over the last NEVER_RUN_SETTLE, less the lowest over the hour:
+    # steady traffic cancels, a callback lost for NEVER_RUN_SETTLE raises the first and not the second
+    pending = promql.gap(NEVER_RUN_BY, "")
+    settled = f"min_over_time((\n{pending}\n)[{c.NEVER_RUN_SETTLE}:1m])"
+    lowest = f"min_over_time((\n{pending}\n)[{c.NEVER_RUN_WINDOW}:1m])"
+    return f"{settled}\n-\n{lowest}\n> {c.NEVER_RUN_MIN_LEAKED:g}"
 
 
 def telemetry_stopped_expr() -> str:
@@ -148,8 +146,8 @@ def _cleanup_rules() -> list[dict[str, Any]]:
             "annotations": {
                 "summary": f"Cleanup callback {callback} is pushed but not run in {{{{ $labels.job }}}}",
                 "description": f'{{{{ $value | printf "%.0f" }}}} pushes of {callback} in {where} on '
-                f"{{{{ $labels.instance }}}} were not followed by a run over the last {c.NEVER_RUN_WINDOW}, "
-                f"steadily for {c.NEVER_RUN_SETTLE}: its stack is not being unwound.",
+                f"{{{{ $labels.instance }}}} within the last {c.NEVER_RUN_WINDOW} have not run for "
+                f"{c.NEVER_RUN_SETTLE} or more: its stack is not being unwound.",
                 "runbook_url": runbook_url("ExitstackCallbacksNeverRun"),
                 "dashboard_url": dashboard_url(instance=True),
             },
