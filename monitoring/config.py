@@ -66,12 +66,13 @@ LIVENESS_WINDOW: Final = "3m"
 
 # A callback that is pushed and never run leaks what it was meant to release, however rare; a ratio
 # hides 3 leaks in 5,000 pushes, so the alert counts them. Pushes are counted at push time and runs at
-# unwind time: requests in flight at the window's two edges make the count wobble by a few either way,
-# never steadily up. The alert wants at least one push more than runs over the last hour, and not one
-# minute in the last SETTLE without that gap, so in-flight wobble (which swings back) does not fire.
+# unwind time: pushes minus runs is what is in flight plus what is lost, and what is in flight never
+# drops below what the traffic holds open. The alert reads the lowest gap over the last SETTLE minus the
+# lowest over the WINDOW (a worker started within it has its own lowest), so steady traffic cancels and
+# a callback lost for SETTLE counts; it resolves when the WINDOW's lowest catches up, an hour later.
 NEVER_RUN_WINDOW: Final = "1h"
 NEVER_RUN_SETTLE: Final = "10m"
-NEVER_RUN_MIN_LEAKED: Final = 0.5  # "at least one", with room for increase()'s extrapolation
+NEVER_RUN_MIN_LEAKED: Final = 0.5  # "at least one"
 NEVER_RUN_FOR: Final = "5m"
 
 # A service that reported within the last hour and not within LIVENESS_WINDOW stopped reporting.
@@ -82,6 +83,11 @@ TELEMETRY_STOPPED_FOR: Final = "5m"
 # memory_limiter or a size limit turned data away; failed sends mean a backend is gone. Either one
 # minute's worth is enough to look, not to page.
 COLLECTOR_JOB: Final = "otel-collector"
+# The Collector counts as down when its scrape job's up series is 0, or was there within this lookback
+# and is gone (the job removed or renamed). A deployment without a Collector (services scraped, or
+# pushing OTLP straight to Prometheus) never has that series and is never paged; the alert fires for a
+# day after the job goes away, long enough to be seen, then resolves (docs/runbooks.md).
+COLLECTOR_SEEN_LOOKBACK: Final = "1d"
 # the Collector's counters per signal (metric points and spans count separately)
 COLLECTOR_REFUSED: Final = {
     "metrics": "otelcol_receiver_refused_metric_points_total",
@@ -107,6 +113,21 @@ DASHBOARD_TITLE: Final = "Request cleanup"
 PROMETHEUS_UID: Final = "prometheus"  # the datasource uids provisioned in grafana/provisioning
 TEMPO_UID: Final = "tempo"
 TABLE_TOP_N: Final = 10  # the table lists the callbacks most worth a look, not all 200 names
-# Grafana's floor for $__rate_interval: the scrape interval of prometheus/prometheus.yml (and the SDK's
-# export interval in the compose stack), so a rate always spans at least four points
-SCRAPE_INTERVAL: Final = "15s"
+# Grafana's floor for the sample interval (the datasource's timeInterval, "Min interval"): $__rate_interval
+# is max(4 x this, query step + this), so every rate spans at least four samples. 60 s is the SDK's
+# default export interval (OTEL_METRIC_EXPORT_INTERVAL unset): a service that pushes once a minute has
+# one sample a minute, and a floor of 15 s (the scrape interval) gave 1-minute windows with one sample
+# in them: every rate panel read "No data". At 15 s exports a 4-minute window holds 16 samples: smoother,
+# never empty. Whoever exports every 15 s everywhere may lower it in grafana/provisioning.
+SAMPLE_INTERVAL_FLOOR: Final = "60s"
+
+# "Pushed, never run" on the dashboard. Pushes minus runs is the callbacks in flight plus those lost;
+# in flight never drops below what the traffic holds open (5 on a busy service, at every moment), so the
+# panels read the lowest the gap has been over the last NEVER_RUN_PANEL_SETTLE (what stayed that long)
+# minus the lowest over the whole window (the level it started from, which a worker born within the
+# window has too): steady traffic cancels, a lost callback raises the first and not the second.
+NEVER_RUN_PANEL_SETTLE: Final = "5m"
+# the settle window's steps: the floor of the sample interval, so a moment with nothing in flight is seen
+NEVER_RUN_PANEL_STEP: Final = "15s"
+# the per-callback panel's window: as long as the alert's, so what it shows is what the alert counts
+NEVER_RUN_PANEL_WINDOW: Final = "1h"

@@ -20,7 +20,8 @@ STACK_SEL = f'{SERVICE_SEL}, {c.STACK}=~"$stack"'
 RUNS = f"{c.CALLBACK_DURATION}_count{{{CALLBACK_SEL}}}"
 FAILED_RUNS = f"{c.CALLBACK_DURATION}_count{{{CALLBACK_SEL}, {c.FAILED_OUTCOMES}}}"
 BY_CALLBACK = f"{c.SERVICE}, {c.CALLBACK}"
-BY_ROUTE = f"{c.ROUTE}, {c.STACK}"
+# per service too: under "All" two services' /items are two lines, never one
+BY_ROUTE = f"{c.SERVICE}, {c.ROUTE}, {c.STACK}"
 BY_INSTANCE = f"{c.SERVICE}, instance, {c.STACK}"
 
 TRACES_OF_CALLBACK = (
@@ -35,7 +36,7 @@ CALLBACK_LINKS = [
 
 
 def _ratio(by: str) -> str:
-    return f"{q.rate(FAILED_RUNS, by)}\n/\n{q.rate(RUNS, by)}"
+    return q.ratio(FAILED_RUNS, RUNS, by)
 
 
 def _stats() -> list[dict[str, Any]]:
@@ -45,7 +46,7 @@ def _stats() -> list[dict[str, Any]]:
             f"Share of all cleanup runs that raised, were cancelled or timed out; red at the alert's "
             f"{c.ERROR_RATIO_THRESHOLD:.0%}.",
             "stat",
-            [target(f"{q.rate(FAILED_RUNS, c.SERVICE)}\n/\n{q.rate(RUNS, c.SERVICE)}", "{{job}}")],
+            [target(_ratio(c.SERVICE), "{{job}}")],
             unit="percentunit",
             alert_threshold=c.ERROR_RATIO_THRESHOLD,
         ),
@@ -53,7 +54,7 @@ def _stats() -> list[dict[str, Any]]:
             "Failed cleanups per second",
             "How many cleanup runs fail right now, all callbacks together; orange at any failure.",
             "stat",
-            [target(q.rate(FAILED_RUNS, c.SERVICE), "{{job}}")],
+            [target(f"{q.rate(FAILED_RUNS, c.SERVICE)}\nor\n{q.rate(RUNS, c.SERVICE)} * 0", "{{job}}")],
             unit="ops",
             steps=(("orange", 0.0001),),
         ),
@@ -67,6 +68,8 @@ def _stats() -> list[dict[str, Any]]:
         panel(
             "Pushed, never run (time range)",
             "Callbacks pushed in the time range that did not run: what they were to release leaked. "
+            f"Counted once they have not run for {c.NEVER_RUN_PANEL_SETTLE}: requests in flight are not "
+            "leaks. "
             "Red from one, as the alert counts.",
             "stat",
             [target(f"sum(\n{q.never_run('$__range', BY_INSTANCE + ', ' + c.CALLBACK, CALLBACK_SEL)}\n)")],
@@ -103,7 +106,7 @@ def _callback_panels() -> list[dict[str, Any]]:
             [
                 target(
                     q.rate(FAILED_RUNS, f"{BY_CALLBACK}, {c.ERROR_TYPE}"),
-                    "{{exitstack_callback_name}} {{error_type}}",
+                    "{{job}} {{exitstack_callback_name}} {{error_type}}",
                 )
             ],
             unit="ops",
@@ -114,7 +117,7 @@ def _callback_panels() -> list[dict[str, Any]]:
             f"Share of each callback's runs that failed; the alert fires above "
             f"{c.ERROR_RATIO_THRESHOLD:.0%}.",
             "timeseries",
-            [target(_ratio(BY_CALLBACK), "{{exitstack_callback_name}}")],
+            [target(_ratio(BY_CALLBACK), "{{job}} {{exitstack_callback_name}}")],
             unit="percentunit",
             links=CALLBACK_LINKS,
             alert_threshold=c.ERROR_RATIO_THRESHOLD,
@@ -126,16 +129,16 @@ def _callback_panels() -> list[dict[str, Any]]:
             [
                 target(
                     q.quantile(0.5, c.CALLBACK_DURATION, CALLBACK_SEL, BY_CALLBACK),
-                    "p50 {{exitstack_callback_name}}",
+                    "p50 {{job}} {{exitstack_callback_name}}",
                 ),
                 target(
                     q.quantile(0.95, c.CALLBACK_DURATION, CALLBACK_SEL, BY_CALLBACK),
-                    "p95 {{exitstack_callback_name}}",
+                    "p95 {{job}} {{exitstack_callback_name}}",
                     "B",
                 ),
                 target(
                     q.quantile(0.99, c.CALLBACK_DURATION, CALLBACK_SEL, BY_CALLBACK),
-                    "p99 {{exitstack_callback_name}}",
+                    "p99 {{job}} {{exitstack_callback_name}}",
                     "C",
                     exemplar=True,
                 ),
@@ -171,7 +174,7 @@ def _unwind_panels() -> list[dict[str, Any]]:
             [
                 target(
                     q.quantile(quantile, c.UNWIND_DURATION, UNWIND_SEL, BY_ROUTE),
-                    f"p{quantile * 100:g} {{{{http_route}}}} {{{{exitstack_stack_name}}}}",
+                    f"p{quantile * 100:g} {{{{job}}}} {{{{http_route}}}} {{{{exitstack_stack_name}}}}",
                     ref,
                 )
                 for quantile, ref in ((0.5, "A"), (0.95, "B"), (0.99, "C"))
@@ -181,17 +184,18 @@ def _unwind_panels() -> list[dict[str, Any]]:
         panel(
             "Callbacks per unwind by route and stack",
             "How much cleanup each stack of a request runs: average and p95 callbacks per unwind, per stack "
-            "(unwinds that ran no callbacks record nothing and are not counted).",
+            "(unwinds that ran no callbacks record nothing and are not counted; the p95 is rounded up to the "
+            "bucket's top, the true count up to 5).",
             "timeseries",
             [
                 target(
                     f"{q.rate(f'{c.UNWIND_CALLBACKS}_sum{{{UNWIND_SEL}}}', BY_ROUTE)}\n/\n"
                     f"{q.rate(f'{c.UNWIND_CALLBACKS}_count{{{UNWIND_SEL}}}', BY_ROUTE)}",
-                    "avg {{http_route}} {{exitstack_stack_name}}",
+                    "avg {{job}} {{http_route}} {{exitstack_stack_name}}",
                 ),
                 target(
-                    q.quantile(0.95, c.UNWIND_CALLBACKS, UNWIND_SEL, BY_ROUTE),
-                    "p95 {{http_route}} {{exitstack_stack_name}}",
+                    q.count_quantile(0.95, c.UNWIND_CALLBACKS, UNWIND_SEL, BY_ROUTE),
+                    "p95 {{job}} {{http_route}} {{exitstack_stack_name}}",
                     "B",
                 ),
             ],
@@ -199,13 +203,14 @@ def _unwind_panels() -> list[dict[str, Any]]:
         ),
         panel(
             "Pushed but never executed by callback",
-            "Pushes minus runs per callback over 5 minutes (never below zero); above a few in-flight "
-            "requests it means stacks that are never unwound.",
+            f"Callbacks pushed within the last {c.NEVER_RUN_PANEL_WINDOW} that have not run for "
+            f"{c.NEVER_RUN_PANEL_SETTLE} (requests in flight are not counted): above 0 it means stacks that "
+            "are never unwound.",
             "timeseries",
             [
                 target(
-                    q.never_run("5m", f"{BY_CALLBACK}, instance, {c.KIND}", CALLBACK_SEL),
-                    "{{exitstack_callback_name}} {{instance}}",
+                    q.never_run(c.NEVER_RUN_PANEL_WINDOW, f"{BY_CALLBACK}, instance, {c.KIND}", CALLBACK_SEL),
+                    "{{job}} {{exitstack_callback_name}} {{instance}}",
                 )
             ],
             links=CALLBACK_LINKS,
@@ -219,9 +224,11 @@ def _unwind_panels() -> list[dict[str, Any]]:
             [
                 target(
                     f"sum by ({BY_INSTANCE}) ({c.UNWIND_ACTIVE}{{{STACK_SEL}}})",
-                    "in progress {{instance}} {{exitstack_stack_name}}",
+                    "in progress {{job}} {{instance}} {{exitstack_stack_name}}",
                 ),
-                target(q.hung(BY_INSTANCE, STACK_SEL), "hung {{instance}} {{exitstack_stack_name}}", "B"),
+                target(
+                    q.hung(BY_INSTANCE, STACK_SEL), "hung {{job}} {{instance}} {{exitstack_stack_name}}", "B"
+                ),
             ],
             alert_threshold=c.STUCK_UNWINDS_THRESHOLD,
         ),

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import config as c
+from . import promql
 from .links import dashboard_url, runbook_url
 
 BY = ", ".join(c.ALERT_BY)
@@ -45,29 +46,26 @@ def alive(by: str) -> str:
 def stuck_expr() -> str:
     in_progress = f"sum by ({STUCK_BY}) (avg_over_time({c.UNWIND_ACTIVE}[{c.STUCK_WINDOW}]))"
     finished = f"sum by ({STUCK_BY}) (rate({c.UNWIND_DURATION}_sum[{c.STUCK_WINDOW}]))"
+    # judged once its series cover the whole window: rate() divides by the window, so a busy instance
+    # that started within it (a deploy, a restart) reads as finishing less than it does
+    old_enough = f"group by ({STUCK_BY}) ({c.UNWIND_ACTIVE} offset {c.STUCK_WINDOW})"
     # an instance whose every unwind hangs has no finished ones at all: count that as zero; an instance
     # that is gone (killed with unwinds in flight) is not stuck, whatever its last values say
     return (
         f"(\n{in_progress}\n- ({finished} or {in_progress} * 0)\n> {c.STUCK_UNWINDS_THRESHOLD:g}\n)\n"
-        f"and\n{alive(STUCK_BY)}"
+        f"and\n{alive(STUCK_BY)}\nand\n{old_enough}"
     )
-
-
-def leaked(window: str = c.NEVER_RUN_WINDOW, by: str = NEVER_RUN_BY, selector: str = "") -> str:
-    """Pushes minus runs over the window: callbacks that did not run, give or take those in flight."""
-    pushed = f"sum by ({by}) (increase({c.CALLBACK_PUSHED}{selector}[{window}]))"
-    runs = f"{c.CALLBACK_DURATION}_count{selector}"
-    ran = f"sum by ({by}) (increase({runs}[{window}]))"
-    # a callback that never ran at all has no duration series: count it as zero runs, not as no data
-    return f"{pushed}\n- ({ran} or {pushed} * 0)"
 
 
 def never_run_expr() -> str:
-    gap = leaked()
-    threshold = f"{c.NEVER_RUN_MIN_LEAKED:g}"
-    return (
-        f"(\n{gap}\n) > {threshold}\nand\nmin_over_time((\n{gap}\n)[{c.NEVER_RUN_SETTLE}:1m]) > {threshold}"
-    )
+    # pushes minus runs is what is in flight plus what is lost; what is in flight never drops below what
+    # the traffic holds open, also in a worker started within the hour (whose gap an hour ago is not
+    # there to subtract). The lowest gap over the last NEVER_RUN_SETTLE, less the lowest over the hour:
+    # steady traffic cancels, a callback lost for NEVER_RUN_SETTLE raises the first and not the second
+    pending = promql.gap(NEVER_RUN_BY, "")
+    settled = f"min_over_time((\n{pending}\n)[{c.NEVER_RUN_SETTLE}:1m])"
+    lowest = f"min_over_time((\n{pending}\n)[{c.NEVER_RUN_WINDOW}:1m])"
+    return f"{settled}\n-\n{lowest}\n> {c.NEVER_RUN_MIN_LEAKED:g}"
 
 
 def telemetry_stopped_expr() -> str:
@@ -77,8 +75,10 @@ def telemetry_stopped_expr() -> str:
 
 def collector_down_expr() -> str:
     up = f'up{{job="{c.COLLECTOR_JOB}"}}'
-    # absent(): a scrape job that was removed or renamed is as silent as a dead collector
-    return f"{up} == 0\nor\nabsent({up})"
+    # a scrape job that was removed or renamed is as silent as a dead Collector: its up series was there
+    # within the lookback and is gone. A deployment without a Collector never had one, and is not paged.
+    gone = f"last_over_time({up}[{c.COLLECTOR_SEEN_LOOKBACK}]) unless {up}"
+    return f"{up} == 0\nor\n{gone}"
 
 
 def per_signal(counters: dict[str, str], by: str) -> str:
@@ -146,8 +146,8 @@ def _cleanup_rules() -> list[dict[str, Any]]:
             "annotations": {
                 "summary": f"Cleanup callback {callback} is pushed but not run in {{{{ $labels.job }}}}",
                 "description": f'{{{{ $value | printf "%.0f" }}}} pushes of {callback} in {where} on '
-                f"{{{{ $labels.instance }}}} were not followed by a run over the last {c.NEVER_RUN_WINDOW}, "
-                f"steadily for {c.NEVER_RUN_SETTLE}: its stack is not being unwound.",
+                f"{{{{ $labels.instance }}}} within the last {c.NEVER_RUN_WINDOW} have not run for "
+                f"{c.NEVER_RUN_SETTLE} or more: its stack is not being unwound.",
                 "runbook_url": runbook_url("ExitstackCallbacksNeverRun"),
                 "dashboard_url": dashboard_url(instance=True),
             },

@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -53,11 +55,29 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("anyio_backend", ["asyncio", "trio"], indirect=True)
 
 
+# scripts/get-prometheus puts Debian unstable's Prometheus 3 and Alertmanager here; looked at before PATH,
+# where a distribution's Prometheus 2 (bookworm: 2.42) may be
+PROMETHEUS_BIN = Path(os.environ.get("PROMETHEUS_PREFIX", "/opt/prometheus-sid")) / "bin"
+PROMETHEUS_PROGRAMS = {"prometheus", "promtool", "alertmanager", "amtool"}
+
+
 def require_program(name: str) -> str:
-    """Path of a real program a test needs: a skip on a laptop without it, a failure in CI."""
-    path = shutil.which(name)
+    """Path of a real program a test needs: a skip on a laptop without it, a failure in CI.
+
+    Prometheus and promtool count only at major version 3, the one the compose stack ships: the rules
+    and dashboards rely on its left-open ranges."""
+    search = f"{PROMETHEUS_BIN}{os.pathsep}{os.environ.get('PATH', '')}"
+    path = shutil.which(name, path=search if name in PROMETHEUS_PROGRAMS else None)
+    message = f"{name} is not installed (Debian: see .ci/run for the package)"
+    if name in PROMETHEUS_PROGRAMS:
+        message = f"{name} is not installed; run scripts/get-prometheus"
+    if path is not None and name in {"prometheus", "promtool"}:
+        version = subprocess.run([path, "--version"], capture_output=True, text=True).stdout
+        if not version.startswith(f"{name}, version 3."):
+            first_line = version.partition("\n")[0]
+            message = f"{path} is not Prometheus 3 ({first_line}); run scripts/get-prometheus"
+            path = None
     if path is None:
-        message = f"{name} is not installed (Debian: see .ci/run for the package)"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)

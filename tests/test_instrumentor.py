@@ -85,3 +85,47 @@ def test_unknown_keyword_is_named() -> None:
     with pytest.raises(TypeError, match="callback_span"):
         ExitStackInstrumentor().instrument(callback_span="all")
     assert stack_classes() == [contextlib.AsyncExitStack, contextlib.AsyncExitStack]
+
+
+def test_sigterm_flushes_first_only_where_it_had_its_default_action() -> None:
+    import signal
+
+    from exitstack_otel import instrumentor as module
+
+    before = signal.getsignal(signal.SIGTERM)
+    assert before is signal.SIG_DFL  # pytest leaves SIGTERM alone
+    instrumentor = ExitStackInstrumentor()
+    instrumentor.instrument()
+    try:
+        assert signal.getsignal(signal.SIGTERM) is module._flush_then_exit
+    finally:
+        instrumentor.uninstrument()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+    def own(signum: int, frame: object) -> None:
+        pass
+
+    signal.signal(signal.SIGTERM, own)
+    try:
+        instrumentor.instrument()
+        assert signal.getsignal(signal.SIGTERM) is own  # the application's handler is left alone
+        instrumentor.uninstrument()
+        assert signal.getsignal(signal.SIGTERM) is own
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def test_a_resource_without_service_instance_id_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    from opentelemetry.sdk.resources import Resource
+
+    for resource, warned in (
+        (Resource({"service.name": "shop"}), True),
+        (Resource({"service.name": "shop", "service.instance.id": "a"}), False),
+    ):
+        caplog.clear()
+        provider = TracerProvider(resource=resource)
+        instrumentor = ExitStackInstrumentor()
+        instrumentor.instrument(tracer_provider=provider)
+        instrumentor.uninstrument()
+        provider.shutdown()
+        assert any("service.instance.id" in record.getMessage() for record in caplog.records) is warned

@@ -200,49 +200,44 @@ def test_the_demo_images_wheel_builds_from_what_the_dockerfile_copies(tmp_path: 
     assert not [name for name in names if name.endswith((".so", ".c"))]
 
 
-# Prometheus 3's `otlp:` keys (configuration reference, 3.14) and translation strategies; promtool 2.42
-# knows none of them, so this list is what checks that block
-OTLP_KEYS = {
-    "promote_resource_attributes",
-    "ignore_resource_attributes",
-    "promote_all_resource_attributes",
-    "translation_strategy",
-    "keep_identifying_resource_attributes",
-    "convert_histograms_to_nhcb",
-    "promote_scope_metadata",
-}
+def _checkable_config(tmp_path: Path, config: dict[str, Any]) -> Path:
+    config["rule_files"] = [str(RULES_FILE)]  # the rule path, pointed at the repository
+    path = tmp_path / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config))
+    return path
 
 
 def test_prometheus_config_with_our_rules(tmp_path: Path) -> None:
+    # promtool 3 (scripts/get-prometheus) checks the whole file, the `otlp:` block among it
     promtool = require_program("promtool")
     config = load_yaml(PROMETHEUS_CONFIG)
     assert config["rule_files"] == ["/etc/prometheus/rules/*.yml"]
     assert config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["alertmanager:9093"]
-    # everything but the otlp block, with the rule path pointing at the repository: promtool checks both
-    otlp = config.pop("otlp")
-    config["rule_files"] = [str(RULES_FILE)]
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    result = subprocess.run(
-        [promtool, "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True, text=True
-    )
+    # the names of docs/telemetry.md
+    assert config["otlp"]["translation_strategy"] == "UnderscoreEscapingWithSuffixes"
+    path = _checkable_config(tmp_path, config)
+    result = subprocess.run([promtool, "check", "config", str(path)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {len(alert_rules())} rules found" in result.stdout
-    assert set(otlp) <= OTLP_KEYS
-    assert otlp["translation_strategy"] == "UnderscoreEscapingWithSuffixes"  # the names of docs/telemetry.md
 
 
-def test_promtool_would_notice_a_wrong_key(tmp_path: Path) -> None:
-    # what makes the check above worth something: promtool 2.42 parses strictly
+@pytest.mark.parametrize(
+    ("block", "key", "value"),
+    [
+        ("scrape", "sample_limt", 10),
+        ("otlp", "promote_resource_attributs", ["a"]),
+        ("otlp", "translation_strategy", "Dots"),
+    ],
+)
+def test_promtool_would_notice_a_wrong_key(tmp_path: Path, block: str, key: str, value: object) -> None:
+    # what makes the check above worth something: promtool parses strictly, the otlp block too
     promtool = require_program("promtool")
     config = load_yaml(PROMETHEUS_CONFIG)
-    config.pop("otlp")
-    config["rule_files"] = [str(RULES_FILE)]
-    config["scrape_configs"][0]["sample_limt"] = 10
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    result = subprocess.run(
-        [promtool, "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True
-    )
+    (config["scrape_configs"][0] if block == "scrape" else config["otlp"])[key] = value
+    path = _checkable_config(tmp_path, config)
+    result = subprocess.run([promtool, "check", "config", str(path)], capture_output=True, text=True)
     assert result.returncode != 0
+    assert key in result.stderr or str(value) in result.stderr, result.stderr
 
 
 def test_prometheus_promotes_only_the_resource_attributes_that_label_series_usefully() -> None:

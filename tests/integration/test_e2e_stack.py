@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import re
-import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,12 +46,6 @@ TRAFFIC_OPTIONS = [
 FAILURES_SEEN = (
     'increase(exitstack_callback_duration_seconds_count{exitstack_callback_outcome="error"}[15s]) > 0'
 )
-
-
-def _alertmanager_program() -> str:
-    # Debian names the binary prometheus-alertmanager; upstream names it alertmanager
-    name = "prometheus-alertmanager" if shutil.which("prometheus-alertmanager") else "alertmanager"
-    return require_program(name)
 
 
 def _test_rules(directory: Path) -> Path:
@@ -100,7 +93,7 @@ def _prometheus_config(
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     prometheus = require_program("prometheus")
-    alertmanager = _alertmanager_program()
+    alertmanager = require_program("alertmanager")
     tmp = tmp_path_factory.mktemp("stack")
     processes = Processes(tmp)
     webhook = Webhook()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -153,3 +154,29 @@ def test_unwinds_join_the_fastapi_server_spans_trace(
         assert parent["kind"] == 2  # SPAN_KIND_SERVER
         assert parent["trace_id"] == unwind["trace_id"]
         assert parent["attributes"].get("http.route") == "/teardown-fails"
+
+
+SIGTERMED = """
+import os, signal, sys, time
+from opentelemetry import metrics
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import ConsoleMetricExporter, PeriodicExportingMetricReader
+from exitstack_otel.instrumentor import ExitStackInstrumentor
+
+# an hour between exports: what arrives, the flush at SIGTERM sent
+reader = PeriodicExportingMetricReader(
+    ConsoleMetricExporter(out=sys.stdout), export_interval_millis=3_600_000
+)
+metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+ExitStackInstrumentor().instrument()
+metrics.get_meter("test").create_counter("measured.before.sigterm").add(7)
+os.kill(os.getpid(), signal.SIGTERM)
+time.sleep(60)
+"""
+
+
+def test_a_process_stopped_by_sigterm_exports_what_it_measured_and_still_dies_by_it() -> None:
+    result = subprocess.run([sys.executable, "-c", SIGTERMED], capture_output=True, text=True, timeout=120)
+    assert result.returncode == -signal.SIGTERM, result.stderr  # the exit status a supervisor expects
+    assert '"measured.before.sigterm"' in result.stdout, result.stdout + result.stderr
+    assert '"value": 7' in result.stdout

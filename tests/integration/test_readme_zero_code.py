@@ -1,5 +1,7 @@
-"""The README's zero-code commands, run as written: ``opentelemetry-instrument uvicorn`` serves the app,
-the Prometheus exporter serves ``/metrics`` with our metrics, and the unwinds join the server span.
+"""The README's zero-code commands, run as written. The leading one: ``opentelemetry-instrument uvicorn
+--workers 2`` pushing over OTLP, where every worker reports under its own service.instance.id, a worker
+stopped by SIGTERM flushes what it measured, and its replacement reports too. The Prometheus exporter
+one (a single worker): ``/metrics`` serves our metrics, and the unwinds join the server span.
 
 The commands come from README.md itself, so the test fails when the README drifts. What the test
 changes is only what a machine of its own needs: the app (one of tests/support/readme_apps.py), free ports
@@ -12,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -67,13 +70,15 @@ def parse(block: str) -> ZeroCode:
 
 
 def test_the_readme_installs_what_it_runs() -> None:
-    zero_code = parse(readme_block("zero-code"))
+    zero_code = parse(readme_block("zero-code-prometheus"))
     starlette_snippet = readme_block("zero-code-starlette")
     extra = re.search(r"# pip install (\S+)", starlette_snippet)
     assert extra is not None, "the Starlette snippet names the package it needs"
+    leading = parse(readme_block("zero-code"))
     # "." is this checkout (README: Install): exitstack-otel is not on PyPI yet
-    assert not any(r.startswith("exitstack-otel") for r in zero_code.requirements), zero_code.requirements
-    for requirement in [*zero_code.requirements, extra.group(1)]:
+    for block in (leading, zero_code):
+        assert not any(r.startswith("exitstack-otel") for r in block.requirements), block.requirements
+    for requirement in [*leading.requirements, *zero_code.requirements, extra.group(1)]:
         name, _, extras = requirement.partition("[")
         name = "exitstack-otel" if name == "." else name
         try:
@@ -151,7 +156,7 @@ def wait_for_spans(receiver: OtlpReceiver, name: str, count: int) -> list[dict[s
     ],
 )
 def test_the_readme_commands_serve_metrics_and_join_the_server_spans(target: str, callback: str) -> None:
-    zero_code = parse(readme_block("zero-code"))
+    zero_code = parse(readme_block("zero-code-prometheus"))
     with OtlpReceiver() as receiver:
         process, url, metrics_url = serve(zero_code, target, receiver)
         try:
@@ -179,3 +184,108 @@ def test_the_readme_commands_serve_metrics_and_join_the_server_spans(target: str
         assert parent is not None, f"an unwind without its parent: {unwind}"
         assert parent["kind"] == 2  # SPAN_KIND_SERVER
         assert parent["trace_id"] == unwind["trace_id"]
+
+
+# --- several workers: the README's leading command, OTLP push ------------------------------------------
+
+WORKERS_APP = "tests.support.workers_app:app"
+
+
+@dataclass
+class Served:
+    """What each worker answered, by its SDK's service.instance.id."""
+
+    requests: dict[str, int] = field(default_factory=dict)
+    pids: dict[str, int] = field(default_factory=dict)
+
+    def ask(self, url: str) -> str:
+        answer = httpx.get(f"{url}/worker", timeout=30).json()  # a new connection: any worker may take it
+        instance = answer["instance"]
+        assert isinstance(instance, str), f"a worker without service.instance.id: {answer}"
+        assert self.pids.setdefault(instance, answer["pid"]) == answer["pid"], "two workers, one instance id"
+        self.requests[instance] = self.requests.get(instance, 0) + 1
+        return instance
+
+
+def reported_runs(receiver: OtlpReceiver) -> dict[str, int]:
+    """get_session runs per service.instance.id, by the latest (cumulative) count of each series."""
+    latest: dict[tuple[str, tuple[tuple[str, object], ...]], int] = {}
+    for point in receiver.received.snapshot()[1]:
+        attributes = point["attributes"]
+        if (
+            point["metric"] == semconv.CALLBACK_DURATION
+            and attributes.get(semconv.CALLBACK_NAME) == "get_session"
+        ):
+            key = (str(point["resource"].get("service.instance.id")), tuple(sorted(attributes.items())))
+            latest[key] = max(latest.get(key, 0), int(point["count"]))
+    runs: dict[str, int] = {}
+    for (instance, _), count in latest.items():
+        runs[instance] = runs.get(instance, 0) + count
+    return runs
+
+
+def test_the_readme_command_with_two_workers_reports_every_worker_and_flushes_at_sigterm(
+    tmp_path: Path,
+) -> None:
+    zero_code = parse(readme_block("zero-code"))
+    assert zero_code.argv[:2] == ["opentelemetry-instrument", "uvicorn"]
+    assert zero_code.argv[zero_code.argv.index("--workers") + 1] == "2"
+    assert zero_code.env["OTEL_METRICS_EXPORTER"] == "otlp"
+    # the SDK's default export interval: what a worker measured in its last minute arrives only if it
+    # flushes when it stops
+    assert "OTEL_METRIC_EXPORT_INTERVAL" not in zero_code.env
+    port = free_port()
+    env = {name: value for name, value in os.environ.items() if not name.startswith("OTEL_")}
+    env.update(zero_code.env)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    argv = [WORKERS_APP if word == "app:app" else word for word in zero_code.argv]
+    argv[argv.index("--port") + 1] = str(port)
+    url = f"http://{argv[argv.index('--host') + 1]}:{port}"
+    served = Served()
+    log = tmp_path / "uvicorn.log"
+    with OtlpReceiver() as receiver:
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = receiver.endpoint
+        with log.open("wb") as out:
+            process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            wait_until_serving(process, f"{url}/worker", STARTUP_DEADLINE)  # one request, to some worker
+            # new connections until both workers have served a few
+            for _ in range(2000):
+                served.ask(url)
+                if len(served.requests) == 2 and min(served.requests.values()) >= 3:
+                    break
+            assert len(served.requests) == 2, f"one worker took every connection: {served}"
+            stopped = next(iter(served.requests))
+            os.kill(served.pids[stopped], signal.SIGTERM)
+
+            def flushed() -> dict[str, int] | None:
+                runs = reported_runs(receiver)
+                return runs if stopped in runs else None
+
+            # the export interval is 60 s: a report within EXPORT_DEADLINE is the flush at shutdown
+            at_stop = wait_for(flushed, "the SIGTERM'd worker's final export", EXPORT_DEADLINE, 0.2)
+            # uvicorn replaces the stopped worker: a third instance id answers
+            for _ in range(2000):
+                served.ask(url)
+                if len(served.pids) == 3:
+                    break
+            assert len(served.pids) == 3, f"no replacement worker answered: {served}"
+        finally:
+            stop(process)
+        runs = wait_for(
+            lambda: found if set(found := reported_runs(receiver)) >= set(served.requests) else None,
+            "every worker's final export",
+            EXPORT_DEADLINE,
+            0.2,
+        )
+        output = log.read_text(errors="replace")[-3000:]
+        assert receiver.received.errors == [], output
+    assert "Failed to auto initialize" not in output, output
+    # three workers, three instance ids: no two wrote into one series
+    assert len(set(served.pids.values())) == len(served.pids) == 3
+    assert set(runs) == set(served.requests), (runs, served)
+    # every request a worker served is in what it reported (the readiness probe is one more, somewhere)
+    assert at_stop[stopped] in (served.requests[stopped], served.requests[stopped] + 1), (at_stop, served)
+    assert runs[stopped] == at_stop[stopped]
+    differences = [runs[instance] - served.requests[instance] for instance in served.requests]
+    assert sorted(differences) == [0, 0, 1], (runs, served)

@@ -108,7 +108,7 @@ def test_per_route_panels_are_per_stack_and_name_no_stack() -> None:
     panels = _panels()
     for title in ("Unwind duration by route and stack", "Callbacks per unwind by route and stack"):
         for expr in _exprs(panels[title]):
-            assert "by (http_route, exitstack_stack_name" in expr, title
+            assert "by (job, http_route, exitstack_stack_name" in expr, title
         for target in panels[title]["targets"]:
             assert "{{exitstack_stack_name}}" in target["legendFormat"], title
     # stack names come from the Stack variable, never from a query (the middleware's default name changes)
@@ -210,7 +210,7 @@ def test_datasources_the_dashboards_use_are_provisioned_with_exemplar_links() ->
     assert used <= set(provisioned)
     prometheus = provisioned["prometheus"]["jsonData"]
     assert {"name": "trace_id", "datasourceUid": "tempo"} in prometheus["exemplarTraceIdDestinations"]
-    assert prometheus["timeInterval"] == config.SCRAPE_INTERVAL
+    assert prometheus["timeInterval"] == config.SAMPLE_INTERVAL_FLOOR
     traces_to_metrics = provisioned["tempo"]["jsonData"]["tracesToMetrics"]
     assert traces_to_metrics["datasourceUid"] == "prometheus"
     # service_name survives a service.namespace; job becomes namespace/name
@@ -228,3 +228,12 @@ def test_dashboards_read_only_documented_series_and_labels() -> None:
         for label in ("exitstack_stack_name", "exitstack_callback_name", "http_route", "error_type"):
             assert label in documented_labels()
             assert any(label in q for q in queries)
+
+
+def test_under_all_every_series_legend_names_its_service() -> None:
+    for panel in _board()["panels"]:
+        if panel["type"] != "timeseries":
+            continue
+        for target in panel["targets"]:
+            assert "{{job}}" in target["legendFormat"], (panel["title"], target["legendFormat"])
+            assert "sum by (job" in target["expr"] or "by (job" in target["expr"], panel["title"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -55,17 +56,19 @@ class Webhook:
     """Alertmanager's webhook receivers, on loopback: collects the notifications sent to each path."""
 
     received: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    arrived: list[float] = field(default_factory=list)  # time.monotonic() of each, as it came
 
     def alerts(self, path: str) -> list[dict[str, Any]]:
         return [alert for to, body in list(self.received) if to == path for alert in body["alerts"]]
 
     def serving(self) -> AbstractContextManager[str]:
         """Serve until the block ends; its base URL."""
-        received = self.received
+        received, arrived = self.received, self.arrived
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
+                arrived.append(time.monotonic())
                 received.append((self.path, json.loads(body)))
                 self.send_response(200)
                 self.end_headers()

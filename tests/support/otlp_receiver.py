@@ -68,6 +68,7 @@ class Received:
 
     def add_metrics(self, request: ExportMetricsServiceRequest) -> None:
         for resource_metrics in request.resource_metrics:
+            resource = attributes_of(resource_metrics.resource.attributes)
             for scope_metrics in resource_metrics.scope_metrics:
                 for metric in scope_metrics.metrics:
                     data = metric.WhichOneof("data")
@@ -76,6 +77,7 @@ class Received:
                     for point in getattr(metric, data).data_points:
                         self.points.append(
                             {
+                                "resource": resource,
                                 "scope": scope_metrics.scope.name,
                                 "metric": metric.name,
                                 "unit": metric.unit,
