@@ -9,8 +9,7 @@ EXTRAS := demo,fastapi,instrumentation
 .PHONY: demo test test-fast lint typecheck unit test-pythons test-lowest bench clean
 
 # pip 25.1 is the first to install PEP 735 dependency groups (--group)
-# setup.py and the C sources too: an editable install builds the compiled parts once, in src/
-$(BIN)/.installed: pyproject.toml setup.py $(wildcard src/exitstack_otel/*.c)
+$(BIN)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || \
 		{ echo "exitstack-otel needs Python 3.10 or newer; run: make PYTHON=python3.X" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
