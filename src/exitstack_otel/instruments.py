@@ -2,7 +2,8 @@
 
 Nothing here runs per request except the adds on ``Count.value`` and ``HistogramSeries.record``:
 pushes and unwinds in progress are plain integers that observable instruments read at collection
-time, and histogram points are aggregated by ``sdk_histograms`` and handed to the SDK then.
+time, and histogram points are aggregated by ``histogram_series`` and handed to the SDK then
+(``sdk_bridge``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.util.types import AttributeValue
 
 from . import semconv
-from .sdk_histograms import FastHistogram
+from .sdk_bridge import FastHistogram
 from .version import __version__
 
 Attributes = Mapping[str, AttributeValue]

@@ -1,6 +1,6 @@
 """The fold (a sort and a bisect per bucket) leaves a series as recording each value one by one
 would: the same bucket counts, and the sum, min and max the SDK's own aggregation keeps. (Values
-the SDK refuses, NaN, infinities and negatives, are tests/test_sdk_histograms.py's.)"""
+the SDK refuses, NaN, infinities and negatives, are tests/test_sdk_bridge.py's.)"""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from exitstack_otel.sdk_histograms import HistogramSeries
+from exitstack_otel.histogram_series import HistogramSeries
 
 BOUNDARIES = (0.0, 0.005, 0.01, 0.1, 1.0, 10.0)
 PROVIDER = MeterProvider()
@@ -77,3 +78,56 @@ def test_int_batches_fold_as_recorded_one_by_one(batches: list[list[int]]) -> No
 def test_unusual_batches_fold_as_recorded_one_by_one(batch: list[Any]) -> None:
     assert _folded([batch]) == _one_by_one([batch])
     assert _folded([batch[:1], batch[1:]]) == _one_by_one([batch[:1], batch[1:]])
+
+
+def _recorded_count(reader: InMemoryMetricReader) -> int:
+    """How many values the SDK's own record() took, over every point the reader collects."""
+    data = reader.get_metrics_data()
+    points: list[Any] = [
+        point
+        for resource in (data.resource_metrics if data else ())
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        for point in metric.data.data_points
+    ]
+    return sum(int(point.count) for point in points)
+
+
+def test_a_forwarding_series_hands_each_value_to_record_at_once() -> None:
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+    try:
+        histogram = provider.get_meter("test").create_histogram("exitstack.test.forward")
+        series = HistogramSeries(histogram, {"route": "/"}, None, BOUNDARIES, forwarding=True)
+        assert series.forwarding
+        series.record(0.5)
+        series.recorder(0.25)
+        assert not series._pending
+        assert series.take(0) is None  # nothing kept in process
+        assert _recorded_count(reader) == 2
+    finally:
+        provider.shutdown()
+
+
+def test_forward_sends_later_values_and_a_recorder_s_on_the_next_fold() -> None:
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+    try:
+        histogram = provider.get_meter("test").create_histogram("exitstack.test.forward")
+        series = HistogramSeries(histogram, {"route": "/"}, "key", BOUNDARIES)
+        recorder = series.recorder  # taken while the series aggregates in process
+        series.record(0.5)
+        assert _recorded_count(reader) == 0
+        series.forward()
+        recorder(0.25)  # still a bare append
+        assert series._pending == [0.5, 0.25]
+        series.record(0.75)  # takes the pending values along
+        assert not series._pending
+        assert _recorded_count(reader) == 3
+        recorder(1.5)
+        series.fold()
+        assert not series._pending
+        assert _recorded_count(reader) == 4
+        assert type(series) is HistogramSeries
+    finally:
+        provider.shutdown()
