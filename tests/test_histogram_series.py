@@ -5,6 +5,7 @@ the SDK refuses, NaN, infinities and negatives, are tests/test_sdk_bridge.py's.)
 from __future__ import annotations
 
 import math
+import threading
 from bisect import bisect_left
 from typing import Any
 
@@ -129,5 +130,31 @@ def test_forward_sends_later_values_and_a_recorder_s_on_the_next_fold() -> None:
         assert not series._pending
         assert _recorded_count(reader) == 4
         assert type(series) is HistogramSeries
+    finally:
+        provider.shutdown()
+
+
+def test_a_forwarding_series_takes_no_lock_and_no_value_twice() -> None:
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+    try:
+        histogram = provider.get_meter("test").create_histogram("exitstack.test.forward")
+        series = HistogramSeries(histogram, {"route": "/"}, None, BOUNDARIES, forwarding=True)
+        threads_values = 4, 2000
+
+        def record_many() -> None:
+            for _ in range(threads_values[1]):
+                series.record(0.5)
+
+        # the lock held, as a thread of the parent may have held it when the process forked
+        with series._lock:
+            threads = [threading.Thread(target=record_many) for _ in range(threads_values[0])]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=30)
+            assert not any(thread.is_alive() for thread in threads)
+        assert not series._pending
+        assert _recorded_count(reader) == threads_values[0] * threads_values[1]
     finally:
         provider.shutdown()

@@ -130,18 +130,23 @@ class HistogramSeries:
         """Fold the pending values into the counts, or give them to ``record()`` when forwarding."""
         if not self._pending:
             return
-        with self._lock:
-            if self._forwarding:
-                self._record_pending()
-            else:
-                self._fold()
+        if not self._forwarding:
+            with self._lock:
+                if not self._forwarding:  # forward() may have run while this waited for the lock
+                    self._fold()
+                    return
+        self._record_pending()
 
     def take(self, now_ns: int) -> Batch | None:
-        """What accumulated since the last take, None for nothing; the series starts again at now_ns."""
+        """What accumulated since the last take, None for nothing; the series starts again at now_ns.
+
+        Once forwarding, pending values are left to ``fold``, which gives them to ``record()``.
+        """
         if not self._pending and self._max == -_INFINITY:  # every accepted value raises max
             return None
         with self._lock:
-            self._fold()
+            if not self._forwarding:
+                self._fold()
             if self._max == -_INFINITY:
                 return None
             batch = Batch(self._counts, self._sum, self._min, self._max, self._since_ns)
@@ -159,8 +164,8 @@ class HistogramSeries:
     def _fold(self) -> None:
         """Move the pending values into the counts. Called with _lock held."""
         pending = self._pending
-        # only this method and _record_pending remove values, under the lock, and only from the
-        # front: values appended meanwhile stay for the next fold
+        # only this method removes values before the series forwards (_record_pending after),
+        # under the lock, and only from the front: values appended meanwhile stay for the next fold
         taken = len(pending)
         values = pending[:taken]
         del pending[:taken]
@@ -212,11 +217,19 @@ class HistogramSeries:
         self._sum, self._min, self._max = total, low, high
 
     def _record_pending(self) -> None:
-        """Give the pending values to the SDK's record(), exactly. Called with _lock held."""
+        """Give the pending values to the SDK's record(), exactly, in order. Only once forwarding.
+
+        No lock: a forwarding series' record() comes here for every value, which a lock would
+        serialise (and leave held in a forked child). ``list.pop`` is atomic, so threads draining
+        at once never take a value twice; usually there is one value, at most what recorders
+        appended since the last fold.
+        """
         pending = self._pending
-        taken = len(pending)
-        values = pending[:taken]
-        del pending[:taken]
         record = self.histogram.record
-        for value in values:
-            record(value, self.attributes)
+        attributes = self.attributes
+        while pending:
+            try:
+                value = pending.pop(0)
+            except IndexError:  # another thread took the last one
+                return
+            record(value, attributes)
