@@ -206,8 +206,15 @@ async def test_the_telemetry_folds_once_unwinds_report_fold_every_values(sdk: Sd
     telemetry.unwound("s", "/", "GET", semconv.OUTCOME_OK, 0.001, 0)
     assert not duration._pending
     assert telemetry.instruments.unfolded == 0
+    # what Unwinding.finish reports (an unwind that made spans) goes through the same decision
+    duration.recorder(0.25)
+    telemetry.instruments.appended(FOLD_EVERY - 1)
+    assert duration._pending == [0.25]
+    telemetry.instruments.appended(1)
+    assert not duration._pending
+    assert telemetry.instruments.unfolded == 0
     (point,) = histogram_points(sdk.metrics()[semconv.UNWIND_DURATION])
-    assert point.count == FOLD_EVERY // 2
+    assert point.count == FOLD_EVERY // 2 + 1
 
 
 async def test_with_all_spans_only_a_troubled_unwind_keeps_an_exemplar(sdk: Sdk) -> None:

@@ -26,7 +26,7 @@ from opentelemetry.util.types import AttributeValue
 
 from . import naming, semconv, spans
 from .cleanup_log import FailureLog
-from .instruments import Count, Instruments, instruments_for
+from .instruments import FOLD_EVERY, Count, Instruments, instruments_for
 from .internals import PROXY_METER_PROVIDER_TYPE
 from .options import CallbackNamer, CallbackSpans, TelemetryOptions
 from .version import __version__
@@ -326,8 +326,11 @@ class Telemetry:
         series.record_callbacks(callbacks)
         instruments = self.instruments
         if instruments is not None:
-            # the callbacks' values and the unwind's own two, all appended through recorders
-            instruments.appended(callbacks + 2)
+            # Instruments.appended written out, one call fewer per unwind: the callbacks' values
+            # and the unwind's own two, all appended through recorders, fold once FOLD_EVERY
+            instruments.unfolded += callbacks + 2
+            if instruments.unfolded >= FOLD_EVERY:
+                instruments.fold()
 
     def unwind_series(
         self, stack_name: str, route: str | None, method: str | None, outcome: str
