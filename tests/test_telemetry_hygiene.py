@@ -200,10 +200,10 @@ async def test_the_telemetry_folds_once_unwinds_report_fold_every_values(sdk: Sd
     assert telemetry.instruments is not None
     duration = telemetry.unwind_series("s", "/", "GET", semconv.OUTCOME_OK).duration
     for _ in range(FOLD_EVERY // 2 - 1):  # two values an unwind: its duration and its callbacks
-        telemetry.unwound("s", "/", "GET", semconv.OUTCOME_OK, 0.001, 0)
+        telemetry.unwound("s", "/", "GET", None, None, 1.0, 1.001, 0, None)
     assert len(duration._pending) == FOLD_EVERY // 2 - 1
     assert telemetry.instruments.unfolded == FOLD_EVERY - 2
-    telemetry.unwound("s", "/", "GET", semconv.OUTCOME_OK, 0.001, 0)
+    telemetry.unwound("s", "/", "GET", None, None, 1.0, 1.001, 0, None)
     assert not duration._pending
     assert telemetry.instruments.unfolded == 0
     # what Unwinding.finish reports (an unwind that made spans) goes through the same decision

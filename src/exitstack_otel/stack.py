@@ -181,7 +181,8 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
                     hung_watch.unwinding.add(self)
                     if hung_watch.thread is None:
                         hung_watch.start()
-                active = telemetry.active(self._name)
+                # a dict that makes the count it lacks: asking costs the unwind no Python call
+                active = telemetry.active_counts[self._name]
                 if active is not None:
                     active.value += 1
                 if telemetry.all_spans:
@@ -262,7 +263,10 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
                 # The endpoint's own errors are not the unwind's, but a cancellation escapes the
                 # ``async with`` all the same: the request was cancelled, and the unwind reads so.
                 escaped = exc
-            self._record_unwind(telemetry, unwinding, start, clock(), count, escaped)
+            telemetry.unwound(
+                self._name, self.route, self.method, self._parent_context,
+                unwinding, start, clock(), count, escaped,
+            )  # fmt: skip
         if pending_raise:
             try:
                 # bare "raise exc" replaces our carefully
@@ -291,30 +295,6 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
         except Exception as fault:
             telemetry.fault("callback", fault)
         return unwinding
-
-    def _record_unwind(
-        self,
-        telemetry: Telemetry,
-        unwinding: Unwinding | None,
-        start: float,
-        end: float,
-        count: int,
-        escaped: BaseException | None,
-    ) -> None:
-        try:
-            outcome = semconv.OUTCOME_OK
-            if escaped is not None:
-                outcome = semconv.OUTCOME_CANCELLED if is_cancellation(escaped) else semconv.OUTCOME_ERROR
-            if unwinding is None and escaped is not None and telemetry.tracer is not None:
-                # an unwind that ended in an error or a cancellation is a problem of its own
-                unwinding = telemetry.unwinding(self._name, self.route, start, self._parent_context)
-            if unwinding is None:
-                telemetry.unwound(self._name, self.route, self.method, outcome, end - start, count)
-            else:
-                unwinding.start = start
-                unwinding.finish(end, count, escaped, self.route, self.method, outcome)
-        except Exception as fault:
-            telemetry.fault("unwind", fault)
 
 
 def _reported_info(

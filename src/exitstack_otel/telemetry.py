@@ -3,8 +3,9 @@
 The stack asks in here once at each of three speeds. Per push: ``known_push``, a bound
 ``dict.get`` (no Python call), and an add the stack does itself; ``on_push`` names code not seen
 before. Per callback that went well: nothing but a recorder (a bare append) of a series looked up
-at push time. Per unwind: ``active`` at its start, ``unwound`` at its end (which records its two
-values and reports what the recorders appended, so that ``Instruments`` folds when due).
+at push time. Per unwind: a lookup in ``active_counts`` at its start (a dict that makes what it lacks),
+``unwound`` at its end (its two values, and what the recorders appended, so that the histograms
+fold when due).
 Everything that makes a span or an SDK call with a context (failed, cancelled, timed-out and slow
 callbacks, and every callback with ``callback_spans="all"``) goes through ``Unwinding``, which
 exists only then.
@@ -133,6 +134,20 @@ class UnwindSeries:
         self.record_callbacks = self.callbacks.recorder
 
 
+class _ActiveCounts(dict[str, Count | None]):
+    """Each stack's count of unwinds in progress (None without a meter provider), made at the
+    stack name's first lookup: ``active_counts[name]`` costs the unwind no Python call after."""
+
+    def __init__(self, instruments: Instruments | None) -> None:
+        super().__init__()
+        self._instruments = instruments
+
+    def __missing__(self, stack_name: str) -> Count | None:
+        instruments = self._instruments
+        found = self[stack_name] = instruments.active_count(stack_name) if instruments is not None else None
+        return found
+
+
 def is_noop_tracer_provider(provider: trace.TracerProvider) -> bool:
     return isinstance(provider, (ProxyTracerProvider, NoOpTracerProvider))
 
@@ -194,7 +209,7 @@ class Telemetry:
         request's span). A bound ``dict.get``, so that asking costs the push no Python call."""
         self._names: set[str] = set()
         self._error_types: set[str] = set()
-        self._active_counts: dict[str, Count] = {}
+        self.active_counts = _ActiveCounts(instruments)
         self.unwind_series_by_key: dict[tuple[str, str | None, str | None, str], UnwindSeries] = {}
         """Stacks look a series up here first, by ``unwind_series``' arguments."""
         self._faults: set[str] = set()
@@ -303,34 +318,47 @@ class Telemetry:
 
     # -- unwinds --------------------------------------------------------------------------------
 
-    def active(self, stack_name: str) -> Count | None:
-        """The stack's count of unwinds in progress, None without a meter provider."""
-        found = self._active_counts.get(stack_name)
-        if found is None and self.instruments is not None:
-            found = self._active_counts[stack_name] = self.instruments.active_count(stack_name)
-        return found
-
     def unwound(
         self,
         stack_name: str,
         route: str | None,
         method: str | None,
-        outcome: str,
-        duration: float,
+        parent: otel_context.Context | None,
+        unwinding: Unwinding | None,
+        start: float,
+        end: float,
         callbacks: int,
+        escaped: BaseException | None,
     ) -> None:
-        """An unwind that made no span and kept no exemplar: its two values, through recorders."""
-        key = (stack_name, route, method, outcome)
-        series = self.unwind_series_by_key.get(key) or self.unwind_series(*key)
-        series.record_duration(duration)
-        series.record_callbacks(callbacks)
-        instruments = self.instruments
-        if instruments is not None:
-            # Instruments.appended written out, one call fewer per unwind: the callbacks' values
-            # and the unwind's own two, all appended through recorders, fold once FOLD_EVERY
-            instruments.unfolded += callbacks + 2
-            if instruments.unfolded >= FOLD_EVERY:
-                instruments.fold()
+        """An unwind that ran ``callbacks`` reported callbacks is over, ``escaped`` what it raised.
+
+        With nothing to make a span of, its two values go through recorders; otherwise
+        ``Unwinding`` records it. Either way the histograms fold once recorders appended
+        ``FOLD_EVERY`` values."""
+        try:
+            outcome = semconv.OUTCOME_OK
+            if escaped is not None:
+                outcome = semconv.OUTCOME_CANCELLED if is_cancellation(escaped) else semconv.OUTCOME_ERROR
+            if unwinding is None and escaped is not None and self.tracer is not None:
+                # an unwind that ended in an error or a cancellation is a problem of its own
+                unwinding = self.unwinding(stack_name, route, start, parent)
+            if unwinding is not None:
+                unwinding.start = start
+                unwinding.finish(end, callbacks, escaped, route, method, outcome)
+                return
+            key = (stack_name, route, method, outcome)
+            series = self.unwind_series_by_key.get(key) or self.unwind_series(*key)
+            series.record_duration(end - start)
+            series.record_callbacks(callbacks)
+            instruments = self.instruments
+            if instruments is not None:
+                # Instruments.appended written out, one call fewer per unwind: the callbacks' values
+                # and the unwind's own two, all appended through recorders
+                instruments.unfolded += callbacks + 2
+                if instruments.unfolded >= FOLD_EVERY:
+                    instruments.fold()
+        except Exception as fault:
+            self.fault("unwind", fault)
 
     def unwind_series(
         self, stack_name: str, route: str | None, method: str | None, outcome: str
