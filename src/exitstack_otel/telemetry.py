@@ -3,12 +3,11 @@
 The stack asks in here once at each of three speeds. Per push: ``known_push``, a bound
 ``dict.get`` (no Python call), and an add the stack does itself; ``on_push`` names code not seen
 before. Per callback that went well: nothing but a recorder (a bare append) of a series looked up
-at push time. Per unwind: a lookup in ``active_counts`` at its start (a dict that makes what it lacks),
+at push time. Per unwind: ``active_counts[name]`` at its start (a dict that makes what it lacks),
 ``unwound`` at its end (its two values, and what the recorders appended, so that the histograms
-fold when due).
-Everything that makes a span or an SDK call with a context (failed, cancelled, timed-out and slow
-callbacks, and every callback with ``callback_spans="all"``) goes through ``Unwinding``, which
-exists only then.
+fold when due). Everything that makes a span or an SDK call with a context (failed, cancelled,
+timed-out and slow callbacks, and every callback with ``callback_spans="all"``) goes through
+``Unwinding``, which exists only then.
 """
 
 from __future__ import annotations
