@@ -18,7 +18,7 @@ from opentelemetry.sdk.metrics import Histogram, MeterProvider
 from opentelemetry.sdk.metrics.export import AggregationTemporality, InMemoryMetricReader
 
 from exitstack_otel import semconv
-from exitstack_otel.sdk_histograms import FastHistogram
+from exitstack_otel.sdk_bridge import FastHistogram
 
 _ATTRIBUTES = {
     semconv.STACK_NAME: "fastapi_middleware_astack",

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from exitstack_otel import settings
-from exitstack_otel.settings import options_from_environment
+from exitstack_otel.settings import build_options, options_from_environment
 from exitstack_otel.telemetry import TelemetryOptions
 
 
@@ -116,7 +116,7 @@ def test_telemetry_options_build_from_a_bad_environment_gives_the_defaults(
     ]:
         monkeypatch.setenv(variable, value)
     with caplog.at_level(logging.WARNING, logger="exitstack_otel"):
-        assert TelemetryOptions.build() == TelemetryOptions()
+        assert build_options() == TelemetryOptions()
     assert len(caplog.records) == 4
 
 

@@ -194,6 +194,29 @@ async def test_callback_durations_stay_folded_however_rarely_a_reader_collects(s
     assert point.count == pushed  # folded, not lost
 
 
+async def test_the_telemetry_folds_once_unwinds_report_fold_every_values(sdk: Sdk) -> None:
+    # the stack only reports what it appended; when to fold is the telemetry's decision
+    telemetry = sdk.telemetry()
+    assert telemetry.instruments is not None
+    duration = telemetry.unwind_series("s", "/", "GET", semconv.OUTCOME_OK).duration
+    for _ in range(FOLD_EVERY // 2 - 1):  # two values an unwind: its duration and its callbacks
+        telemetry.unwound("s", "/", "GET", None, None, 1.0, 1.001, 0, None)
+    assert len(duration._pending) == FOLD_EVERY // 2 - 1
+    assert telemetry.instruments.unfolded == FOLD_EVERY - 2
+    telemetry.unwound("s", "/", "GET", None, None, 1.0, 1.001, 0, None)
+    assert not duration._pending
+    assert telemetry.instruments.unfolded == 0
+    # what Unwinding.finish reports (an unwind that made spans) goes through the same decision
+    duration.recorder(0.25)
+    telemetry.instruments.appended(FOLD_EVERY - 1)
+    assert duration._pending == [0.25]
+    telemetry.instruments.appended(1)
+    assert not duration._pending
+    assert telemetry.instruments.unfolded == 0
+    (point,) = histogram_points(sdk.metrics()[semconv.UNWIND_DURATION])
+    assert point.count == FOLD_EVERY // 2 + 1
+
+
 async def test_with_all_spans_only_a_troubled_unwind_keeps_an_exemplar(sdk: Sdk) -> None:
     def fail() -> None:
         raise RuntimeError("refused")

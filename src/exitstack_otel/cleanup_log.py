@@ -18,13 +18,10 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-
-if TYPE_CHECKING:
-    from .stack import InstrumentedAsyncExitStack
 
 logger = logging.getLogger(__name__)
 
@@ -178,13 +175,36 @@ class FailureLog:
                 otel_context.detach(token)
 
 
+class NamedCallback(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+class WatchedStack(Protocol):
+    """What the watcher reads of an unwinding stack (``InstrumentedAsyncExitStack``).
+
+    A protocol rather than the stack's class: the stack imports this module, and this module
+    needs no more of the stack than these four attributes.
+    """
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def route(self) -> str | None: ...
+    @property
+    def parent_context(self) -> otel_context.Context | None: ...
+    @property
+    def running_callback(self) -> tuple[NamedCallback, float, float | None] | None:
+        """The callback running now, since when, and its hung-warning threshold."""
+
+
 class HungWatch:
     """A daemon thread that warns once for each callback still running after its stack's threshold."""
 
     def __init__(self, interval: float = WATCH_INTERVAL_SECONDS) -> None:
         self.interval = interval
         # a plain set: the stack adds itself when its unwind starts and always takes itself out
-        self.unwinding: set[InstrumentedAsyncExitStack] = set()
+        self.unwinding: set[WatchedStack] = set()
         self._warned: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
         self.thread: threading.Thread | None = None

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from .fastapi_stack import STACK_KEYS, FastAPIExitStack, Instrumentation
 from .options import TelemetryOptions
 from .providers import TelemetrySource
+from .settings import build_options
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -156,7 +157,7 @@ def instrument_fastapi(
         raise TypeError(f"instrument_fastapi() needs a fastapi.FastAPI app, not {type(app).__qualname__}")
     if app_instrumentation(app) is not None:
         raise RuntimeError("this FastAPI app is already instrumented; call uninstrument_fastapi(app) first")
-    resolved = TelemetryOptions.build(options, **option_fields)
+    resolved = build_options(options, **option_fields)
     instrumentation = _app_instrumentation(app, TelemetrySource(tracer_provider, meter_provider, resolved))
     acquire_stack_patch()
     setattr(app, _APP_ATTRIBUTE, instrumentation)

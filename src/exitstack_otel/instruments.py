@@ -2,7 +2,8 @@
 
 Nothing here runs per request except the adds on ``Count.value`` and ``HistogramSeries.record``:
 pushes and unwinds in progress are plain integers that observable instruments read at collection
-time, and histogram points are aggregated by ``sdk_histograms`` and handed to the SDK then.
+time, and histogram points are aggregated by ``histogram_series`` and handed to the SDK then
+(``sdk_bridge``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.util.types import AttributeValue
 
 from . import semconv
-from .sdk_histograms import FastHistogram
+from .sdk_bridge import FastHistogram
 from .version import __version__
 
 Attributes = Mapping[str, AttributeValue]
@@ -42,8 +43,7 @@ class Instruments:
         self.pushed: dict[tuple[str, str, str], Count] = {}
         self.active: dict[str, Count] = {}
         self.unfolded = 0
-        """Values appended through recorders since the last fold: each unwind adds its own, and
-        calls ``fold`` once there are ``FOLD_EVERY`` (racy: only a hint)."""
+        """Values appended through recorders since the last fold, as reported to ``appended``."""
 
         def histogram(name: str, unit: str, description: str, boundaries: tuple[float, ...]) -> FastHistogram:
             return FastHistogram(
@@ -80,6 +80,13 @@ class Instruments:
             unit=semconv.UNIT_UNWIND,
             description="Unwinds started and not yet finished.",
         )
+
+    def appended(self, count: int) -> None:
+        """``count`` values went through recorders (which never fold): fold once there are
+        ``FOLD_EVERY``. Each unwind reports its own; the count is racy, only a hint."""
+        self.unfolded += count
+        if self.unfolded >= FOLD_EVERY:
+            self.fold()
 
     def fold(self) -> None:
         """Aggregates what the recorders appended, so that memory stays bounded however rarely a

@@ -26,9 +26,9 @@ opentelemetry-api: ``trace._TRACER_PROVIDER``,         providers         the pub
 ``_PROXY_TRACER_PROVIDER``, ``metrics._internal``'s
 ``_METER_PROVIDER``, ``_PROXY_METER_PROVIDER``,
 ``_ProxyMeterProvider``
-opentelemetry-sdk: the histogram aggregation's         sdk_histograms    ``Histogram.record()`` per
+opentelemetry-sdk: the histogram aggregation's         sdk_bridge        ``Histogram.record()`` per
 internals (checked in full at setup, on a private                        value (said once in the log)
-provider)                                                                (``sdk_histograms._load_sdk``)
+provider)                                                                (``sdk_bridge._load_sdk``)
 =====================================================  ================  ==============================
 
 Not listed: contextlib's ``_push_exit_callback`` and ``_exit_callbacks``, which

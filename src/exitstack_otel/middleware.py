@@ -13,6 +13,7 @@ from . import inflight
 from .asgi import http_route, request_method
 from .options import TelemetryOptions
 from .providers import TelemetrySource
+from .settings import build_options
 from .shield import request_scope
 from .stack import InstrumentedAsyncExitStack
 
@@ -61,7 +62,7 @@ class ExitStackMiddleware:
         if stack_name is None:
             stack_name = DEFAULT_STACK_NAME if scope_key == DEFAULT_SCOPE_KEY else scope_key
         self.stack_name = stack_name
-        resolved = TelemetryOptions.build(options, **option_fields)
+        resolved = build_options(options, **option_fields)
         self.callback_timeout = resolved.callback_timeout
         self.telemetry = TelemetrySource(tracer_provider, meter_provider, resolved)
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 if TYPE_CHECKING:
-    from typing_extensions import Unpack
+    pass
 
 CallbackNamer = Callable[[object, str], "str | None"]
 """``namer(target, kind)``: a name for a callback, or None for the default.
@@ -64,18 +64,6 @@ class TelemetryOptions:
             raise ValueError(
                 f"callback_timeout must be a finite positive number of seconds or None, not {timeout!r}"
             )
-
-    @classmethod
-    def build(
-        cls, options: TelemetryOptions | None = None, **overrides: Unpack[OptionFields]
-    ) -> TelemetryOptions:
-        """``options`` with the keyword arguments given explicitly put over it. Without ``options``,
-        the ``OTEL_PYTHON_EXITSTACK_*`` environment variables over the defaults (README: Settings)."""
-        if options is None:
-            from .settings import options_from_environment  # read once, when the app is built
-
-            options = cls(**options_from_environment())  # type: ignore[arg-type]
-        return dataclasses.replace(options, **overrides) if overrides else options
 
 
 class OptionFields(TypedDict, total=False):

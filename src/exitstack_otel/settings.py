@@ -14,14 +14,20 @@ applies. A typo in a deployment's settings must not take the service down (or, u
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
 import threading
 from collections.abc import Callable, Mapping
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from .options import TelemetryOptions
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from .options import OptionFields
 
 logger = logging.getLogger(__name__)
 
@@ -126,3 +132,14 @@ def _warn_once(variable: str, text: str, reason: str, default: str) -> None:
         reason,
         default,
     )
+
+
+def build_options(
+    options: TelemetryOptions | None = None, **overrides: Unpack[OptionFields]
+) -> TelemetryOptions:
+    """``options`` with the keyword arguments given explicitly put over it. Without ``options``,
+    the ``OTEL_PYTHON_EXITSTACK_*`` environment variables over the defaults (README: Settings),
+    read once, when the app is built."""
+    if options is None:
+        options = TelemetryOptions(**options_from_environment())  # type: ignore[arg-type]
+    return dataclasses.replace(options, **overrides) if overrides else options

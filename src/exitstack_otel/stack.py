@@ -26,7 +26,6 @@ from opentelemetry import context as otel_context
 
 from . import semconv
 from .cleanup_log import hung_watch
-from .instruments import FOLD_EVERY
 from .naming import identity
 from .options import TelemetryOptions
 from .providers import current_telemetry
@@ -123,10 +122,11 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
         if telemetry is not None:
             try:
                 # the same code pushed again (nearly every push) is known by its code, without
-                # naming it; counting it here saves the push a call into the telemetry
+                # naming it; known_push is a bound dict.get and the add is done here, which saves
+                # the push a Python call into the telemetry
                 key = identity(callback, is_sync, self._name) if telemetry.by_code else None
-                info = telemetry.infos_by_code.get(key)
-                if info is None or telemetry.all_spans:
+                info = telemetry.known_push(key)
+                if info is None:
                     depth = len(self._exit_callbacks)
                     info = telemetry.on_push(self._name, callback, is_sync, key, depth)
                 else:
@@ -181,7 +181,8 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
                     hung_watch.unwinding.add(self)
                     if hung_watch.thread is None:
                         hung_watch.start()
-                active = telemetry.active_counts.get(self._name) or telemetry.active(self._name)
+                # a dict that makes the count it lacks: asking costs the unwind no Python call
+                active = telemetry.active_counts[self._name]
                 if active is not None:
                     active.value += 1
                 if telemetry.all_spans:
@@ -262,7 +263,10 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
                 # The endpoint's own errors are not the unwind's, but a cancellation escapes the
                 # ``async with`` all the same: the request was cancelled, and the unwind reads so.
                 escaped = exc
-            self._record_unwind(telemetry, unwinding, start, clock(), count, escaped)
+            telemetry.unwound(
+                self._name, self.route, self.method, self._parent_context,
+                unwinding, start, clock(), count, escaped,
+            )  # fmt: skip
         if pending_raise:
             try:
                 # bare "raise exc" replaces our carefully
@@ -291,40 +295,6 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
         except Exception as fault:
             telemetry.fault("callback", fault)
         return unwinding
-
-    def _record_unwind(
-        self,
-        telemetry: Telemetry,
-        unwinding: Unwinding | None,
-        start: float,
-        end: float,
-        count: int,
-        escaped: BaseException | None,
-    ) -> None:
-        try:
-            outcome = semconv.OUTCOME_OK
-            if escaped is not None:
-                outcome = semconv.OUTCOME_CANCELLED if is_cancellation(escaped) else semconv.OUTCOME_ERROR
-            key = (self._name, self.route, self.method, outcome)
-            series = telemetry.unwind_series_by_key.get(key) or telemetry.unwind_series(*key)
-            if unwinding is None and escaped is not None and telemetry.tracer is not None:
-                # an unwind that ended in an error or a cancellation is a problem of its own
-                unwinding = telemetry.unwinding(self._name, self.route, start, self._parent_context)
-            if unwinding is None:
-                series.record_duration(end - start)
-                series.record_callbacks(count)
-                count += 2
-            instruments = telemetry.instruments
-            if instruments is not None:
-                # what this unwind appended through recorders (its callbacks' and its own two)
-                instruments.unfolded += count
-                if instruments.unfolded >= FOLD_EVERY:
-                    instruments.fold()
-            if unwinding is not None:
-                unwinding.start = start
-                unwinding.finish(series, end, count, escaped, self.route, self.method)
-        except Exception as fault:
-            telemetry.fault("unwind", fault)
 
 
 def _reported_info(

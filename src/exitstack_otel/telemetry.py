@@ -1,11 +1,13 @@
 """Turns pushes, executed callbacks and unwinds into the spans and metrics of docs/telemetry.md.
 
-The stack calls in here at three speeds. Per push: a lookup in ``infos_by_code`` and an add,
-which the stack does itself (``on_push`` names code not seen before). Per callback that went
-well: nothing but ``HistogramSeries.record`` on a series looked up at push time. Per unwind:
-a lookup in ``unwind_series_by_key`` and two records. Everything that makes a span or an SDK call
-with a context (failed, cancelled, timed-out and slow callbacks, and every callback with
-``callback_spans="all"``) goes through ``Unwinding``, which exists only then.
+The stack asks in here once at each of three speeds. Per push: ``known_push``, a bound
+``dict.get`` (no Python call), and an add the stack does itself; ``on_push`` names code not seen
+before. Per callback that went well: nothing but a recorder (a bare append) of a series looked up
+at push time. Per unwind: ``active_counts[name]`` at its start (a dict that makes what it lacks),
+``unwound`` at its end (its two values, and what the recorders appended, so that the histograms
+fold when due). Everything that makes a span or an SDK call with a context (failed, cancelled,
+timed-out and slow callbacks, and every callback with ``callback_spans="all"``) goes through
+``Unwinding``, which exists only then.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from opentelemetry.util.types import AttributeValue
 
 from . import naming, semconv, spans
 from .cleanup_log import FailureLog
-from .instruments import Count, Instruments, instruments_for
+from .instruments import FOLD_EVERY, Count, Instruments, instruments_for
 from .internals import PROXY_METER_PROVIDER_TYPE
 from .options import CallbackNamer, CallbackSpans, TelemetryOptions
 from .version import __version__
@@ -131,6 +133,20 @@ class UnwindSeries:
         self.record_callbacks = self.callbacks.recorder
 
 
+class _ActiveCounts(dict[str, Count | None]):
+    """Each stack's count of unwinds in progress (None without a meter provider), made at the
+    stack name's first lookup: ``active_counts[name]`` costs the unwind no Python call after."""
+
+    def __init__(self, instruments: Instruments | None) -> None:
+        super().__init__()
+        self._instruments = instruments
+
+    def __missing__(self, stack_name: str) -> Count | None:
+        instruments = self._instruments
+        found = self[stack_name] = instruments.active_count(stack_name) if instruments is not None else None
+        return found
+
+
 def is_noop_tracer_provider(provider: trace.TracerProvider) -> bool:
     return isinstance(provider, (ProxyTracerProvider, NoOpTracerProvider))
 
@@ -183,9 +199,16 @@ class Telemetry:
         """Pushes are known by ``naming.identity``, the key of ``infos_by_code``."""
         self.infos_by_code: dict[tuple[object, ...] | None, CallbackInfo] = {}
         """Pushed code seen before; the stack counts those pushes itself, without ``on_push``."""
+        never_known: dict[tuple[object, ...] | None, CallbackInfo] = {}
+        self.known_push: Callable[[tuple[object, ...] | None], CallbackInfo | None] = (
+            never_known.get if self.all_spans else self.infos_by_code.get
+        )
+        """The info of a push the stack may count itself (by its identity), None when ``on_push``
+        must see it: code not seen before, or any push with "all" (it adds an event to the
+        request's span). A bound ``dict.get``, so that asking costs the push no Python call."""
         self._names: set[str] = set()
         self._error_types: set[str] = set()
-        self.active_counts: dict[str, Count] = {}
+        self.active_counts = _ActiveCounts(instruments)
         self.unwind_series_by_key: dict[tuple[str, str | None, str | None, str], UnwindSeries] = {}
         """Stacks look a series up here first, by ``unwind_series``' arguments."""
         self._faults: set[str] = set()
@@ -294,12 +317,47 @@ class Telemetry:
 
     # -- unwinds --------------------------------------------------------------------------------
 
-    def active(self, stack_name: str) -> Count | None:
-        """The stack's count of unwinds in progress; stacks look in ``active_counts`` first."""
-        if self.instruments is None:
-            return None
-        found = self.active_counts[stack_name] = self.instruments.active_count(stack_name)
-        return found
+    def unwound(
+        self,
+        stack_name: str,
+        route: str | None,
+        method: str | None,
+        parent: otel_context.Context | None,
+        unwinding: Unwinding | None,
+        start: float,
+        end: float,
+        callbacks: int,
+        escaped: BaseException | None,
+    ) -> None:
+        """An unwind that ran ``callbacks`` reported callbacks is over, ``escaped`` what it raised.
+
+        With nothing to make a span of, its two values go through recorders; otherwise
+        ``Unwinding`` records it. Either way the histograms fold once recorders appended
+        ``FOLD_EVERY`` values."""
+        try:
+            outcome = semconv.OUTCOME_OK
+            if escaped is not None:
+                outcome = semconv.OUTCOME_CANCELLED if is_cancellation(escaped) else semconv.OUTCOME_ERROR
+            if unwinding is None and escaped is not None and self.tracer is not None:
+                # an unwind that ended in an error or a cancellation is a problem of its own
+                unwinding = self.unwinding(stack_name, route, start, parent)
+            if unwinding is not None:
+                unwinding.start = start
+                unwinding.finish(end, callbacks, escaped, route, method, outcome)
+                return
+            key = (stack_name, route, method, outcome)
+            series = self.unwind_series_by_key.get(key) or self.unwind_series(*key)
+            series.record_duration(end - start)
+            series.record_callbacks(callbacks)
+            instruments = self.instruments
+            if instruments is not None:
+                # Instruments.appended written out, one call fewer per unwind: the callbacks' values
+                # and the unwind's own two, all appended through recorders
+                instruments.unfolded += callbacks + 2
+                if instruments.unfolded >= FOLD_EVERY:
+                    instruments.fold()
+        except Exception as fault:
+            self.fault("unwind", fault)
 
     def unwind_series(
         self, stack_name: str, route: str | None, method: str | None, outcome: str
@@ -405,14 +463,19 @@ class Unwinding:
 
     def finish(
         self,
-        series: UnwindSeries,
         end: float,
         count: int,
         exc: BaseException | None,
         route: str | None,
         method: str | None,
+        outcome: str,
     ) -> None:
+        """The unwind's end: its span (or the spans of its problems) and its two values."""
         telemetry = self.telemetry
+        series = telemetry.unwind_series(self.stack_name, route, method, outcome)
+        instruments = telemetry.instruments
+        if instruments is not None:
+            instruments.appended(count)  # what its callbacks that went well appended (or fewer)
         tracer = telemetry.tracer
         err_type = telemetry.error_type(exc) if exc is not None else None
         attributes: dict[str, AttributeValue] = {
@@ -439,7 +502,6 @@ class Unwinding:
         else:
             for run in self.problems:
                 self._record_problem(run, None)
-        instruments = telemetry.instruments
         if instruments is not None and (self.troubled or exc is not None):
             instruments.unwind_duration.record(end - self.start, series.duration_attributes, unwind_context)
         else:  # an unwind that went well ("all" makes its span all the same): no exemplar

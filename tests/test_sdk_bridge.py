@@ -46,7 +46,8 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from opentelemetry.util.types import AttributeValue
 from prometheus_client import CollectorRegistry, generate_latest
 
-from exitstack_otel.sdk_histograms import FastHistogram, HistogramSeries
+from exitstack_otel.histogram_series import HistogramSeries
+from exitstack_otel.sdk_bridge import FastHistogram
 from tests.support.otlp_receiver import OtlpReceiver
 
 NAME = "exitstack.test.duration"
@@ -563,7 +564,7 @@ class NoSdk(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, NoSdk())
 from opentelemetry.context import Context
 from opentelemetry.metrics import NoOpMeterProvider
-from exitstack_otel.sdk_histograms import FastHistogram
+from exitstack_otel.sdk_bridge import FastHistogram
 
 provider = NoOpMeterProvider()
 histogram = FastHistogram(provider, provider.get_meter("x"), "h", unit="s", description="", boundaries=(1.0,))

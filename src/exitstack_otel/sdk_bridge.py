@@ -1,28 +1,25 @@
-"""Histograms aggregated in process and handed to the SDK's own aggregation at each collection.
+"""The bridge to opentelemetry-sdk: in-process histogram series exported as the SDK's own points.
 
-``Histogram.record`` is costly on the hot path (the SDK cleans and hashes the attributes, takes locks
-and runs the exemplar filter on every call). A :class:`HistogramSeries` keeps the bucket counts, sum,
-min and max of one (instrument, attributes) series itself, for a small part of that cost (the
-figures are in benchmarks/RESULTS.md, "Costs the code relies on"). An
-observable instrument's callback runs at the start of every reader's collection; ours moves what
-accumulated into the SDK's aggregation for the same instrument and attributes in every reader's
-storage, where it is exported as if each value had gone through ``record()``: the same count,
-bucket counts, min, max and attributes, and the same sum (adds in another order can round the last
-bit differently when ``record()`` and a series feed one aggregation, or with several readers).
-Merged values carry no exemplars; ``FastHistogram.record`` is there for the ones that should.
-Folding a series' pending values into its counts takes a sort and a bisect per bucket, in C
-through the standard library.
+This is the only module that reaches into opentelemetry-sdk's internals. A :class:`FastHistogram`
+hands out :class:`~exitstack_otel.histogram_series.HistogramSeries` (one per attributes), which
+aggregate in process; an observable instrument's callback runs at the start of every reader's
+collection, and ours moves what accumulated into the SDK's aggregation for the same instrument and
+attributes in every reader's storage, where it is exported as if each value had gone through
+``record()``: the same count, bucket counts, min, max and attributes, and the same sum (adds in
+another order can round the last bit differently when ``record()`` and a series feed one
+aggregation, or with several readers). Merged values carry no exemplars; ``FastHistogram.record``
+is there for the ones that should.
 
-The Python SDK has no public way to do this (no MetricProducer), so this is the only module that
-reaches into opentelemetry-sdk's internals. Everything it relies on is checked once, at setup,
-including a merge on a private provider compared with ``record()``; when anything is not as
-expected (no SDK, another provider, a View that changes the aggregation, the buckets or the
-attribute keys) a :class:`FastHistogram` records each measurement through ``record()`` instead and
-says why once per provider in the ``exitstack_otel`` log: at INFO when it follows from the
-application's own setup (no SDK, another provider, a View or reader that changes the stream),
-since the numbers stay exact and only cost more; at WARNING when the SDK is not what this module
-was written for or a merge failed, which a newer exitstack-otel may need to handle. A View that
-only renames or describes the stream keeps the fast path: the aggregation is the same.
+The Python SDK has no public way to do this (no MetricProducer). Everything the merge relies on is
+found once, at import (``_load_sdk``), and checked once, at setup, including a merge on a private
+provider compared with ``record()`` (the self-test); when anything is not as expected (no SDK,
+another provider, a View that changes the aggregation, the buckets or the attribute keys) the
+series forward each measurement to ``record()`` instead and the histogram says why once per
+provider in the ``exitstack_otel`` log: at INFO when it follows from the application's own setup
+(no SDK, another provider, a View or reader that changes the stream), since the numbers stay exact
+and only cost more; at WARNING when the SDK is not what this module was written for or a merge
+failed, which a newer exitstack-otel may need to handle. A View that only renames or describes the
+stream keeps the merge: the aggregation is the same.
 """
 
 from __future__ import annotations
@@ -35,11 +32,9 @@ import os
 import threading
 import time
 import weakref
-from bisect import bisect_left, bisect_right
+from bisect import bisect_left
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import reduce
-from operator import add
 from typing import Any
 
 from opentelemetry import metrics
@@ -47,11 +42,13 @@ from opentelemetry.context import Context
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.util.types import AttributeValue
 
+from .histogram_series import Batch, HistogramSeries
+
 logger = logging.getLogger(__name__)
 
 _INFINITY = math.inf
-_FOLD_AT = 256
-"""values a series holds before folding them into its counts: bounds its memory"""
+_Reused = dict[tuple[Any, Hashable], Any]
+"""delta aggregations the SDK made for a series, by (view-instrument match, series key)"""
 _HOOK_NAME = "exitstack_otel.internal.collection_hook"
 _HOOK_DESCRIPTION = "Hands exitstack-otel's in-process histograms to the SDK at collection; never observes"
 
@@ -114,168 +111,6 @@ class _Unsupported(Exception):
         self.level = level
 
 
-@dataclass(slots=True)
-class _Batch:
-    """What one series accumulated between two collections."""
-
-    counts: list[int]
-    sum: float
-    min: float
-    max: float
-    since_ns: int
-    """when the series began accumulating this batch: a sensible start for a new cumulative point"""
-
-
-class HistogramSeries:
-    """One (instrument, attributes) series; record() is the hot path: a bisect and a few adds."""
-
-    # record() only appends to a list: list.append is atomic on every CPython, free-threaded
-    # builds included (they lock the list itself). Every _FOLD_AT values, and at collection,
-    # the values are folded into bucket counts, sum, min and max under the series' lock, so no
-    # read-modify-write ever races. Taking that lock on every record() would cost twice as much.
-    __slots__ = (
-        "_attributes",
-        "_boundaries",
-        "_counts",
-        "_histogram",
-        "_key",
-        "_lock",
-        "_made",
-        "_max",
-        "_min",
-        "_pending",
-        "_since_ns",
-        "_sum",
-    )
-
-    def __init__(
-        self,
-        histogram: metrics.Histogram,
-        attributes: dict[str, Any],
-        key: Hashable,
-        boundaries: tuple[float, ...],
-    ) -> None:
-        self._histogram = histogram
-        self._attributes = attributes
-        self._key = key
-        self._boundaries = boundaries
-        self._lock = threading.Lock()
-        self._pending: list[float] = []
-        self._made: dict[Any, Any] = {}
-        """delta aggregations this series had the SDK make, by view-instrument match: reused"""
-        self._counts = [0] * (len(boundaries) + 1)
-        self._sum: float = 0
-        self._min = _INFINITY
-        self._max = -_INFINITY
-        self._since_ns = time.time_ns()
-
-    def record(self, value: float) -> None:
-        pending = self._pending
-        pending.append(value)
-        if len(pending) >= _FOLD_AT:
-            with self._lock:
-                self._fold()
-
-    @property
-    def recorder(self) -> Callable[[float], None]:
-        """``record`` without the check that folds: for callers that call ``FastHistogram.fold``
-        often enough themselves (one check per unwind instead of one per callback)."""
-        return self._pending.append
-
-    def _fold(self) -> None:
-        """Move the pending values into the counts. Called with _lock held."""
-        pending = self._pending
-        # only this method removes values, under the lock, and only from the front: values
-        # appended meanwhile stay for the next fold
-        taken = len(pending)
-        values = pending[:taken]
-        del pending[:taken]
-        if not values:
-            return
-        counts, boundaries = self._counts, self._boundaries
-        try:
-            # The usual batch: numbers in [0, inf), no NaN (which would make the sum NaN). Then C
-            # does the work: one sort, a bisect per bucket, the sum added in record()'s order.
-            ordered = sorted(values)
-            low, high = ordered[0], ordered[-1]
-            total = reduce(add, values, self._sum)
-            fast = low >= 0 and high < _INFINITY and total == total
-        except TypeError:
-            fast = False
-        if fast:
-            counted = 0
-            for index, boundary in enumerate(
-                boundaries
-            ):  # bucket i: boundaries[i-1] < value <= boundaries[i]
-                upto = bisect_right(ordered, boundary, counted)
-                if upto != counted:
-                    counts[index] += upto - counted
-                    counted = upto
-            counts[-1] += taken - counted
-            self._sum = total
-            # the SDK keeps min(old, new) and max(old, new), the earlier one on a tie (0 == 0.0): the
-            # sort is stable, so the first of the equal lowest and of the equal highest
-            high = ordered[bisect_left(ordered, high)]
-            self._min = min(self._min, low)
-            self._max = max(self._max, high)
-            return
-        total, low, high = self._sum, self._min, self._max
-        for value in values:
-            try:
-                accepted = 0 <= value < _INFINITY  # what record() accepts (NaN fails both)
-            except TypeError:
-                logger.warning("dropped %r recorded on a histogram series: not a number", value)
-                continue
-            if accepted:
-                counts[bisect_left(boundaries, value)] += 1
-                total += value
-                if value < low:
-                    low = value
-                if value > high:
-                    high = value
-            else:
-                self._histogram.record(value, self._attributes)  # the SDK logs and drops it
-        self._sum, self._min, self._max = total, low, high
-
-    def _record_pending(self) -> None:
-        """Give the pending values to the SDK's record(), exactly. Called with _lock held."""
-        pending = self._pending
-        taken = len(pending)
-        values = pending[:taken]
-        del pending[:taken]
-        record = self._histogram.record
-        for value in values:
-            record(value, self._attributes)
-
-    def _take(self, now_ns: int) -> _Batch | None:
-        if not self._pending and self._max == -_INFINITY:  # every accepted value raises max
-            return None
-        with self._lock:
-            self._fold()
-            if self._max == -_INFINITY:
-                return None
-            batch = _Batch(self._counts, self._sum, self._min, self._max, self._since_ns)
-            self._counts = [0] * len(batch.counts)
-            self._sum = 0
-            self._min = _INFINITY
-            self._max = -_INFINITY
-            self._since_ns = now_ns
-        return batch
-
-
-class _ForwardingSeries(HistogramSeries):
-    """A series whose every measurement goes through the SDK's ``record()``."""
-
-    __slots__ = ()
-
-    def record(self, value: float) -> None:
-        self._histogram.record(value, self._attributes)
-
-    @property
-    def recorder(self) -> Callable[[float], None]:
-        return self.record
-
-
 class FastHistogram:
     """A histogram whose series aggregate in process and merge into the SDK at collection."""
 
@@ -296,6 +131,7 @@ class FastHistogram:
         self._provider = meter_provider
         self._storages: dict[Any, list[Any]] = {}
         """each reader storage seen, with its checked view-instrument matches for our histogram"""
+        self._made: _Reused = {}  # reused at the next collection while they can serve
         self._fast = False
         self.fallback_reason: str | None = None
         self._bucket_advice_taken = True
@@ -330,7 +166,7 @@ class FastHistogram:
     def series(self, attributes: Mapping[str, AttributeValue]) -> HistogramSeries:
         with self._lock:
             if not self._fast:
-                return _ForwardingSeries(self._histogram, dict(attributes), None, self._boundaries)
+                return self._forwarding_series(attributes)
             assert _SDK is not None
             try:
                 # the attributes exactly as record() keeps them: cleaned by the SDK's Measurement
@@ -338,24 +174,26 @@ class FastHistogram:
                 kept = dict(cleaned or {})
                 key = _SDK.aggregation_key(kept)
             except Exception:  # attributes the SDK cannot key: record() gives them its own treatment
-                return _ForwardingSeries(self._histogram, dict(attributes), None, self._boundaries)
+                return self._forwarding_series(attributes)
             series = self._series.get(key)
             if series is None:
                 series = self._series[key] = HistogramSeries(self._histogram, kept, key, self._boundaries)
             return series
 
+    def _forwarding_series(self, attributes: Mapping[str, AttributeValue]) -> HistogramSeries:
+        # not kept: nothing of it is ever merged
+        return HistogramSeries(self._histogram, dict(attributes), None, self._boundaries, forwarding=True)
+
     def fold(self) -> None:
-        """Fold every series' pending values: what bounds the memory of ``HistogramSeries.recorder``."""
+        """Fold every series' pending values: what bounds the memory of ``HistogramSeries.recorder``.
+
+        After a fallback, each series gives what a recorder taken before the switch appended to
+        ``record()`` instead.
+        """
         with self._lock:
-            fast = self._fast
             series_list = list(self._series.values())
         for series in series_list:
-            if series._pending:
-                with series._lock:
-                    if fast:
-                        series._fold()
-                    else:  # appended through a recorder taken before the switch
-                        series._record_pending()
+            series.fold()
 
     def record(
         self, value: float, attributes: Mapping[str, AttributeValue], context: Context | None = None
@@ -448,14 +286,12 @@ class FastHistogram:
                 return
             now = time.time_ns()
             batches = [
-                (series, batch)
-                for series in self._series.values()
-                if (batch := series._take(now)) is not None
+                (series, batch) for series in self._series.values() if (batch := series.take(now)) is not None
             ]
             if not batches:
                 return
             try:
-                _merge(targets, batches)
+                _merge(targets, batches, self._made)
             except Exception as error:
                 # _merge adds nothing until every aggregation is found, which is where an SDK unlike
                 # the self-tested one would fail: the batches are then whole. (Should the adds
@@ -480,7 +316,7 @@ class FastHistogram:
         self._fast = False
         self.fallback_reason = reason
         for series in self._series.values():
-            series.__class__ = _ForwardingSeries
+            series.forward()
         self._replay_leftovers()
         _log_once(self._provider, level, f"{reason} ({self._how_recorded()})", error)
 
@@ -488,26 +324,24 @@ class FastHistogram:
         # a record() that began just before the switch may still have added to a series
         now = time.time_ns()
         for series in self._series.values():
-            if series._pending:  # values appended since the switch, through a recorder: exact
-                with series._lock:
-                    series._record_pending()
-            batch = series._take(now)
+            series.fold()  # values appended since the switch, through a recorder: exact
+            batch = series.take(now)
             if batch is not None:
                 _replay(series, batch)
 
 
-def _merge(targets: list[list[Any]], batches: list[tuple[HistogramSeries, _Batch]]) -> None:
+def _merge(targets: list[list[Any]], batches: list[tuple[HistogramSeries, Batch]], made: _Reused) -> None:
     """Add every batch to the SDK aggregation for its attributes, in every storage and match.
 
     First every aggregation is found or created (the step that could meet an unexpected SDK), then
     the adds. The caller holds the measurement consumer's lock (collection runs under it), so no
     storage collects between the two steps.
     """
-    found: list[tuple[Any, Any, _Batch]] = []
+    found: list[tuple[Any, Any, Batch]] = []
     for matches in targets:
         for match in matches:
             for series, batch in batches:
-                found.append((match, _aggregation_for(match, series, batch), batch))
+                found.append((match, _aggregation_for(match, series, batch, made), batch))
     for match, aggregation, batch in found:
         # the match's lock too: the SDK holds it when it aggregates into a delta series that a
         # collection may discard
@@ -526,37 +360,37 @@ def _merge(targets: list[list[Any]], batches: list[tuple[HistogramSeries, _Batch
                     aggregation._max = batch.max
 
 
-def _aggregation_for(match: Any, series: HistogramSeries, batch: _Batch) -> Any:
+def _aggregation_for(match: Any, series: HistogramSeries, batch: Batch, made: _Reused) -> Any:
     """The match's aggregation for the series' attributes, made the way the SDK's record() makes it."""
     with match._lock:
-        existing = match._attributes_aggregation.get(series._key)
+        existing = match._attributes_aggregation.get(series.key)
         if existing is not None:
             return existing
         get_or_create = getattr(match, "_get_or_create_aggregation", None)
         if get_or_create is not None:  # opentelemetry-sdk 1.45.1 and newer (cardinality limit, delta reset)
-            aggregation = _collected_delta_aggregation(match, series)
+            aggregation = _collected_delta_aggregation(match, series, made)
             if aggregation is not None:
-                match._attributes_aggregation[series._key] = aggregation
+                match._attributes_aggregation[series.key] = aggregation
                 return aggregation
-            aggregation = get_or_create(series._key, series._attributes)
-            if getattr(match, "_reset_on_collect", False) and aggregation._attributes is series._attributes:
-                series._made[match] = aggregation  # not the overflow series: that is the SDK's
+            aggregation = get_or_create(series.key, series.attributes)
+            if getattr(match, "_reset_on_collect", False) and aggregation._attributes is series.attributes:
+                made[match, series.key] = aggregation  # not the overflow series: that is the SDK's
         else:
             aggregation = _create_aggregation(match, series)
-            match._attributes_aggregation[series._key] = aggregation
+            match._attributes_aggregation[series.key] = aggregation
         continues_delta = getattr(match, "_previous_collection_start_nanos", None) is not None
-        made_for_series = aggregation._attributes is series._attributes  # not the overflow series
+        made_for_series = aggregation._attributes is series.attributes  # not the overflow series
         if made_for_series and not continues_delta and batch.since_ns < aggregation._start_time_unix_nano:
             # the SDK starts a series at its first record(); ours reach it at collection
             aggregation._start_time_unix_nano = batch.since_ns
             aggregation._previous_collection_start_nano = batch.since_ns
     assert _SDK is not None
-    if type(aggregation) is not _SDK.explicit_bucket or aggregation._boundaries != series._boundaries:
+    if type(aggregation) is not _SDK.explicit_bucket or aggregation._boundaries != series.boundaries:
         raise TypeError(f"the SDK made a {type(aggregation).__name__} for a merged series")
     return aggregation
 
 
-def _collected_delta_aggregation(match: Any, series: HistogramSeries) -> Any:
+def _collected_delta_aggregation(match: Any, series: HistogramSeries, made: _Reused) -> Any:
     """The series' aggregation that the last delta collection took out, if it can serve again.
 
     The SDK drops a delta stream's aggregations at each collection and makes new ones on the next
@@ -565,7 +399,7 @@ def _collected_delta_aggregation(match: Any, series: HistogramSeries) -> Any:
     that was collected last time is as new: empty, its exemplars taken, its window starting at that
     collection. Called with match._lock held.
     """
-    aggregation = series._made.get(match)
+    aggregation = made.get((match, series.key))
     if aggregation is None:
         return None
     if (
@@ -574,7 +408,7 @@ def _collected_delta_aggregation(match: Any, series: HistogramSeries) -> Any:
         and len(match._attributes_aggregation) < match._cardinality_limit
     ):
         return aggregation
-    del series._made[match]  # idle for a whole collection, or over the limit: the SDK makes one
+    del made[match, series.key]  # idle for a whole collection, or over the limit: the SDK makes one
     return None
 
 
@@ -589,19 +423,19 @@ def _create_aggregation(match: Any, series: HistogramSeries) -> Any:
     start = time.time_ns()
     if hasattr(match._view, "_exemplar_reservoir_factory"):
         return factory._create_aggregation(
-            match._instrument, series._attributes, match._view._exemplar_reservoir_factory, start
+            match._instrument, series.attributes, match._view._exemplar_reservoir_factory, start
         )
-    return factory._create_aggregation(match._instrument, series._attributes, start)
+    return factory._create_aggregation(match._instrument, series.attributes, start)
 
 
-def _replay(series: HistogramSeries, batch: _Batch) -> None:
+def _replay(series: HistogramSeries, batch: Batch) -> None:
     """Give a batch to the SDK through record(), when the merge cannot.
 
     The values themselves are gone: this records the batch's min and max and, for the others, one
     value per measurement inside its bucket, spread so that their total comes as close to the
     batch's sum as floating point allows. Count, bucket counts, min and max stay exact.
     """
-    boundaries = series._boundaries
+    boundaries = series.boundaries
     counts = list(batch.counts)
     fixed = [batch.min] if sum(counts) == 1 else [batch.min, batch.max]
     for value in fixed:
@@ -618,13 +452,13 @@ def _replay(series: HistogramSeries, batch: _Batch) -> None:
     lowest = math.fsum(count * low for count, low, _ in ranges)
     highest = math.fsum(count * high for count, _, high in ranges)
     share = 0.0 if highest == lowest else min(1.0, max(0.0, (rest - lowest) / (highest - lowest)))
-    record = series._histogram.record
+    record = series.histogram.record
     for value in fixed:
-        record(value, series._attributes)
+        record(value, series.attributes)
     for count, low, high in ranges:
         value = low + share * (high - low)
         for _ in range(count):
-            record(value, series._attributes)
+            record(value, series.attributes)
 
 
 # the collection hook: one observable instrument per measurement consumer (that is, per provider)
@@ -725,7 +559,7 @@ def _run_self_test() -> str | None:
                 made_by_record = storage._get_or_init_view_instrument_match(recorded)[
                     0
                 ]._attributes_aggregation
-                if values and series._key not in made_by_record:
+                if values and series.key not in made_by_record:
                     return "record() keys a series differently"
             for reader, cumulative in zip(readers, (True, False), strict=True):
                 # a merged series starts when it was made, a recorded one at its first value;
@@ -792,7 +626,7 @@ def _new_locks_in_child() -> None:
     for histogram in list(_live):
         histogram._lock = threading.Lock()
         for series in histogram._series.values():
-            series._lock = threading.Lock()
+            series.new_lock_after_fork()
 
 
 if hasattr(os, "register_at_fork"):
