@@ -22,20 +22,8 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from exitstack_otel import DEFAULT_SCOPE_KEY, ExitStackMiddleware, get_exit_stack
-from tests.support.asgi import get_status
+from tests.support.asgi import ContextlibMiddleware, get_status
 from tests.support.otel_helpers import Sdk
-
-
-class ContextlibMiddleware:
-    """FastAPI's ``AsyncExitStackMiddleware``: what every case here is compared with."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async with AsyncExitStack() as stack:
-            scope[DEFAULT_SCOPE_KEY] = stack
-            await self.app(scope, receive, send)
 
 
 async def _suspending_cleanup() -> None:

@@ -15,6 +15,7 @@ from opentelemetry.trace import NoOpTracerProvider
 from exitstack_otel import DEFAULT_SCOPE_KEY, ExitStackMiddleware, semconv
 from exitstack_otel.stack import InstrumentedAsyncExitStack
 from exitstack_otel.telemetry import Telemetry, TelemetryOptions
+from tests.support.asgi import ContextlibMiddleware
 from tests.support.otel_helpers import Sdk, histogram_points, number_points
 from tests.support.stack_scenarios import (
     Aclose,
@@ -30,7 +31,7 @@ from tests.support.stack_scenarios import (
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from starlette.types import ASGIApp, Receive, Scope, Send
+    from starlette.types import ASGIApp
 
 # `make test-pythons` runs this module on every supported Python with fewer examples
 EXAMPLES = int(os.environ.get("EXITSTACK_EQUIVALENCE_EXAMPLES", "300"))
@@ -129,18 +130,6 @@ def test_telemetry_accounts_for_every_callback(scenario: Scenario, backend: str)
         assert {point.value for point in active} <= {0}
     finally:
         sdk.shutdown()
-
-
-class ContextlibMiddleware:
-    """FastAPI's ``AsyncExitStackMiddleware``: the behaviour ``ExitStackMiddleware`` promises."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async with AsyncExitStack() as stack:
-            scope[DEFAULT_SCOPE_KEY] = stack
-            await self.app(scope, receive, send)
 
 
 MIDDLEWARES: dict[str, Callable[[ASGIApp], ASGIApp]] = {

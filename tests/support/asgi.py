@@ -7,9 +7,13 @@ import the SDK.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from contextlib import AsyncExitStack
 from typing import Any
 
 import anyio
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from exitstack_otel import DEFAULT_SCOPE_KEY
 
 
 def http_scope(
@@ -56,3 +60,16 @@ async def never_receive() -> dict[str, Any]:
 
 async def discard(message: Any) -> None:
     """A client that reads nothing it is sent."""
+
+
+class ContextlibMiddleware:
+    """FastAPI's ``AsyncExitStackMiddleware``: a plain ``AsyncExitStack`` in ``async with`` around
+    the app, the behaviour ``ExitStackMiddleware`` promises to keep."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async with AsyncExitStack() as stack:
+            scope[DEFAULT_SCOPE_KEY] = stack
+            await self.app(scope, receive, send)
