@@ -77,11 +77,11 @@ class ExitStackMiddleware:
         )
         scope[self.scope_key] = stack
         cancel_scope = request_scope()  # None where no cancel scope can reach this request
-        in_flight = inflight.entered()  # in-flight hook: wait_for_unwinds() waits for this request
         if cancel_scope is not None:
             # a ``with`` block's enter and exit, written out: most requests (a plain uvicorn task)
             # have no scope, and pay nothing for one; ours is never cancelled, and swallows nothing
             cancel_scope.__enter__()
+        in_flight = inflight.entered()  # in-flight hook: wait_for_unwinds() waits for this request
         # as ``async with stack:`` runs it: the unwind in this task, inside the except clause that
         # caught the endpoint's exception (what a cleanup raises chains to it)
         try:
