@@ -85,7 +85,7 @@ class FastAPIExitStack(InstrumentedAsyncExitStack, metaclass=_AnyAsyncExitStackM
             return
         for key in STACK_KEYS:
             if scope.get(key) is self:
-                self._name = key
+                self._set_name(key)
                 return
 
     def _push_exit_callback(self, callback: Callable[..., Any], is_sync: bool = True) -> None:

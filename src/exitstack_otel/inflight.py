@@ -23,61 +23,66 @@ import anyio
 class InFlight:
     """One thread's requests in flight; ``entered()`` returns it for the matching ``left()``."""
 
-    __slots__ = ("_waiters", "count")
+    __slots__ = ("count", "waiters")
 
     def __init__(self) -> None:
         self.count = 0
-        # only while someone waits: then the last request to leave wakes them all
-        self._waiters: list[anyio.Event] = []
+        self.waiters: list[anyio.Event] = []
+        """only while someone waits: then the last request to leave wakes them all"""
 
     def left(self) -> None:
         self.count -= 1
-        if self.count == 0 and self._waiters:
-            waiters, self._waiters = self._waiters, []
-            for waiter in waiters:
-                # a waiter whose event loop is gone cannot be woken, and must not break a request
-                with suppress(Exception):
-                    waiter.set()
+        if self.waiters and not self.count:
+            self.wake_waiters()
+
+    def wake_waiters(self) -> None:
+        waiters, self.waiters = self.waiters, []
+        for waiter in waiters:
+            # a waiter whose event loop is gone cannot be woken, and must not break a request
+            with suppress(Exception):
+                waiter.set()
 
     async def wait_until_idle(self) -> None:
         while self.count > 0:
             waiter = anyio.Event()
-            self._waiters.append(waiter)
+            self.waiters.append(waiter)
             try:
                 await waiter.wait()
             finally:  # a waiter that gave up (its timeout, its loop's end) is no longer woken
                 with suppress(ValueError):
-                    self._waiters.remove(waiter)
+                    self.waiters.remove(waiter)
 
 
-# A plain threading.local found once per call: its attribute loads cost several times a plain
-# object's, so the counting happens on the InFlight object it holds.
-_threads = threading.local()
+threads = threading.local()
+"""``threads.in_flight``: the calling thread's ``InFlight``, once it has one (``this_thread()``).
+A plain threading.local read once per request: its attribute loads cost several times a plain
+object's, so the counting happens on the InFlight object it holds. ``ExitStackMiddleware`` writes
+``entered()`` and ``left()`` out, a Python call fewer each per request."""
 
 
-def _this_thread() -> InFlight:
+def this_thread() -> InFlight:
     try:
-        in_flight: InFlight = _threads.in_flight
+        in_flight: InFlight = threads.in_flight
     except AttributeError:  # the thread's first request
-        in_flight = _threads.in_flight = InFlight()
+        in_flight = threads.in_flight = InFlight()
     return in_flight
 
 
 def entered() -> InFlight:
     """Count one more request in this thread; call ``left()`` on the result once it has unwound."""
     try:
-        in_flight: InFlight = _threads.in_flight
+        in_flight: InFlight = threads.in_flight
     except AttributeError:  # the thread's first request
-        in_flight = _threads.in_flight = InFlight()
+        in_flight = threads.in_flight = InFlight()
     in_flight.count += 1
     return in_flight
 
 
 def requests_in_flight() -> int:
     """The calling thread's requests that entered an instrumented stack and have not unwound."""
-    return _this_thread().count
+    return this_thread().count
 
 
 async def wait_until_idle() -> None:
     """Return once this thread has no request in flight (at once if it has none)."""
-    await _this_thread().wait_until_idle()
+    await this_thread().wait_until_idle()

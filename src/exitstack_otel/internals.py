@@ -26,6 +26,9 @@ opentelemetry-api: ``trace._TRACER_PROVIDER``,         providers         the pub
 ``_PROXY_TRACER_PROVIDER``, ``metrics._internal``'s
 ``_METER_PROVIDER``, ``_PROXY_METER_PROVIDER``,
 ``_ProxyMeterProvider``
+opentelemetry-api: ``context._RUNTIME_CONTEXT``'s     stack             ``context.get_current()``
+``_current_context`` variable (the current context,
+read per request without two Python calls)
 opentelemetry-sdk: the histogram aggregation's         sdk_bridge        ``Histogram.record()`` per
 internals (checked in full at setup, on a private                        value (said once in the log)
 provider)                                                                (``sdk_bridge._load_sdk``)
@@ -41,7 +44,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterator
+import contextvars
+from collections.abc import AsyncIterator, Callable, Iterator, Sized
 from types import CodeType, ModuleType
 from typing import Any
 from weakref import ref as _weak_reference
@@ -101,6 +105,9 @@ def _generator_manager_types() -> tuple[type, ...]:
 GENERATOR_MANAGER_TYPES: tuple[type, ...] = _generator_manager_types()
 """What ``@contextmanager`` and ``@asynccontextmanager`` make (``issubclass`` against it)."""
 
+GENERATOR_MANAGER_CLASSES: frozenset[type] = frozenset({type(_generator()), type(_async_generator())})
+"""The exact classes the two public decorators make (public API: nothing private to fall back from)."""
+
 # ---- fastapi -----------------------------------------------------------------------------------
 
 FASTAPI_WRAPPERS = frozenset(
@@ -134,6 +141,13 @@ if not isinstance(_TASK_STATES_BY_REF, dict):
     _TASK_STATES_BY_REF = None
 
 
+ANYIO_SCOPED_TASKS: Sized = _TASK_STATES_BY_REF if _TASK_STATES_BY_REF is not None else ("unknown",)
+"""Empty while no asyncio task has entered an anyio cancel scope (anyio keeps a task's state only
+from then on, and drops it with the task): then none can reach any task. Read per request as a
+plain truth test; where anyio's dict is not found, a stand-in that is never empty, so that
+``anyio_scope_encloses`` always decides."""
+
+
 def anyio_scope_encloses(task: asyncio.Task[Any] | None) -> bool:
     """Whether an anyio cancel scope encloses ``task`` (True when it cannot be known)."""
     by_ref = _TASK_STATES_BY_REF
@@ -160,6 +174,22 @@ running_loop: Callable[[], asyncio.AbstractEventLoop | None] = getattr(
 
 
 # ---- opentelemetry-api -------------------------------------------------------------------------
+
+
+def _current_context_getter() -> Callable[[], Any]:
+    from opentelemetry import context
+    from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
+
+    runtime = getattr(context, "_RUNTIME_CONTEXT", None)
+    variable = getattr(runtime, "_current_context", None)
+    if type(runtime) is ContextVarsRuntimeContext and isinstance(variable, contextvars.ContextVar):
+        return variable.get  # what its get_current() returns, without its two Python calls
+    return context.get_current
+
+
+current_context: Callable[[], Any] = _current_context_getter()
+"""``opentelemetry.context.get_current``; where the API's default runtime context is in use, the
+``get`` of the context variable it keeps in ``context._RUNTIME_CONTEXT._current_context``."""
 
 
 def _api_metrics_internal() -> ModuleType | None:

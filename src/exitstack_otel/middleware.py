@@ -11,6 +11,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import inflight
 from .asgi import http_route, request_method
+from .inflight import threads
+from .internals import ANYIO_SCOPED_TASKS, running_loop
 from .options import TelemetryOptions
 from .providers import TelemetrySource
 from .settings import build_options
@@ -76,12 +78,19 @@ class ExitStackMiddleware:
             self.stack_name, telemetry=telemetry, callback_timeout=self.callback_timeout
         )
         scope[self.scope_key] = stack
-        cancel_scope = request_scope()  # None where no cancel scope can reach this request
+        # None where no cancel scope can reach this request: at once on asyncio while no task has
+        # entered an anyio scope (most requests of a plain uvicorn server), else as shield decides
+        cancel_scope = None if running_loop() is not None and not ANYIO_SCOPED_TASKS else request_scope()
         if cancel_scope is not None:
             # a ``with`` block's enter and exit, written out: most requests (a plain uvicorn task)
             # have no scope, and pay nothing for one; ours is never cancelled, and swallows nothing
             cancel_scope.__enter__()
-        in_flight = inflight.entered()  # in-flight hook: wait_for_unwinds() waits for this request
+        # in-flight hook (inflight.entered(), written out): wait_for_unwinds() waits for this request
+        try:
+            in_flight = threads.in_flight
+        except AttributeError:  # the thread's first request
+            in_flight = inflight.this_thread()
+        in_flight.count += 1
         # as ``async with stack:`` runs it: the unwind in this task, inside the except clause that
         # caught the endpoint's exception (what a cleanup raises chains to it)
         try:
@@ -89,18 +98,20 @@ class ExitStackMiddleware:
         except BaseException as exc:
             if cancel_scope is not None:  # cancel scopes around the request wait for the unwind
                 cancel_scope.shield = True
-            if telemetry is not None:  # the route is known once routing ran
+            if stack._reported:  # the route is known once routing ran, and needed once reported
                 stack.route, stack.method = http_route(scope), request_method(scope)
             if not await stack.__aexit__(type(exc), exc, exc.__traceback__):
                 raise
         else:
             if cancel_scope is not None:
                 cancel_scope.shield = True
-            if telemetry is not None:
+            if stack._reported:
                 stack.route, stack.method = http_route(scope), request_method(scope)
             await stack.__aexit__(None, None, None)
         finally:
-            in_flight.left()  # in-flight hook
+            in_flight.count -= 1  # in-flight hook (InFlight.left(), written out)
+            if in_flight.waiters and not in_flight.count:
+                in_flight.wake_waiters()
             if cancel_scope is not None:
                 cancel_scope.__exit__(None, None, None)
 

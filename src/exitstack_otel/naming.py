@@ -130,7 +130,9 @@ def _code_name(target: object) -> str:
 
 
 # FastAPI's generator wrappers name what they wrap, which differs from one push to the next
-_WRAPPER_CODE_NAMES = frozenset(name for _, name in _TRANSPARENT_WRAPPERS)
+WRAPPER_CODE_NAMES = frozenset(name for _, name in _TRANSPARENT_WRAPPERS)
+"""The function names of FastAPI's wrapper generators (a quick first test before the module's)."""
+_WRAPPER_CODE_NAMES = WRAPPER_CODE_NAMES
 
 
 def identity(pushed: Callable[..., Any], is_sync: bool, stack_name: str) -> tuple[object, ...] | None:

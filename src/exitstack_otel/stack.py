@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from contextlib import AsyncExitStack
-from types import TracebackType
+from types import FunctionType, MethodType, TracebackType
 from typing import Any
 
 import anyio
@@ -26,7 +26,9 @@ from opentelemetry import context as otel_context
 
 from . import semconv
 from .cleanup_log import hung_watch
-from .naming import identity
+from .instruments import FOLD_EVERY
+from .internals import ASYNC_CALLBACK_CODE, GENERATOR_MANAGER_CLASSES, SYNC_CALLBACK_CODE, current_context
+from .naming import WRAPPER_CODE_NAMES, identity
 from .options import TelemetryOptions
 from .providers import current_telemetry
 from .telemetry import CallbackInfo, Telemetry, Unwinding, is_cancellation
@@ -34,6 +36,15 @@ from .telemetry import CallbackInfo, Telemetry, Unwinding, is_cancellation
 DEFAULT_STACK_NAME = "exitstack"
 
 _UNSET: Any = object()
+
+MAX_KNOWN_KEYS = 4096
+"""Fast push keys remembered per stack name and kind of exit (sync or async)."""
+
+_SYNC_CALLBACK_CODE = SYNC_CALLBACK_CODE
+_ASYNC_CALLBACK_CODE = ASYNC_CALLBACK_CODE
+_GENERATOR_MANAGERS = GENERATOR_MANAGER_CLASSES
+
+_EXIT_NAMES = frozenset({"__exit__", "__aexit__"})
 
 _DETAILS_FROM_PENDING = sys.version_info >= (3, 13)
 """3.13's contextlib hands each callback ``(type(exc), exc, exc.__traceback__)`` of the pending
@@ -56,11 +67,12 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
     # contextlib's own attribute, _exit_callbacks, stays in the instance dict, as contextlib has it.
     __slots__ = (
         "_callback_timeout",
+        "_known_async",
+        "_known_sync",
         "_name",
         "_parent_context",
         "_reported",
         "_telemetry",
-        "awaits_on_exit",
         "method",
         "route",
         "running_callback",
@@ -71,9 +83,8 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
     method: str | None
     """``http.request.method`` of the unwind, likewise."""
     running_callback: tuple[CallbackInfo, float, float | None] | None
-    """The reported callback running now, since when, and its hung-warning threshold."""
-    awaits_on_exit: bool
-    """True once an async exit callback was pushed: only then can unwinding await anything."""
+    """The reported callback running now, since when, and its hung-warning threshold (set only
+    while hung-callback warnings are on: the watcher is its only reader)."""
 
     def __init__(
         self,
@@ -86,26 +97,37 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
         # (typeshed leaves the attribute out: declaring it here types it for the code below)
         self._exit_callbacks: deque[tuple[bool, Callable[..., Any]]] = deque()
         self.route = self.method = self.running_callback = None
-        self.awaits_on_exit = False
-        self._callback_timeout: float | None = None
-        self._parent_context: otel_context.Context | None = None
+        self._name = name
+        self._reported: list[tuple[Callable[..., Any], CallbackInfo]] = []
         if telemetry is _UNSET:
             telemetry = global_telemetry()
+        self._telemetry = telemetry
+        self._callback_timeout: float | None = None
         if callback_timeout is _UNSET:
-            if telemetry is not None and telemetry.options.callback_timeout is not None:
+            if telemetry is not None:
                 self._callback_timeout = telemetry.options.callback_timeout
         elif callback_timeout is not None:
             self._callback_timeout = checked_callback_timeout(callback_timeout)
-        self._telemetry = telemetry
-        self._name = name
-        self._reported: list[tuple[Callable[..., Any], CallbackInfo]] = []
-        if telemetry is not None and telemetry.tracer is not None:
-            # the unwind span's parent is the span current where the stack was made (the request's)
-            self._parent_context = otel_context.get_current()
+        self._parent_context: otel_context.Context | None = None
+        self._known_sync: dict[object, CallbackInfo] | None = None
+        self._known_async: dict[object, CallbackInfo] | None = None
+        if telemetry is not None:
+            if telemetry.tracer is not None:
+                # the unwind span's parent: the span current where the stack was made (the request's)
+                self._parent_context = current_context()
+            # None where every push must go through on_push (a namer, or "all")
+            self._known_sync, self._known_async = telemetry.known_pushes[name]
 
     @property
     def name(self) -> str:
         return self._name
+
+    def _set_name(self, name: str) -> None:
+        """Rename the stack before anything is pushed (FastAPI's stacks learn their scope key late)."""
+        self._name = name
+        telemetry = self._telemetry
+        if telemetry is not None:
+            self._known_sync, self._known_async = telemetry.known_pushes[name]
 
     @property
     def parent_context(self) -> otel_context.Context | None:
@@ -116,25 +138,70 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
         # contextlib's own _push_exit_callback is this one line on 3.11 to 3.15 (the equivalence
         # tests run on each): appending here saves every push a second call
         self._exit_callbacks.append((is_sync, callback))
-        if not is_sync:
-            self.awaits_on_exit = True
-        telemetry = self._telemetry
-        if telemetry is not None:
+        known = self._known_sync if is_sync else self._known_async
+        if known is None:
+            if self._telemetry is not None:
+                self._push_without_key(callback, is_sync)
+            return
+        # The pushes services make on every request, known by an object that is the same from one
+        # request to the next, with no call and nothing built: the function behind callback() and
+        # push_async_callback(), the class of a manager (enter_context, enter_async_context), the
+        # name of a @contextmanager's function. Each such key stands for one kind and one default
+        # name within the stack (known is per stack name and per is_sync); identity() decides the
+        # rest, and its first answer for a key is remembered under it.
+        key: object = None
+        try:
+            kind = type(callback)
+            if kind is FunctionType:
+                code = callback.__code__
+                if code is _SYNC_CALLBACK_CODE or code is _ASYNC_CALLBACK_CODE:
+                    key = callback.__wrapped__  # type: ignore[attr-defined]
+                    if type(key) is MethodType:
+                        key = key.__func__
+                    if type(key) is not FunctionType:
+                        key = None
+            elif kind is MethodType and callback.__name__ in _EXIT_NAMES:
+                manager: Any = callback.__self__  # type: ignore[attr-defined]
+                key = type(manager)
+                if key in _GENERATOR_MANAGERS:
+                    key = manager.gen.__qualname__
+                    if key in WRAPPER_CODE_NAMES:  # FastAPI's wrapper of a sync dependency
+                        key = None
+            info = known.get(key)
+        except Exception:  # an unhashable class, a manager without its generator: no fast key
+            key = info = None
+        if info is None:
+            self._push_without_key(callback, is_sync, key, known)
+            return
+        info.pushed.value += 1
+        self._reported.append((callback, info))
+
+    def _push_without_key(
+        self,
+        callback: Callable[..., Any],
+        is_sync: bool,
+        key: object = None,
+        known: dict[object, CallbackInfo] | None = None,
+    ) -> None:
+        """A push the fast path could not count: code not seen before, one with no fast key, or
+        any push while a namer or "all" needs to see every push."""
+        telemetry: Telemetry = self._telemetry  # type: ignore[assignment]
+        try:
+            code_key = identity(callback, is_sync, self._name) if telemetry.by_code else None
             try:
-                # the same code pushed again (nearly every push) is known by its code, without
-                # naming it; known_push is a bound dict.get and the add is done here, which saves
-                # the push a Python call into the telemetry
-                key = identity(callback, is_sync, self._name) if telemetry.by_code else None
-                info = telemetry.known_push(key)
-                if info is None:
-                    depth = len(self._exit_callbacks)
-                    info = telemetry.on_push(self._name, callback, is_sync, key, depth)
-                else:
-                    info.pushed.value += 1
-            except Exception as exc:
-                telemetry.fault("push", exc)
+                info = telemetry.known_push(code_key)
+            except TypeError:  # a key holding an unhashable class (its metaclass defines __eq__)
+                code_key = info = None
+            if info is None:
+                info = telemetry.on_push(self._name, callback, is_sync, code_key, len(self._exit_callbacks))
             else:
-                self._reported.append((callback, info))
+                info.pushed.value += 1
+            if key is not None and known is not None and len(known) < MAX_KNOWN_KEYS:
+                known[key] = info
+        except Exception as exc:
+            telemetry.fault("push", exc)
+        else:
+            self._reported.append((callback, info))
 
     def pop_all(self) -> InstrumentedAsyncExitStack:
         new_stack = super().pop_all()
@@ -144,7 +211,8 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
         new_stack.method = self.method
         new_stack._parent_context = self._parent_context
         new_stack._callback_timeout = self._callback_timeout
-        new_stack.awaits_on_exit = self.awaits_on_exit
+        new_stack._known_sync = self._known_sync
+        new_stack._known_async = self._known_async
         # moved callbacks report to the stack that now owns them and will run them
         new_stack._reported, self._reported = self._reported, []
         return new_stack
@@ -155,40 +223,49 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
         exc_value: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
+        callbacks = self._exit_callbacks
+        if not callbacks:
+            # contextlib's loop would not run: nothing suppressed, nothing raised, nothing to report
+            # (most of FastAPI's stacks, most requests of some routes)
+            return False
         telemetry = self._telemetry
-        # nothing to report (no telemetry, nothing pushed, FastAPI's bookkeeping only): the loop
-        # below runs as contextlib's, and an empty unwind appears nowhere
+        # nothing to report (no telemetry, FastAPI's bookkeeping only): the loop below runs as
+        # contextlib's, and the unwind appears nowhere
         reported = self._reported if telemetry is not None else None
         exc_details: tuple[Any, Any, Any] = (exc_type, exc_value, tb)
         exc: Any = exc_value  # the pending exception, as 3.13 calls it
         received_exc = exc_type is not None
         frame_exc = sys.exc_info()[1]
-        callbacks = self._exit_callbacks
         details_from_pending = _DETAILS_FROM_PENDING
+        if details_from_pending and exc is None:
+            exc_details = (None, None, None)
         timeout = self._callback_timeout
-        span_threshold = telemetry.span_threshold if telemetry is not None else 0.0
+        span_threshold = 0.0
         unwinding: Unwinding | None = None
         count = 0
         clock = time.perf_counter
         start = 0.0
         active = None
         hung = None
-        if telemetry is not None and reported:
+        if reported:
             start = clock()
             try:
-                hung = telemetry.hung_callback_warning
+                span_threshold = telemetry.span_threshold  # type: ignore[union-attr]
+                hung = telemetry.hung_callback_warning  # type: ignore[union-attr]
                 if hung is not None:
                     hung_watch.unwinding.add(self)
                     if hung_watch.thread is None:
                         hung_watch.start()
                 # a dict that makes the count it lacks: asking costs the unwind no Python call
-                active = telemetry.active_counts[self._name]
+                active = telemetry.active_counts[self._name]  # type: ignore[union-attr]
                 if active is not None:
                     active.value += 1
-                if telemetry.all_spans:
-                    unwinding = telemetry.unwinding(self._name, self.route, start, self._parent_context)
+                if telemetry.all_spans:  # type: ignore[union-attr]
+                    unwinding = telemetry.unwinding(  # type: ignore[union-attr]
+                        self._name, self.route, start, self._parent_context
+                    )
             except Exception as fault:
-                telemetry.fault("unwind start", fault)
+                telemetry.fault("unwind start", fault)  # type: ignore[union-attr]
         suppressed_exc = False
         pending_raise = False
         try:
@@ -204,13 +281,12 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
                         reported.append(entry)
                         info = _reported_info(reported, cb)
                 try:
-                    if details_from_pending:
-                        exc_details = (
-                            (None, None, None) if exc is None else (type(exc), exc, exc.__traceback__)
-                        )
+                    if details_from_pending and exc is not None:
+                        exc_details = (type(exc), exc, exc.__traceback__)
                     if info is not None:
                         cb_start = clock()
-                        self.running_callback = (info, cb_start, hung)
+                        if hung is not None:
+                            self.running_callback = (info, cb_start, hung)
                     if is_sync:
                         cb_suppress = cb(*exc_details)
                     elif timeout is None:
@@ -257,16 +333,8 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
             if hung is not None:
                 self.running_callback = None
                 hung_watch.unwinding.discard(self)
-        if telemetry is not None and count:
-            escaped = exc if pending_raise else None
-            if escaped is None and exc is not None and not suppressed_exc and is_cancellation(exc):
-                # The endpoint's own errors are not the unwind's, but a cancellation escapes the
-                # ``async with`` all the same: the request was cancelled, and the unwind reads so.
-                escaped = exc
-            telemetry.unwound(
-                self._name, self.route, self.method, self._parent_context,
-                unwinding, start, clock(), count, escaped,
-            )  # fmt: skip
+        if count:
+            self._report(unwinding, start, count, exc if pending_raise else None, exc, suppressed_exc)
         if pending_raise:
             try:
                 # bare "raise exc" replaces our carefully
@@ -277,6 +345,44 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
                 exc.__context__ = fixed_ctx
                 raise
         return received_exc and suppressed_exc
+
+    def _report(
+        self,
+        unwinding: Unwinding | None,
+        start: float,
+        count: int,
+        escaped: BaseException | None,
+        pending: BaseException | None,
+        suppressed: bool,
+    ) -> None:
+        """The unwind is over, ``count`` reported callbacks ran; ``escaped`` is what a callback
+        raised out of it, ``pending`` the exception still pending at its end."""
+        end = time.perf_counter()
+        telemetry: Telemetry = self._telemetry  # type: ignore[assignment]
+        if escaped is None and pending is not None and not suppressed and is_cancellation(pending):
+            # The endpoint's own errors are not the unwind's, but a cancellation escapes the
+            # ``async with`` all the same: the request was cancelled, and the unwind reads so.
+            escaped = pending
+        if unwinding is None and escaped is None:
+            # what went well: two appends to series found by one dict lookup (Telemetry.unwound's
+            # fast path, written out here: a call fewer per request)
+            try:
+                key = (self._name, self.route, self.method, semconv.OUTCOME_OK)
+                series = telemetry.unwind_series_by_key.get(key) or telemetry.unwind_series(*key)
+                series.record_duration(end - start)
+                series.record_callbacks(count)
+                instruments = telemetry.instruments
+                if instruments is not None:
+                    instruments.unfolded += count + 2
+                    if instruments.unfolded >= FOLD_EVERY:
+                        instruments.fold()
+            except Exception as fault:
+                telemetry.fault("unwind", fault)
+            return
+        telemetry.unwound(
+            self._name, self.route, self.method, self._parent_context,
+            unwinding, start, end, count, escaped,
+        )  # fmt: skip
 
     def _slow_path(
         self,

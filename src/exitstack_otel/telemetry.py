@@ -45,6 +45,9 @@ FAILED_OUTCOMES = frozenset({semconv.OUTCOME_ERROR, semconv.OUTCOME_CANCELLED, s
 MAX_KNOWN_CODE = 4096
 """Pushed code remembered per ``Telemetry``, so that pushing it again needs no naming."""
 
+MAX_STACK_NAMES = 1000
+"""Stack names whose fast push keys are kept (names are code's: scope keys, ``stack_name``)."""
+
 MAX_ERROR_TYPES = 100
 """Distinct ``error.type`` values per ``Telemetry``; later ones are reported as ``_OTHER``."""
 
@@ -147,6 +150,23 @@ class _ActiveCounts(dict[str, Count | None]):
         return found
 
 
+KnownPushes = tuple[dict[object, CallbackInfo], dict[object, CallbackInfo]] | tuple[None, None]
+
+
+class _KnownPushes(dict[str, KnownPushes]):
+    """Made at a stack name's first lookup, so that a new stack finds its pair in one lookup."""
+
+    def __init__(self, enabled: bool) -> None:
+        super().__init__()
+        self._enabled = enabled
+
+    def __missing__(self, stack_name: str) -> KnownPushes:
+        found: KnownPushes = ({}, {}) if self._enabled else (None, None)
+        if len(self) < MAX_STACK_NAMES:
+            self[stack_name] = found
+        return found
+
+
 def is_noop_tracer_provider(provider: trace.TracerProvider) -> bool:
     return isinstance(provider, (ProxyTracerProvider, NoOpTracerProvider))
 
@@ -206,6 +226,10 @@ class Telemetry:
         """The info of a push the stack may count itself (by its identity), None when ``on_push``
         must see it: code not seen before, or any push with "all" (it adds an event to the
         request's span). A bound ``dict.get``, so that asking costs the push no Python call."""
+        self.known_pushes = _KnownPushes(self.by_code and not self.all_spans)
+        """Per stack name, the infos of pushes known by a fast key, sync and async exits apart
+        (``InstrumentedAsyncExitStack._push_exit_callback``); ``(None, None)`` where every push
+        must reach ``on_push``: a namer names each one, "all" adds an event for each one."""
         self._names: set[str] = set()
         self._error_types: set[str] = set()
         self.active_counts = _ActiveCounts(instruments)
