@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import anyio
 import anyio._backends._asyncio
@@ -19,7 +20,7 @@ from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.metrics import _internal as metrics_internal
 from starlette.types import Receive, Scope, Send
 
-from exitstack_otel import ExitStackMiddleware, get_exit_stack, internals, naming, semconv
+from exitstack_otel import ExitStackMiddleware, get_exit_stack, internals, middleware, naming, semconv
 
 
 @contextlib.contextmanager
@@ -83,9 +84,14 @@ def test_without_anyios_task_states_every_request_is_shielded(monkeypatch: pytes
     monkeypatch.setattr(internals, "_TASK_STATES", None)
     monkeypatch.setattr(internals, "_TASK_STATES_BY_REF", None)
     assert internals.anyio_scope_encloses(None)
+    # the middleware's quick test ("no task has an anyio scope") never passes without anyio's dict
+    monkeypatch.setattr(middleware, "ANYIO_SCOPED_TASKS", internals._anyio_scoped_tasks(None))
     finished: list[str] = []
+    real_task_states = anyio._backends._asyncio._task_states
 
     async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+        state = real_task_states.get(asyncio.current_task())  # type: ignore[arg-type]
+        assert state is not None and state.cancel_scope is not None  # the middleware's own scope
         stack = get_exit_stack(scope)
         group = await stack.enter_async_context(anyio.create_task_group())
         group.start_soon(anyio.lowlevel.checkpoint)
@@ -117,6 +123,39 @@ def test_without_the_weak_dicts_data_its_get_answers(monkeypatch: pytest.MonkeyP
 
     assert asyncio.run(plain()) is False
     assert asyncio.run(in_a_scope()) is True
+
+
+def test_a_plain_task_gets_no_scope_while_no_task_has_an_anyio_scope() -> None:
+    async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+        assert not internals.ANYIO_SCOPED_TASKS  # the quick test passes ...
+        assert anyio._backends._asyncio._task_states.get(asyncio.current_task()) is None  # type: ignore[arg-type]
+
+    async def main() -> None:
+        assert not internals.ANYIO_SCOPED_TASKS
+        await ExitStackMiddleware(endpoint)(_scope(), _receive, _send)
+
+    asyncio.run(main())
+
+
+def test_without_the_apis_runtime_context_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    from opentelemetry import context
+    from opentelemetry.context.context import Context, _RuntimeContext
+
+    class OtherRuntimeContext(_RuntimeContext):  # as OTEL_PYTHON_CONTEXT may name one
+        def attach(self, ctx: Context) -> Any:
+            raise NotImplementedError
+
+        def get_current(self) -> Context:
+            return Context({"from": "other"})
+
+        def detach(self, token: Any) -> None:
+            raise NotImplementedError
+
+    assert internals.current_context() is context.get_current()
+    monkeypatch.setattr(context, "_RUNTIME_CONTEXT", OtherRuntimeContext())
+    getter = internals._current_context_getter()
+    assert getter is context.get_current
+    assert getter() == {"from": "other"}
 
 
 def test_the_public_running_loop_lookup() -> None:

@@ -26,3 +26,12 @@ def http_route(scope: Mapping[str, Any]) -> str | None:
     """The matched route's template (never the raw path), or None when no route matched."""
     path = getattr(scope.get("route"), "path", None)
     return path if isinstance(path, str) else None
+
+
+def route_and_method(scope: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """``http_route`` and ``request_method`` in one call, for the request path."""
+    path = getattr(scope.get("route"), "path", None)
+    method = scope.get("method")
+    if method is not None and method not in _KNOWN_METHODS:
+        method = semconv.OTHER_NAME
+    return (path if isinstance(path, str) else None), method

@@ -141,7 +141,11 @@ if not isinstance(_TASK_STATES_BY_REF, dict):
     _TASK_STATES_BY_REF = None
 
 
-ANYIO_SCOPED_TASKS: Sized = _TASK_STATES_BY_REF if _TASK_STATES_BY_REF is not None else ("unknown",)
+def _anyio_scoped_tasks(by_ref: dict[Any, Any] | None) -> Sized:
+    return by_ref if by_ref is not None else ("unknown",)
+
+
+ANYIO_SCOPED_TASKS: Sized = _anyio_scoped_tasks(_TASK_STATES_BY_REF)
 """Empty while no asyncio task has entered an anyio cancel scope (anyio keeps a task's state only
 from then on, and drops it with the task): then none can reach any task. Read per request as a
 plain truth test; where anyio's dict is not found, a stand-in that is never empty, so that

@@ -10,7 +10,7 @@ from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import inflight
-from .asgi import http_route, request_method
+from .asgi import route_and_method
 from .inflight import threads
 from .internals import ANYIO_SCOPED_TASKS, running_loop
 from .options import TelemetryOptions
@@ -99,14 +99,14 @@ class ExitStackMiddleware:
             if cancel_scope is not None:  # cancel scopes around the request wait for the unwind
                 cancel_scope.shield = True
             if stack._reported:  # the route is known once routing ran, and needed once reported
-                stack.route, stack.method = http_route(scope), request_method(scope)
+                stack.route, stack.method = route_and_method(scope)
             if not await stack.__aexit__(type(exc), exc, exc.__traceback__):
                 raise
         else:
             if cancel_scope is not None:
                 cancel_scope.shield = True
             if stack._reported:
-                stack.route, stack.method = http_route(scope), request_method(scope)
+                stack.route, stack.method = route_and_method(scope)
             await stack.__aexit__(None, None, None)
         finally:
             in_flight.count -= 1  # in-flight hook (InFlight.left(), written out)
