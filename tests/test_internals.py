@@ -91,7 +91,8 @@ def test_without_anyios_task_states_every_request_is_shielded(monkeypatch: pytes
 
     async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
         state = real_task_states.get(asyncio.current_task())  # type: ignore[arg-type]
-        assert state is not None and state.cancel_scope is not None  # the middleware's own scope
+        assert state is not None
+        assert state.cancel_scope is not None  # the middleware's own scope
         stack = get_exit_stack(scope)
         group = await stack.enter_async_context(anyio.create_task_group())
         group.start_soon(anyio.lowlevel.checkpoint)
