@@ -127,15 +127,44 @@ def test_without_the_weak_dicts_data_its_get_answers(monkeypatch: pytest.MonkeyP
 
 
 def test_a_plain_task_gets_no_scope_while_no_task_has_an_anyio_scope() -> None:
-    async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
-        assert not internals.ANYIO_SCOPED_TASKS  # the quick test passes ...
-        assert anyio._backends._asyncio._task_states.get(asyncio.current_task()) is None  # type: ignore[arg-type]
+    # a fresh interpreter: in this one, other tests' tasks may still hold anyio state
+    code = textwrap.dedent(
+        """
+        import asyncio
+        import anyio
+        from anyio._backends._asyncio import _task_states
+        from exitstack_otel import ExitStackMiddleware, internals
 
-    async def main() -> None:
-        assert not internals.ANYIO_SCOPED_TASKS
-        await ExitStackMiddleware(endpoint)(_scope(), _receive, _send)
+        seen = []
 
-    asyncio.run(main())
+        async def endpoint(scope, receive, send):
+            state = _task_states.get(asyncio.current_task())
+            seen.append(None if state is None else state.cancel_scope)
+
+        async def receive():
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message):
+            pass
+
+        async def main():
+            scope = {"type": "http", "method": "GET", "path": "/", "headers": []}
+            assert not internals.ANYIO_SCOPED_TASKS  # the quick test passes: no scope entered
+            await ExitStackMiddleware(endpoint)(dict(scope), receive, send)
+            with anyio.CancelScope() as outer:  # once a task is in an anyio scope, requests ask
+                assert internals.ANYIO_SCOPED_TASKS
+                await ExitStackMiddleware(endpoint)(dict(scope), receive, send)
+            return outer
+
+        outer = asyncio.run(main())
+        assert seen[0] is None, seen  # no anyio state: the middleware entered no scope
+        assert seen[1] is not None and seen[1] is not outer, seen  # its own, inside the outer one
+        print("ok")
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
 
 
 def test_without_the_apis_runtime_context_variable(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -244,11 +244,15 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
         unwinding: Unwinding | None = None
         count = 0
         clock = time.perf_counter
-        start = 0.0
+        start = last = 0.0
         active = None
         hung = None
-        if reported:
-            start = clock()
+        if not reported:
+            reported = None
+        else:
+            # One reading per callback: each one's end is the next one's start (the few bookkeeping
+            # instructions between two callbacks count to the next one).
+            start = last = clock()
             try:
                 span_threshold = telemetry.span_threshold  # type: ignore[union-attr]
                 hung = telemetry.hung_callback_warning  # type: ignore[union-attr]
@@ -284,7 +288,7 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
                     if details_from_pending and exc is not None:
                         exc_details = (type(exc), exc, exc.__traceback__)
                     if info is not None:
-                        cb_start = clock()
+                        cb_start = last
                         if hung is not None:
                             self.running_callback = (info, cb_start, hung)
                     if is_sync:
@@ -294,7 +298,8 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
                     else:
                         cb_suppress = await _time_limited(cb, exc_details, timeout)
                     if info is not None:
-                        duration = clock() - cb_start
+                        last = clock()
+                        duration = last - cb_start
                         count += 1
                         try:
                             if duration < span_threshold:
@@ -305,22 +310,26 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
                             else:
                                 suppressed = cb_suppress and exc_details[0] is not None
                                 unwinding = self._slow_path(
-                                    unwinding, info, cb_start, cb_start + duration,
+                                    unwinding, info, cb_start, last,
                                     semconv.OUTCOME_SUPPRESSED if suppressed else semconv.OUTCOME_OK,
                                     None,
                                 )  # fmt: skip
                         except Exception as fault:  # never the callback's exception
                             telemetry.fault("callback", fault)  # type: ignore[union-attr]
+                    elif reported is not None:  # a callback not reported: its time is no one's
+                        last = clock()
                     if cb_suppress:
                         suppressed_exc = True
                         pending_raise = False
                         exc_details = (None, None, None)
                         exc = None
                 except BaseException as new_exc:
+                    if reported is not None:
+                        last = clock()
                     if info is not None:
                         count += 1
                         unwinding = self._slow_path(
-                            unwinding, info, cb_start, clock(), _failure_outcome(new_exc), new_exc
+                            unwinding, info, cb_start, last, _failure_outcome(new_exc), new_exc
                         )
                     # simulate the stack of exceptions by setting the context
                     _fix_exception_context(new_exc, exc, frame_exc)
@@ -334,7 +343,7 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
                 self.running_callback = None
                 hung_watch.unwinding.discard(self)
         if count:
-            self._report(unwinding, start, count, exc if pending_raise else None, exc, suppressed_exc)
+            self._report(unwinding, start, last, count, exc if pending_raise else None, exc, suppressed_exc)
         if pending_raise:
             try:
                 # bare "raise exc" replaces our carefully
@@ -350,6 +359,7 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
         self,
         unwinding: Unwinding | None,
         start: float,
+        end: float,
         count: int,
         escaped: BaseException | None,
         pending: BaseException | None,
@@ -357,7 +367,6 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
     ) -> None:
         """The unwind is over, ``count`` reported callbacks ran; ``escaped`` is what a callback
         raised out of it, ``pending`` the exception still pending at its end."""
-        end = time.perf_counter()
         telemetry: Telemetry = self._telemetry  # type: ignore[assignment]
         if escaped is None and pending is not None and not suppressed and is_cancellation(pending):
             # The endpoint's own errors are not the unwind's, but a cancellation escapes the
