@@ -31,7 +31,7 @@ from .internals import ASYNC_CALLBACK_CODE, GENERATOR_MANAGER_CLASSES, SYNC_CALL
 from .naming import WRAPPER_CODE_NAMES, identity
 from .options import TelemetryOptions
 from .providers import current_telemetry
-from .telemetry import CallbackInfo, Telemetry, Unwinding, is_cancellation
+from .telemetry import CallbackInfo, KnownPushes, Telemetry, Unwinding, is_cancellation
 
 DEFAULT_STACK_NAME = "exitstack"
 
@@ -43,6 +43,7 @@ MAX_KNOWN_KEYS = 4096
 _SYNC_CALLBACK_CODE = SYNC_CALLBACK_CODE
 _ASYNC_CALLBACK_CODE = ASYNC_CALLBACK_CODE
 _GENERATOR_MANAGERS = GENERATOR_MANAGER_CLASSES
+_NOTHING_KNOWN: KnownPushes = (None, None)
 
 _EXIT_NAMES = frozenset({"__exit__", "__aexit__"})
 
@@ -67,8 +68,7 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
     # contextlib's own attribute, _exit_callbacks, stays in the instance dict, as contextlib has it.
     __slots__ = (
         "_callback_timeout",
-        "_known_async",
-        "_known_sync",
+        "_known",
         "_name",
         "_parent_context",
         "_reported",
@@ -109,14 +109,13 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
         elif callback_timeout is not None:
             self._callback_timeout = checked_callback_timeout(callback_timeout)
         self._parent_context: otel_context.Context | None = None
-        self._known_sync: dict[object, CallbackInfo] | None = None
-        self._known_async: dict[object, CallbackInfo] | None = None
+        self._known: KnownPushes = _NOTHING_KNOWN
         if telemetry is not None:
             if telemetry.tracer is not None:
                 # the unwind span's parent: the span current where the stack was made (the request's)
                 self._parent_context = current_context()
-            # None where every push must go through on_push (a namer, or "all")
-            self._known_sync, self._known_async = telemetry.known_pushes[name]
+            # (None, None) where every push must go through on_push (a namer, or "all")
+            self._known = telemetry.known_pushes[name]
 
     @property
     def name(self) -> str:
@@ -127,7 +126,7 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
         self._name = name
         telemetry = self._telemetry
         if telemetry is not None:
-            self._known_sync, self._known_async = telemetry.known_pushes[name]
+            self._known = telemetry.known_pushes[name]
 
     @property
     def parent_context(self) -> otel_context.Context | None:
@@ -138,7 +137,7 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
         # contextlib's own _push_exit_callback is this one line on 3.11 to 3.15 (the equivalence
         # tests run on each): appending here saves every push a second call
         self._exit_callbacks.append((is_sync, callback))
-        known = self._known_sync if is_sync else self._known_async
+        known = self._known[is_sync]
         if known is None:
             if self._telemetry is not None:
                 self._push_without_key(callback, is_sync)
@@ -211,8 +210,7 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
         new_stack.method = self.method
         new_stack._parent_context = self._parent_context
         new_stack._callback_timeout = self._callback_timeout
-        new_stack._known_sync = self._known_sync
-        new_stack._known_async = self._known_async
+        new_stack._known = self._known
         # moved callbacks report to the stack that now owns them and will run them
         new_stack._reported, self._reported = self._reported, []
         return new_stack

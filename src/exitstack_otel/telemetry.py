@@ -227,9 +227,9 @@ class Telemetry:
         must see it: code not seen before, or any push with "all" (it adds an event to the
         request's span). A bound ``dict.get``, so that asking costs the push no Python call."""
         self.known_pushes = _KnownPushes(self.by_code and not self.all_spans)
-        """Per stack name, the infos of pushes known by a fast key, sync and async exits apart
-        (``InstrumentedAsyncExitStack._push_exit_callback``); ``(None, None)`` where every push
-        must reach ``on_push``: a namer names each one, "all" adds an event for each one."""
+        """Per stack name, the infos of pushes known by a fast key, async and sync exits apart
+        (indexed by ``is_sync``: ``InstrumentedAsyncExitStack._push_exit_callback``); ``(None, None)``
+        where every push must reach ``on_push``: a namer names each one, "all" adds an event for each."""
         self._names: set[str] = set()
         self._error_types: set[str] = set()
         self.active_counts = _ActiveCounts(instruments)
