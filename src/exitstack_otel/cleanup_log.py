@@ -96,12 +96,25 @@ class FailureLog:
                 self._logged += 1
                 allowed = True
             else:
-                if not self._left_out:  # the first one left out: say so when the window ends
-                    self._start_timer(now)
-                self._left_out += 1
+                self._count_left_out(1, now)
                 allowed = False
         _log_left_out(summary)
         return allowed
+
+    def left_out(self, count: int) -> None:
+        """``count`` failures recorded without a log record (beyond their failure budget): the
+        window's summary counts them with the ones the log's own limit left out."""
+        with self._lock:
+            now = self._clock()
+            summary = self._end_window(now) if now - self._window_start >= self.window else None
+            self._count_left_out(count, now)
+        _log_left_out(summary)
+
+    def _count_left_out(self, count: int, now: float) -> None:
+        """Under the lock."""
+        if not self._left_out:  # the first one left out: say so when the window ends
+            self._start_timer(now)
+        self._left_out += count
 
     def _end_window(self, now: float) -> tuple[int, float, int] | None:
         """Starts a new window at ``now``; what the old one left out, if anything. Under the lock."""

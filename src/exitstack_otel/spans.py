@@ -16,18 +16,20 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from . import semconv
+from .failure_budget import FailureKind
 
 Attributes = Mapping[str, AttributeValue]
 
 
 class CallbackRun(NamedTuple):
-    """One executed callback as a span will show it; ``exc`` only when it failed."""
+    """One executed callback as a span will show it; ``exc`` and ``failure`` only when it failed."""
 
     span_name: str
     attributes: Attributes
     start: float
     end: float
     exc: BaseException | None
+    failure: FailureKind | None = None
 
 
 class Clock(NamedTuple):

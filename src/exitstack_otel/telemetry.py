@@ -26,6 +26,7 @@ from opentelemetry.util.types import AttributeValue
 
 from . import naming, semconv, spans
 from .cleanup_log import FailureLog
+from .failure_budget import MAX_KINDS, Budget, FailureKind
 from .instruments import FOLD_EVERY, Count, Instruments, instruments_for
 from .internals import PROXY_METER_PROVIDER_TYPE
 from .options import CallbackNamer, CallbackSpans, TelemetryOptions
@@ -237,6 +238,11 @@ class Telemetry:
         """Stacks look a series up here first, by ``unwind_series``' arguments."""
         self._faults: set[str] = set()
         self.failures = FailureLog()
+        self.failure_kinds: dict[tuple[CallbackInfo, str, type[object]], FailureKind] = {}
+        """Each kind of failure's budget of full records (spans, exception event, log record), by
+        the exception's class: the failure is known without naming its ``error.type`` again."""
+        self.shared_budget = Budget()
+        """The budget of the kinds beyond ``MAX_KINDS``."""
 
     @classmethod
     def create(
@@ -339,6 +345,20 @@ class Telemetry:
             self._error_types.add(found)
         return found
 
+    def failure_kind(self, info: CallbackInfo, outcome: str, exc: BaseException | None) -> FailureKind:
+        """What ``failure_kinds`` lacks for this failure: made once, kept up to ``MAX_KINDS``."""
+        err_type = self.error_type(exc) if exc is not None else None
+        attributes = info.attributes(outcome, err_type)
+        instruments = self.instruments
+        series = NULL_SERIES if instruments is None else instruments.callback_duration.series(attributes)
+        if len(self.failure_kinds) >= MAX_KINDS:
+            # not kept, so made again each time: its series' own folding check stays on
+            return FailureKind(attributes, self.shared_budget, series.record)
+        found = self.failure_kinds[(info, outcome, type(exc))] = FailureKind(
+            attributes, Budget(), series.recorder
+        )
+        return found
+
     # -- unwinds --------------------------------------------------------------------------------
 
     def unwound(
@@ -409,10 +429,17 @@ class Telemetry:
 
 
 class Unwinding:
-    """One unwind that makes spans or records with exemplars: with ``"all"``, or once a problem happened."""
+    """One unwind that makes spans or records with exemplars: with ``"all"``, or once a problem happened.
+
+    With ``"problems"`` an unwind is recorded in full (its span, its problems' spans, their
+    exemplars and log records) or not at all: in full when it had a slow callback, a failure within
+    its kind's budget (``failure_budget``), or an escape that was not one of its failures. Else it
+    is *quiet*: its failures and its own values go through the recorders the fast path uses.
+    """
 
     __slots__ = (
         "failed",
+        "in_full",
         "live",
         "parent",
         "problems",
@@ -439,6 +466,8 @@ class Unwinding:
         self.failed = 0
         self.troubled = False
         """a callback failed or was slow: the unwind's measurement keeps an exemplar too"""
+        self.in_full = False
+        """a problem that is always recorded in full, or a failure within its budget, happened"""
         self.problems: list[spans.CallbackRun] = []
         self.live: spans.LiveUnwind | None = None
         if telemetry.all_spans and telemetry.tracer is not None:
@@ -452,10 +481,17 @@ class Unwinding:
         failed = outcome in FAILED_OUTCOMES
         if failed:
             self.failed += 1
-        err_type = telemetry.error_type(exc) if failed and exc is not None else None
-        run = spans.CallbackRun(
-            info.span_name, info.attributes(outcome, err_type), start, end, exc if failed else None
-        )
+            kind = telemetry.failure_kinds.get((info, outcome, type(exc)))
+            if kind is None:
+                kind = telemetry.failure_kind(info, outcome, exc)
+            run = spans.CallbackRun(info.span_name, kind.attributes, start, end, exc, kind)
+            # One budget share per unwind recorded in full: its other failures come with it. A
+            # storm's failure is declined by the comparison, without a call.
+            budget = kind.budget
+            if not self.in_full and self.live is None and end >= budget.allowed_from and budget.take(end):
+                self.in_full = True
+        else:
+            run = spans.CallbackRun(info.span_name, info.attributes(outcome, None), start, end, None, None)
         problem = failed or end - start >= telemetry.options.slow_callback_threshold
         live = self.live
         context = None
@@ -465,6 +501,8 @@ class Unwinding:
             (info.suppressed if outcome == semconv.OUTCOME_SUPPRESSED else info.ok).record(end - start)
             return
         self.troubled = True
+        if not failed:
+            self.in_full = True  # a slow callback: not what a storm is made of, and never budgeted
         if live is not None:
             self._record_problem(run, context)
         else:
@@ -494,7 +532,15 @@ class Unwinding:
         method: str | None,
         outcome: str,
     ) -> None:
-        """The unwind's end: its span (or the spans of its problems) and its two values."""
+        """The unwind's end: its span (or the spans of its problems) and its two values.
+
+        Left out of the traces (*quiet*) when it had only failures beyond their budgets, and
+        nothing escaped but the last of them (a cancellation of the request is a problem of its own).
+        """
+        problems = self.problems
+        if not self.in_full and self.live is None and problems and (exc is None or problems[-1].exc is exc):
+            self._finish_quietly(end, count, route, method, outcome)
+            return
         telemetry = self.telemetry
         series = telemetry.unwind_series(self.stack_name, route, method, outcome)
         instruments = telemetry.instruments
@@ -531,3 +577,24 @@ class Unwinding:
         else:  # an unwind that went well ("all" makes its span all the same): no exemplar
             series.duration.record(end - self.start)
         series.callbacks.record(count)
+
+    def _finish_quietly(
+        self, end: float, count: int, route: str | None, method: str | None, outcome: str
+    ) -> None:
+        """Every value through a recorder, as ``Telemetry.unwound`` records an unwind that went well."""
+        telemetry = self.telemetry
+        problems = self.problems
+        for run in problems:
+            run.failure.record(run.end - run.start)  # type: ignore[union-attr]
+        key = (self.stack_name, route, method, outcome)
+        series = telemetry.unwind_series_by_key.get(key) or telemetry.unwind_series(*key)
+        series.record_duration(end - self.start)
+        series.record_callbacks(count)
+        instruments = telemetry.instruments
+        if instruments is not None:
+            # Instruments.appended written out, as in Telemetry.unwound; the failures' values are
+            # among the count's
+            instruments.unfolded += count + 2
+            if instruments.unfolded >= FOLD_EVERY:
+                instruments.fold()
+        telemetry.failures.left_out(len(problems))
