@@ -7,7 +7,8 @@ at push time. Per unwind: ``active_counts[name]`` at its start (a dict that make
 ``unwound`` at its end (its two values, and what the recorders appended, so that the histograms
 fold when due). Everything that makes a span or an SDK call with a context (failed, cancelled,
 timed-out and slow callbacks, and every callback with ``callback_spans="all"``) goes through
-``Unwinding``, which exists only then.
+``Unwinding``, which exists only then. In a failure storm most failures go no further than that:
+beyond their budget (``failure_budget``), they and their unwind go through recorders too.
 """
 
 from __future__ import annotations
