@@ -164,6 +164,7 @@ def test_a_timer_of_a_window_already_over_says_nothing(caplog: pytest.LogCapture
 
 def test_shutdown_says_what_the_unfinished_window_left_out(caplog: pytest.LogCaptureFixture) -> None:
     cleanup_log._flush_all()  # other tests' logs have had their say, outside this test's records
+    caplog.clear()
     now = [0.0]
     timers = Timers()
     log = FailureLog(per_window=2, window=60.0, clock=lambda: now[0], schedule=timers)
@@ -239,3 +240,25 @@ def test_the_watcher_starts_once() -> None:
     watch.start()
     assert first is not None
     assert watch.thread is first
+
+
+def test_failures_kept_out_by_their_budget_are_counted_in_the_summary(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # the failure budget adds to `unlogged` and asks for a summary only when no timer runs
+    now = [0.0]
+    timers = Timers()
+    log = FailureLog(per_window=2, window=60.0, clock=lambda: now[0], schedule=timers)
+    with caplog.at_level(logging.WARNING):
+        log.unlogged += 5
+        log.summary_due()
+        assert log.timer is not None
+        fail(log, 3)  # two logged, one left out by the log's own limit: no second timer
+        log.unlogged += 4
+        assert len(timers.scheduled) == 1
+        now[0] = 60.0
+        timers.fire()
+    [summary] = summaries(caplog)
+    assert "left 10 more failed cleanup callbacks out of the log in the last 60.0 s" in summary
+    assert log.unlogged == 0
+    assert log.timer is None

@@ -68,6 +68,8 @@ class FailureLog:
     Failures beyond that are counted, and the count is logged when the window ends (a timer,
     started only by the first failure left out of a window), when the next failure after it
     arrives, or at shutdown, whichever is first; with the time the window really lasted.
+    Failures that their failure budget kept out of the traces (``failure_budget``) are never
+    logged: whoever records them adds them to ``unlogged``, and the summary counts them too.
     """
 
     def __init__(
@@ -85,7 +87,11 @@ class FailureLog:
         self._window_start = clock()
         self._logged = 0
         self._left_out = 0
-        self._timer: _Timer | None = None
+        self.unlogged = 0
+        """Added to without the lock, by a storm's every request: two threads adding at once may
+        lose one of the adds, a count in a log line (the metrics count every failure exactly)."""
+        self.timer: _Timer | None = None
+        """None while no summary is due: whoever adds to ``unlogged`` then calls ``summary_due``."""
         _live.add(self)
 
     def _allowed(self) -> bool:
@@ -96,32 +102,31 @@ class FailureLog:
                 self._logged += 1
                 allowed = True
             else:
-                self._count_left_out(1, now)
+                self._left_out += 1
+                if self.timer is None:  # the first one left out: say so when the window ends
+                    self._start_timer(now)
                 allowed = False
         _log_left_out(summary)
         return allowed
 
-    def left_out(self, count: int) -> None:
-        """``count`` failures recorded without a log record (beyond their failure budget): the
-        window's summary counts them with the ones the log's own limit left out."""
+    def summary_due(self) -> None:
+        """``unlogged`` grew while no timer ran: the summary comes when the window ends."""
         with self._lock:
             now = self._clock()
             summary = self._end_window(now) if now - self._window_start >= self.window else None
-            self._count_left_out(count, now)
+            if self.timer is None:
+                self._start_timer(now)
         _log_left_out(summary)
-
-    def _count_left_out(self, count: int, now: float) -> None:
-        """Under the lock."""
-        if not self._left_out:  # the first one left out: say so when the window ends
-            self._start_timer(now)
-        self._left_out += count
 
     def _end_window(self, now: float) -> tuple[int, float, int] | None:
         """Starts a new window at ``now``; what the old one left out, if anything. Under the lock."""
-        summary = (self._left_out, now - self._window_start, self.per_window) if self._left_out else None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        unlogged = self.unlogged
+        self.unlogged -= unlogged  # what another thread adds meanwhile stays for the next window
+        left_out = self._left_out + unlogged
+        summary = (left_out, now - self._window_start, self.per_window) if left_out else None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         self._window_start, self._logged, self._left_out = now, 0, 0
         return summary
 
@@ -129,7 +134,7 @@ class FailureLog:
         """Under the lock: ``_window_ended`` at the current window's end."""
         start = self._window_start
         remaining = max(start + self.window - now, 0.0)
-        self._timer = self._schedule(remaining, lambda: self._window_ended(start))
+        self.timer = self._schedule(remaining, lambda: self._window_ended(start))
 
     def _window_ended(self, start: float) -> None:
         with self._lock:
@@ -151,7 +156,7 @@ class FailureLog:
     def _forked(self) -> None:
         # a forked child has no timer thread, and the lock may have been held by another thread
         self._lock = threading.Lock()
-        self._timer = None
+        self.timer = None
 
     def failed(
         self,

@@ -598,4 +598,7 @@ class Unwinding:
             instruments.unfolded += count + 2
             if instruments.unfolded >= FOLD_EVERY:
                 instruments.fold()
-        telemetry.failures.left_out(len(problems))
+        failures = telemetry.failures
+        failures.unlogged += len(problems)  # counted in the log's summary, at no call here
+        if failures.timer is None:
+            failures.summary_due()
