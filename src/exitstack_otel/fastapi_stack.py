@@ -133,8 +133,8 @@ class FastAPIExitStack(InstrumentedAsyncExitStack, metaclass=_AnyAsyncExitStackM
         unnamed[0] = self
         if previous is not None and previous._name is UNRESOLVED_STACK_NAME:
             for key in STACK_KEYS:  # _key_of(), written out: a call fewer for each stack
-                if scope.get(key) is previous:
-                    previous._name = key
+                if previous is scope.get(key):
+                    previous._name = key  # type: ignore[union-attr]  # "is" narrowed it to the scope's Any | None
                     break
 
     def _get_ready(self) -> None:
