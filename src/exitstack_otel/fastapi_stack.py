@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from starlette.types import ASGIApp, Receive, Scope, Send
 
     from .providers import TelemetrySource
-    from .telemetry import CallbackInfo, Telemetry
+    from .telemetry import CallbackInfo, KnownPushes, Telemetry
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +87,7 @@ _WRAPPER_CODES = _wrapper_codes()
 _GENERATOR_MANAGERS = GENERATOR_MANAGER_CLASSES
 _SYNC_CALLBACK_CODE = SYNC_CALLBACK_CODE
 _EXIT_NAMES = frozenset({"__exit__", "__aexit__"})
+_NOTHING_KNOWN: KnownPushes = (None, None)
 _CancelScope = anyio.CancelScope
 
 
@@ -110,7 +111,7 @@ class FastAPIExitStack(InstrumentedAsyncExitStack, metaclass=_AnyAsyncExitStackM
         self.route = self.method = self.running_callback = None
         self._name = UNRESOLVED_STACK_NAME
         self._reported = []
-        self._known_sync = self._known_async = None
+        self._known = _NOTHING_KNOWN
         self._parent_context = None
         self._report_all = False
         request = _current_request.get()
@@ -143,7 +144,7 @@ class FastAPIExitStack(InstrumentedAsyncExitStack, metaclass=_AnyAsyncExitStackM
         if self._name is UNRESOLVED_STACK_NAME:
             self._name = _key_of(self, self._scope)  # type: ignore[arg-type]  # set with _unready
         telemetry: Telemetry = self._telemetry  # type: ignore[assignment]
-        self._known_sync, self._known_async = telemetry.known_pushes[self._name]
+        self._known = telemetry.known_pushes[self._name]
         self._report_all = telemetry.options.report_framework_callbacks
 
     def _push_exit_callback(self, callback: Callable[..., Any], is_sync: bool = True) -> None:
@@ -162,7 +163,7 @@ class FastAPIExitStack(InstrumentedAsyncExitStack, metaclass=_AnyAsyncExitStackM
             if type(manager) in _GENERATOR_MANAGERS:
                 if manager.gen.__qualname__ in _WRAPPER_CODES and callback.__name__ in _EXIT_NAMES:
                     key = _dependency_key(manager)
-                    known = self._known_sync if is_sync else self._known_async
+                    known = self._known[is_sync]
                     if key is not None and known is not None:
                         try:
                             info: CallbackInfo | None = known.get(key)
