@@ -4,8 +4,9 @@ FastAPI (0.121 and later) makes three ``AsyncExitStack`` objects per request and
 the scope: ``fastapi_middleware_astack`` (closes uploaded files), ``fastapi_inner_astack``
 (dependencies with ``yield``) and ``fastapi_function_astack`` (the same with ``scope="function"``).
 It builds them from the name ``AsyncExitStack`` in ``fastapi.routing`` and
-``fastapi.middleware.asyncexitstack``, and asserts ``isinstance`` against that same name, so both
-modules get ``FastAPIExitStack`` while anything here is instrumented.
+``fastapi.middleware.asyncexitstack``, and asserts ``isinstance`` against that name there and in
+``fastapi.dependencies.utils``, so all three modules get ``FastAPIExitStack`` while anything here
+is instrumented.
 """
 
 from __future__ import annotations
@@ -41,12 +42,18 @@ _patch_users = 0
 _original_stacks: dict[str, Any] = {}
 
 
-# The modules that create request stacks and check them with ``isinstance``.
+# The modules that create request stacks and check them with ``isinstance``: routing and the
+# middleware make them; routing and the dependency solver check them (the solver twice per
+# dependency, and against contextlib's class a stack of ours costs ABCMeta's Python-level check
+# each time; against its own class, isinstance answers at once). A module that has no such name
+# (older FastAPI) is left alone.
 def _stack_modules() -> list[ModuleType]:
+    import fastapi.dependencies.utils
     import fastapi.middleware.asyncexitstack
     import fastapi.routing
 
-    return [fastapi.routing, fastapi.middleware.asyncexitstack]
+    modules = [fastapi.routing, fastapi.middleware.asyncexitstack, fastapi.dependencies.utils]
+    return [module for module in modules if "AsyncExitStack" in vars(module)]
 
 
 def acquire_stack_patch() -> None:

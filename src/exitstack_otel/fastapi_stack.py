@@ -3,56 +3,98 @@
 Whether a stack records is decided when it is made: only while a request of an instrumented app
 runs, which ``RequestMarker`` (around the app's middleware) says through a context variable.
 Every other app in the process gets plain contextlib behaviour from the same class.
+
+Most of FastAPI's stacks push nothing (a route with no upload and no ``yield`` dependency), so a
+stack costs about what contextlib's does until something is pushed: its name and the push keys of
+that name are looked up at its first push, its route and method when it unwinds what it reported.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import importlib
 import logging
 from abc import ABCMeta
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections import deque
+from types import (
+    AsyncGeneratorType,
+    BuiltinFunctionType,
+    CodeType,
+    FunctionType,
+    GeneratorType,
+    MethodType,
+)
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 from starlette.middleware.errors import ServerErrorMiddleware
 
 from . import inflight
-from .asgi import http_route, request_method
+from .asgi import route_and_method
+from .internals import FASTAPI_WRAPPERS, GENERATOR_MANAGER_CLASSES, SYNC_CALLBACK_CODE, current_context
 from .stack import InstrumentedAsyncExitStack
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, MutableMapping
     from types import TracebackType
+    from typing import Self
 
     from starlette.types import ASGIApp, Receive, Scope, Send
 
     from .providers import TelemetrySource
-    from .telemetry import Telemetry
+    from .telemetry import CallbackInfo, KnownPushes, Telemetry
 
 logger = logging.getLogger(__name__)
 
 # The scope keys FastAPI stores its stacks under; each becomes the stack's ``exitstack.stack.name``.
 STACK_KEYS = ("fastapi_middleware_astack", "fastapi_inner_astack", "fastapi_function_astack")
 UNRESOLVED_STACK_NAME = "fastapi"
+# where FastAPI keeps the cancel scope of a request's async ``yield`` dependencies (0.165)
+_CLEANUP_SCOPES_KEY = "fastapi_async_cleanup_scopes"
 
+_RequestState = tuple["Telemetry", "MutableMapping[str, Any]", "list[FastAPIExitStack | None]"]
+"""A request ``RequestMarker`` observes: its telemetry, its scope, and a one-item list holding the
+stack made last for that scope whose key is not known yet (shared, as the scope is, with a FastAPI
+app mounted in this one)."""
 
-@dataclass(frozen=True)
-class _Request:
-    telemetry: Telemetry
-    scope: Mapping[str, Any]
-    unnamed: list[FastAPIExitStack] = field(default_factory=list)
-    """Stacks made for this request whose scope key is not known yet."""
-
-
-_current_request: contextvars.ContextVar[_Request | None] = contextvars.ContextVar(
+_current_request: contextvars.ContextVar[_RequestState | None] = contextvars.ContextVar(
     "exitstack_otel_fastapi_request", default=None
 )
+
+
+def _wrapper_codes() -> dict[str, CodeType]:
+    """The code of FastAPI's wrapper generators (``internals.FASTAPI_WRAPPERS``), by function name.
+
+    A wrapper found here is looked through at each push by its code's identity, decided now; one
+    not found (renamed, moved) leaves its pushes to the stack's general path, which names them all
+    the same, only slower."""
+    codes: dict[str, CodeType] = {}
+    for module_name, name in FASTAPI_WRAPPERS:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        # @asynccontextmanager keeps the generator function as __wrapped__
+        generator_function = getattr(getattr(module, name, None), "__wrapped__", None)
+        code = getattr(generator_function, "__code__", None)
+        if isinstance(code, CodeType) and code.co_name == name:
+            codes[name] = code
+    return codes
+
+
+_WRAPPER_CODES = _wrapper_codes()
+_GENERATOR_MANAGERS = GENERATOR_MANAGER_CLASSES
+_SYNC_CALLBACK_CODE = SYNC_CALLBACK_CODE
+_EXIT_NAMES = frozenset({"__exit__", "__aexit__"})
+_NOTHING_KNOWN: KnownPushes = (None, None)
+_CancelScope = anyio.CancelScope
 
 
 class _AnyAsyncExitStackMeta(ABCMeta):
     # FastAPI asserts ``isinstance(stack, AsyncExitStack)`` against the patched name; a stack
     # someone else put in the scope (a plain one, or one made before we patched) must still pass.
+    # FastAPI's own stacks are of this very class, which isinstance answers without asking here.
     def __instancecheck__(cls, instance: object) -> bool:
         return isinstance(instance, contextlib.AsyncExitStack)
 
@@ -60,45 +102,102 @@ class _AnyAsyncExitStackMeta(ABCMeta):
 class FastAPIExitStack(InstrumentedAsyncExitStack, metaclass=_AnyAsyncExitStackMeta):
     """What FastAPI builds as ``AsyncExitStack()`` while instrumented; plain outside our apps."""
 
+    __slots__ = ("_report_all", "_scope", "_unready")
+
     def __init__(self) -> None:
+        # InstrumentedAsyncExitStack.__init__'s work, minus what waits for the first push: every
+        # slot it sets is set here (tests/test_fastapi_stack.py checks that none is missed)
+        self._exit_callbacks = deque()
+        self.route = self.method = self.running_callback = None
+        self._name = UNRESOLVED_STACK_NAME
+        self._reported = []
+        self._known = _NOTHING_KNOWN
+        self._parent_context = None
+        self._report_all = False
         request = _current_request.get()
         if request is None:
-            super().__init__(UNRESOLVED_STACK_NAME, telemetry=None, callback_timeout=None)
-            self._scope: Mapping[str, Any] | None = None
+            self._telemetry = self._callback_timeout = self._scope = None
+            self._unready = False
             return
-        telemetry = request.telemetry
-        super().__init__(UNRESOLVED_STACK_NAME, telemetry=telemetry)
-        self._scope = request.scope
-        self._report_all = telemetry.options.report_framework_callbacks
+        telemetry, scope, unnamed = request
+        self._telemetry = telemetry
+        self._callback_timeout = telemetry.options.callback_timeout
+        if telemetry.tracer is not None:
+            # the unwind span's parent: the span current where the stack was made (the request's)
+            self._parent_context = current_context()
+        self._scope = scope
+        self._unready = True
         # FastAPI stores a stack in the scope right after making it, before it makes the next one
-        # or pushes anything: the stacks made before this one can be named now, by their key,
-        # before a FastAPI app mounted inside this one stores its own stacks under the same keys.
-        unnamed = request.unnamed
-        while unnamed:
-            unnamed.pop()._resolve_name()
-        unnamed.append(self)
-        self._unnamed = unnamed
+        # or pushes anything: the stack made before this one can be named now, by its key, before
+        # a FastAPI app mounted inside this one stores its own stacks under the same keys.
+        previous = unnamed[0]
+        unnamed[0] = self
+        if previous is not None and previous._name is UNRESOLVED_STACK_NAME:
+            for key in STACK_KEYS:  # _key_of(), written out: a call fewer for each stack
+                if previous is scope.get(key):
+                    previous._name = key  # type: ignore[union-attr]  # "is" narrowed it to the scope's Any | None
+                    break
 
-    def _resolve_name(self) -> None:
-        scope = self._scope
-        if scope is None or self._name != UNRESOLVED_STACK_NAME:
-            return
-        for key in STACK_KEYS:
-            if scope.get(key) is self:
-                self._set_name(key)
-                return
+    def _get_ready(self) -> None:
+        """The first push of an observed request's stack: what its telemetry needs of its name."""
+        self._unready = False
+        if self._name is UNRESOLVED_STACK_NAME:
+            self._name = _key_of(self, self._scope)  # type: ignore[arg-type]  # set with _unready
+        telemetry: Telemetry = self._telemetry  # type: ignore[assignment]
+        self._known = telemetry.known_pushes[self._name]
+        self._report_all = telemetry.options.report_framework_callbacks
 
     def _push_exit_callback(self, callback: Callable[..., Any], is_sync: bool = True) -> None:
-        if self._telemetry is None:
-            super()._push_exit_callback(callback, is_sync)
-            return
-        if self._name == UNRESOLVED_STACK_NAME:
-            self._resolve_name()
-        if not self._report_all and _is_bookkeeping(callback, self._scope):
-            # it runs as ever, it is just not one of the app's cleanups
+        scope = self._scope
+        if scope is None:  # not a request of an instrumented app
             self._exit_callbacks.append((is_sync, callback))
             return
-        super()._push_exit_callback(callback, is_sync)
+        if self._unready:
+            self._get_ready()
+        # FastAPI's own pushes, told apart by exact types and code decided once: its wrappers
+        # around a ``yield`` dependency (named, by a fast key, after the dependency), and the
+        # bookkeeping around them (not one of the app's cleanups: it runs as ever, unreported)
+        kind = type(callback)
+        if kind is MethodType:
+            manager: Any = callback.__self__  # type: ignore[attr-defined]
+            if type(manager) in _GENERATOR_MANAGERS:
+                if manager.gen.__qualname__ in _WRAPPER_CODES and callback.__name__ in _EXIT_NAMES:
+                    key = _dependency_key(manager)
+                    known = self._known[is_sync]
+                    if key is not None and known is not None:
+                        try:
+                            info: CallbackInfo | None = known.get(key)
+                        except Exception:  # a class that cannot be hashed: the general path
+                            return InstrumentedAsyncExitStack._push_exit_callback(self, callback, is_sync)
+                        self._exit_callbacks.append((is_sync, callback))
+                        if info is None:
+                            self._push_without_key(callback, is_sync, key, known)
+                        else:
+                            info.pushed.value += 1
+                            self._reported.append((callback, info))
+                        return
+            elif isinstance(manager, _CancelScope) and not self._report_all:
+                self._exit_callbacks.append((is_sync, callback))
+                return
+        elif kind is FunctionType and callback.__code__ is _SYNC_CALLBACK_CODE and not self._report_all:
+            wrapped = callback.__wrapped__  # type: ignore[attr-defined]  # contextlib's callback()
+            if (
+                type(wrapped) is BuiltinFunctionType
+                and wrapped.__self__ is scope.get(_CLEANUP_SCOPES_KEY)
+                and wrapped.__name__ == "pop"
+            ):
+                self._exit_callbacks.append((is_sync, callback))
+                return
+        InstrumentedAsyncExitStack._push_exit_callback(self, callback, is_sync)
+
+    def pop_all(self) -> Self:
+        # type(self)() takes the request of wherever pop_all() is called; the moved callbacks
+        # belong to this stack's
+        new_stack = cast("Self", super().pop_all())
+        new_stack._scope = self._scope
+        new_stack._unready = self._unready
+        new_stack._report_all = self._report_all
+        return new_stack
 
     async def __aexit__(
         self,
@@ -106,28 +205,44 @@ class FastAPIExitStack(InstrumentedAsyncExitStack, metaclass=_AnyAsyncExitStackM
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
-        scope = self._scope
-        if scope is not None:
-            if self._name == UNRESOLVED_STACK_NAME:
-                self._resolve_name()
-            self.route, self.method = http_route(scope), request_method(scope)
-        return await super().__aexit__(exc_type, exc, tb)
+        if not self._exit_callbacks:
+            return False  # as contextlib's loop, which would not run: nothing suppressed or raised
+        if self._reported:  # the route is known once routing ran, and needed once reported
+            self.route, self.method = route_and_method(self._scope)  # type: ignore[arg-type]
+        return await InstrumentedAsyncExitStack.__aexit__(self, exc_type, exc, tb)
 
 
-def _is_bookkeeping(callback: Callable[..., Any], scope: Mapping[str, Any] | None) -> bool:
-    """FastAPI's own pushes around ``yield`` dependencies: the cancel scope that encloses their
-    exits, and the ``dict.pop`` that forgets it (``fastapi.dependencies.utils._solve_generator``)."""
-    owner = getattr(callback, "__self__", None)
-    if isinstance(owner, anyio.CancelScope):
-        return True
-    wrapped = getattr(callback, "__wrapped__", None)  # contextlib's wrapper of callback(f, ...)
-    owner = getattr(wrapped, "__self__", None)
-    return (
-        owner is not None
-        and scope is not None
-        and owner is scope.get("fastapi_async_cleanup_scopes")
-        and getattr(wrapped, "__name__", None) == "pop"
-    )
+def _key_of(stack: FastAPIExitStack, scope: MutableMapping[str, Any]) -> str:
+    for key in STACK_KEYS:
+        if scope.get(key) is stack:
+            return key
+    return UNRESOLVED_STACK_NAME
+
+
+def _dependency_key(manager: Any) -> object:
+    """The fast push key of what FastAPI's wrapper ``manager`` holds: the dependency's own
+    ``@contextmanager`` object in its ``cm`` argument (through nested wrappers), keyed as the stack
+    keys a manager pushed directly: its generator's qualified name, or its class. None where the
+    generator is not FastAPI's wrapper after all, or holds nothing."""
+    for _ in range(4):
+        gen = manager.gen
+        gen_type = type(gen)
+        if gen_type is AsyncGeneratorType:
+            code, frame = gen.ag_code, gen.ag_frame
+        elif gen_type is GeneratorType:
+            code, frame = gen.gi_code, gen.gi_frame
+        else:
+            return None
+        if frame is None or _WRAPPER_CODES.get(code.co_name) is not code:
+            return None
+        manager = frame.f_locals.get("cm")
+        manager_type = type(manager)
+        if manager_type not in _GENERATOR_MANAGERS:
+            return None if manager is None else manager_type
+        name = manager.gen.__qualname__
+        if name not in _WRAPPER_CODES:
+            return name
+    return None
 
 
 class Instrumentation:
@@ -163,12 +278,13 @@ class Instrumentation:
         try:
             return self.source.current()
         except Exception as exc:  # a broken provider: the request goes on, unobserved
-            if not self._fault_logged:
-                self._fault_logged = True
-                logger.error(
-                    "exitstack-otel could not get telemetry; FastAPI stacks stay plain", exc_info=exc
-                )
+            self.telemetry_failed(exc)
             return None
+
+    def telemetry_failed(self, exc: Exception) -> None:
+        if not self._fault_logged:
+            self._fault_logged = True
+            logger.error("exitstack-otel could not get telemetry; FastAPI stacks stay plain", exc_info=exc)
 
     def wrap(self, middleware_stack: ASGIApp) -> ASGIApp:
         # Inside the outermost ServerErrorMiddleware, keeping it outermost: other instrumentation
@@ -202,11 +318,12 @@ class RequestMarker:
             await self.app(scope, receive, send)
             return
         outer = _current_request.get()
-        if instrumentation.class_wide and outer is not None and outer.scope is scope:
+        nested = outer is not None and outer[1] is scope
+        if nested and instrumentation.class_wide:
             # the app's own instrument_fastapi() settings, applied outside, take precedence
             await self.app(scope, receive, send)
             return
-        if instrumentation.excludes(scope):
+        if instrumentation.exclude is not None and instrumentation.excludes(scope):
             # excluded by the app's FastAPI telemetry: not observed here, nor by an app outside
             token = _current_request.set(None)
             try:
@@ -214,16 +331,27 @@ class RequestMarker:
             finally:
                 _current_request.reset(token)
             return
-        telemetry = instrumentation.telemetry()
+        try:
+            telemetry = instrumentation.source.current()
+        except Exception as exc:  # a broken provider: the request goes on, unobserved
+            instrumentation.telemetry_failed(exc)
+            telemetry = None
         if telemetry is None:  # no SDK configured: FastAPI's stacks stay plain contextlib
             await self.app(scope, receive, send)
             return
-        # a FastAPI app mounted in this one shares the request's scope, and so its unnamed stacks
-        unnamed = outer.unnamed if outer is not None and outer.scope is scope else []
-        token = _current_request.set(_Request(telemetry, scope, unnamed))
-        in_flight = inflight.entered()  # in-flight hook: wait_for_unwinds() waits for this request
+        # a FastAPI app mounted in this one shares the request's scope, and so its unnamed stack
+        unnamed: list[FastAPIExitStack | None] = outer[2] if nested else [None]  # type: ignore[index]
+        token = _current_request.set((telemetry, scope, unnamed))
+        # in-flight hook (inflight.entered(), written out): wait_for_unwinds() waits for this request
+        try:
+            in_flight = inflight.threads.in_flight
+        except AttributeError:  # the thread's first request
+            in_flight = inflight.this_thread()
+        in_flight.count += 1
         try:
             await self.app(scope, receive, send)
         finally:
-            in_flight.left()  # in-flight hook
+            in_flight.count -= 1  # in-flight hook (InFlight.left(), written out)
+            if in_flight.waiters and not in_flight.count:
+                in_flight.wake_waiters()
             _current_request.reset(token)
