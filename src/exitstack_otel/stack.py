@@ -279,9 +279,10 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
                     entry = reported.pop()
                     if entry[0] is cb:
                         info = entry[1]
-                    else:
+                    else:  # cb is not reported (FastAPI's bookkeeping), or entries were taken out
                         reported.append(entry)
-                        info = _reported_info(reported, cb)
+                        if len(reported) > 1:
+                            info = _reported_info(reported, cb)
                 try:
                     if details_from_pending and exc is not None:
                         exc_details = (type(exc), exc, exc.__traceback__)
