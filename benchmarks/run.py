@@ -26,6 +26,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--memory-requests", type=int, default=100_000)
     parser.add_argument("--memory-callbacks", type=int, default=3)
     parser.add_argument(
+        "--memory-variants",
+        nargs="*",
+        choices=names,
+        help="variants of the memory check (default: --variants)",
+    )
+    parser.add_argument(
         "--storm-memory-requests", type=int, default=1_000_000, help="failing requests of the memory check"
     )
     parser.add_argument(
@@ -91,7 +97,8 @@ def _main_group(args: argparse.Namespace, variants: list[str], lines: list[str])
     growth = []
     if not args.skip_memory:
         print("memory ...", file=sys.stderr)
-        growth = [memory.measure(name, args.memory_callbacks, args.memory_requests) for name in variants]
+        measured = variants if args.memory_variants is None else args.memory_variants
+        growth = [memory.measure(name, args.memory_callbacks, args.memory_requests) for name in measured]
     lines.append(report.table(variants, args.callbacks, timings, load, growth, sdk_floor))
     counted_variants = [name for name in variants if name != PEER]  # slow, and not ours
     print("instructions (valgrind) ...", file=sys.stderr)

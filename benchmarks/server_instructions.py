@@ -31,7 +31,7 @@ _WARMUP = 200
 STARTUP_SECONDS = 180.0  # imports under valgrind run about fifty times slower
 
 
-def _request(connection: socket.socket, request: bytes) -> None:
+def exchange(connection: socket.socket, request: bytes) -> None:
     """One keep-alive request, its whole response read."""
     connection.sendall(request)
     received = b""
@@ -77,7 +77,7 @@ def count(
         wait_until_serving(port, process, timeout=startup_seconds)
         with socket.create_connection(("127.0.0.1", port)) as connection:
             for _ in range(warmup + requests):
-                _request(connection, request)
+                exchange(connection, request)
         process.send_signal(signal.SIGINT)  # uvicorn's own graceful exit; valgrind then reports
         _, stderr = process.communicate(timeout=startup_seconds)
     finally:
