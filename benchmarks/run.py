@@ -7,11 +7,19 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Sequence
 
 from . import floor, inprocess, instructions, memory, report, server, server_instructions, targets, wrk
 from .targets import Key, Verdict
 from .variants import BASELINE, CALLBACK_COUNTS, FASTAPI, PEER, STORM, VARIANTS, Group
+
+_started = time.monotonic()  # imported as make bench starts
+
+
+def _progress(stage: str) -> None:
+    # the time since the start with each stage: how long each group takes, read off the log
+    print(f"[{time.monotonic() - _started:5.0f} s] {stage} ...", file=sys.stderr, flush=True)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -62,6 +70,7 @@ def _counts(
 ) -> dict[Key, float] | None:
     if args.skip_instructions or instructions.available() is None:
         return None
+    _progress(f"instructions (valgrind): {' '.join(names)}")
     return instructions.measure(names, callbacks, args.instruction_requests)
 
 
@@ -80,28 +89,27 @@ def _servers(
     unavailable = server.missing(shape)
     if unavailable:
         return None, f"{', '.join(unavailable)} missing"
-    print(f"uvicorn ({shape}) under valgrind ...", file=sys.stderr)
+    _progress(f"uvicorn ({shape}) under valgrind")
     return server_instructions.measure(names, [callbacks], args.server_instruction_requests, shape=shape), ""
 
 
 def _main_group(args: argparse.Namespace, variants: list[str], lines: list[str]) -> list[Verdict]:
     sdk_floor = floor.measure(max(args.requests, 100))
-    print("in-process ...", file=sys.stderr)
+    _progress("in-process")
     timings = inprocess.run(
         variants, args.callbacks, requests=args.requests, repeats=args.repeats, warmup=args.requests // 4
     )
     load = {}
     if not args.skip_wrk:
-        print("uvicorn + wrk ...", file=sys.stderr)
+        _progress("uvicorn + wrk")
         load = wrk.run(variants, args.callbacks, seconds=args.wrk_seconds, rounds=args.wrk_rounds)
     growth = []
     if not args.skip_memory:
-        print("memory ...", file=sys.stderr)
+        _progress("memory")
         measured = variants if args.memory_variants is None else args.memory_variants
         growth = [memory.measure(name, args.memory_callbacks, args.memory_requests) for name in measured]
     lines.append(report.table(variants, args.callbacks, timings, load, growth, sdk_floor))
     counted_variants = [name for name in variants if name != PEER]  # slow, and not ours
-    print("instructions (valgrind) ...", file=sys.stderr)
     counts = _counts(args, counted_variants, args.instruction_callbacks)
     if counts is not None:
         lines += instructions.table(counted_variants, args.instruction_callbacks, counts, timings, BASELINE)
@@ -124,7 +132,7 @@ def _main_group(args: argparse.Namespace, variants: list[str], lines: list[str])
 
 
 def _group_in_process(args: argparse.Namespace, group: Group, lines: list[str]) -> targets.Added:
-    print(f"in-process, {group.title} ...", file=sys.stderr)
+    _progress(f"in-process, {group.title}")
     measure = inprocess.run_isolated if group.isolated else _interleaved
     timings = measure(
         group.names, group.callbacks, requests=args.requests, repeats=args.repeats, warmup=args.requests // 4
@@ -148,7 +156,7 @@ def _storm(args: argparse.Namespace, lines: list[str]) -> list[Verdict]:
     verdicts = targets.storm(found, ours, STORM.callbacks, STORM.baseline)
     # in process only: under uvicorn every failing request logs uvicorn's traceback, in both variants
     if not args.skip_memory:
-        print(f"memory, {args.storm_memory_requests:,} failing requests ...", file=sys.stderr)
+        _progress(f"memory, {args.storm_memory_requests:,} failing requests")
         growth = memory.measure(ours, STORM.callbacks, args.storm_memory_requests)
         lines += report.memory_table([growth])
         verdicts.append(targets.memory_flat(growth))
@@ -187,6 +195,7 @@ def main(argv: Sequence[str] | None = None) -> str:
         verdicts += _storm(args, lines)
     if not args.skip_fastapi:
         verdicts += _fastapi(args, lines)
+    _progress("done")
     text = "\n".join([*lines, *report.targets_section(verdicts)])
     print(text)
     return text
