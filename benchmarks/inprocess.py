@@ -5,38 +5,20 @@ from __future__ import annotations
 import asyncio
 import gc
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .shapes import GET_CALLBACKS, RequestShape
 from .variants import VARIANTS_BY_NAME, Sdk
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message
 
-_SCOPE_TEMPLATE = {
-    "type": "http",
-    "asgi": {"version": "3.0", "spec_version": "2.3"},
-    "http_version": "1.1",
-    "method": "GET",
-    "scheme": "http",
-    "root_path": "",
-    "query_string": b"",
-    # what httpx sends by default: a typical API client
-    "headers": [
-        (b"host", b"127.0.0.1:8000"),
-        (b"accept", b"*/*"),
-        (b"accept-encoding", b"gzip, deflate"),
-        (b"connection", b"keep-alive"),
-        (b"user-agent", b"python-httpx/0.28.1"),
-    ],
-    "client": ("127.0.0.1", 40000),
-    "server": ("127.0.0.1", 8000),
-}
-
-
-async def _receive() -> Message:
-    return {"type": "http.request", "body": b"", "more_body": False}
+_ROOT = Path(__file__).resolve().parent.parent
 
 
 class _Sink:
@@ -50,26 +32,28 @@ class _Sink:
             self.status = message["status"]
 
 
-async def call_app(app: ASGIApp, callbacks: int) -> int:
-    """One request; returns its response status."""
-    path = f"/cb/{callbacks}"
-    scope = {**_SCOPE_TEMPLATE, "path": path, "raw_path": path.encode()}
+async def call_app(app: ASGIApp, callbacks: int, shape: RequestShape = GET_CALLBACKS) -> int:
+    """One request; returns its response status. What the shape says the app raises is caught."""
     sink = _Sink()
-    await app(scope, _receive, sink)
+    # not contextlib.suppress: that is an object and two calls per request, in every variant
+    try:  # noqa: SIM105
+        await app(shape.scope(callbacks), shape.receive, sink)
+    except shape.raises:
+        pass
     # a server's event loop turns between two requests (it waits for the next one): what the
     # request left for a later turn runs, in every variant, as it would in a server
     await asyncio.sleep(0)
     return sink.status
 
 
-async def _time_batch(app: ASGIApp, sdk: Sdk, callbacks: int, requests: int) -> float:
+async def _time_batch(app: ASGIApp, sdk: Sdk, callbacks: int, requests: int, shape: RequestShape) -> float:
     """Microseconds per request over one batch, the export of its own spans included."""
     # neither garbage nor queued spans of the previous batch may be paid for by this one
     gc.collect()
     sdk.flush()
     start = time.perf_counter_ns()
     for _ in range(requests):
-        await call_app(app, callbacks)
+        await call_app(app, callbacks, shape)
     sdk.flush()
     return (time.perf_counter_ns() - start) / requests / 1000
 
@@ -77,25 +61,26 @@ async def _time_batch(app: ASGIApp, sdk: Sdk, callbacks: int, requests: int) -> 
 async def _measure(
     variants: Sequence[str], callback_counts: Sequence[int], requests: int, repeats: int, warmup: int
 ) -> dict[tuple[str, int], list[float]]:
-    built = {name: VARIANTS_BY_NAME[name].build() for name in variants}
+    built = {name: (*VARIANTS_BY_NAME[name].build(), VARIANTS_BY_NAME[name].shape) for name in variants}
     try:
-        for name, (app, sdk) in built.items():
+        for name, (app, sdk, shape) in built.items():
             for callbacks in callback_counts:
-                status = await call_app(app, callbacks)
-                if status != 200:
+                status = await call_app(app, callbacks, shape)
+                if status != shape.status:
                     raise RuntimeError(f"{name} answered {status} for {callbacks} callbacks")
-                await _time_batch(app, sdk, callbacks, warmup)
+                await _time_batch(app, sdk, callbacks, warmup, shape)
         samples: dict[tuple[str, int], list[float]] = {(n, c): [] for n in variants for c in callback_counts}
         for repeat in range(repeats):
             # rotate the order each round: no variant always runs right after the same neighbour
             order = list(variants[repeat % len(variants) :]) + list(variants[: repeat % len(variants)])
             for callbacks in callback_counts:
                 for name in order:
-                    app, sdk = built[name]
-                    samples[(name, callbacks)].append(await _time_batch(app, sdk, callbacks, requests))
+                    app, sdk, shape = built[name]
+                    sample = await _time_batch(app, sdk, callbacks, requests, shape)
+                    samples[(name, callbacks)].append(sample)
         return samples
     finally:
-        for _, sdk in built.values():
+        for _, sdk, _ in built.values():
             sdk.shutdown()
 
 
@@ -110,3 +95,27 @@ def run(
     """Median microseconds per request for each (variant, callbacks)."""
     samples = asyncio.run(_measure(variants, callback_counts, requests, repeats, warmup))
     return {key: statistics.median(values) for key, values in samples.items()}
+
+
+def run_isolated(
+    variants: Sequence[str], callbacks: int, *, requests: int, repeats: int, warmup: int
+) -> dict[tuple[str, int], float]:
+    """As ``run``, one fresh process per variant, one after the other: for variants that must not
+    share a process. Not interleaved, so drift between the processes is not spread."""
+    found = {}
+    for name in variants:
+        arguments = [name, str(callbacks), str(requests), str(repeats), str(warmup)]
+        done = subprocess.run(
+            [sys.executable, "-m", "benchmarks.inprocess", *arguments],
+            cwd=_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        found[(name, callbacks)] = float(done.stdout.strip().splitlines()[-1])
+    return found
+
+
+if __name__ == "__main__":
+    name, callbacks, requests, repeats, warmup = sys.argv[1], *map(int, sys.argv[2:6])
+    print(run([name], [callbacks], requests=requests, repeats=repeats, warmup=warmup)[(name, callbacks)])

@@ -40,10 +40,11 @@ def available() -> str | None:
 
 def _requests(variant: str, callbacks: int, requests: int) -> None:
     app, sdk = VARIANTS_BY_NAME[variant].build()
+    shape = VARIANTS_BY_NAME[variant].shape
 
     async def run() -> None:
         for _ in range(_WARMUP + requests):
-            await call_app(app, callbacks)
+            await call_app(app, callbacks, shape)
 
     try:
         asyncio.run(run())

@@ -50,15 +50,16 @@ def _rss_kib() -> int:
 
 async def _requests(variant: str, callbacks: int, requests: int, warmup: int) -> MemoryGrowth:
     app, sdk = VARIANTS_BY_NAME[variant].build()
+    shape = VARIANTS_BY_NAME[variant].shape
     try:
         # the warm-up fills every cache and lets the span queue reach its steady state
         for _ in range(warmup):
-            await call_app(app, callbacks)
+            await call_app(app, callbacks, shape)
         tracemalloc.start()
         snapshots = [_snapshot(sdk)]
         for half in (requests // 2, requests - requests // 2):
             for _ in range(half):
-                await call_app(app, callbacks)
+                await call_app(app, callbacks, shape)
             snapshots.append(_snapshot(sdk))
         tracemalloc.stop()
     finally:

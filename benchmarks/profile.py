@@ -17,13 +17,14 @@ from .variants import VARIANTS_BY_NAME
 
 async def _profile(variant: str, callbacks: int, requests: int) -> str:
     app, sdk = VARIANTS_BY_NAME[variant].build()
+    shape = VARIANTS_BY_NAME[variant].shape
     try:
         for _ in range(max(requests // 10, 1)):
-            await call_app(app, callbacks)
+            await call_app(app, callbacks, shape)
         profiler = Profiler(interval=0.0001, async_mode="disabled")
         profiler.start()
         for _ in range(requests):
-            await call_app(app, callbacks)
+            await call_app(app, callbacks, shape)
         profiler.stop()
     finally:
         sdk.shutdown()

@@ -4,84 +4,34 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 from .floor import SdkFloor
 from .memory import MemoryGrowth
-from .variants import BASELINE, PEER
+from .targets import FLAT_MAX_TRACED_KIB, TARGET_CALLBACKS, Key, Verdict
+from .variants import BASELINE
 from .wrk import Load
 
-TARGET_CALLBACKS = 3
-# issue 10's targets, in microseconds added over the contextlib baseline, 3 callbacks per request
-NOSDK_MAX_ADDED_US = 1.0
-METRICS_MAX_ADDED_US = 4.0
-DEFAULT_MAX_ADDED_US = 5.0
-DEFAULT_EMPTY_MAX_ADDED_US = 2.0  # a request that pushes nothing, any Python
-FULL_MAX_OVER_SPANS_US = 10.0  # over the SDK's own cost of the spans "all" makes
-# a leak of one small object per request would grow the heap by megabytes over 100,000 requests
-FLAT_MAX_TRACED_KIB = 256.0
+
+def group_table(title: str, names: Sequence[str], callbacks: int, timings: Mapping[Key, float]) -> list[str]:
+    """A group's in-process timings against its first variant, the group's baseline."""
+    base = timings[(names[0], callbacks)]
+    lines = ["", f"In process, {title} (median us/request against {names[0]})", ""]
+    lines += ["| variant | callbacks | us/req | x base | added us |", "|---|---:|---:|---:|---:|"]
+    for name in names:
+        us = timings[(name, callbacks)]
+        lines.append(f"| {name} | {callbacks} | {us:.1f} | {us / base:.2f} | {us - base:+.1f} |")
+    return lines
 
 
-@dataclass(frozen=True)
-class Verdict:
-    target: str
-    measured: str
-    met: bool | None  # None: reported, no pass/fail
-
-
-def added_us(in_process: Mapping[tuple[str, int], float], variant: str, callbacks: int) -> float:
-    return in_process[(variant, callbacks)] - in_process[(BASELINE, callbacks)]
-
-
-def verdicts(in_process: Mapping[tuple[str, int], float], floor: SdkFloor | None) -> list[Verdict]:
-    found: list[Verdict] = []
-    n = TARGET_CALLBACKS
-    limits: list[tuple[str, int, float, str]] = [
-        ("ours-nosdk", n, NOSDK_MAX_ADDED_US, f"no SDK: at most +{NOSDK_MAX_ADDED_US:g} us"),
-        (
-            "ours-metrics",
-            n,
-            METRICS_MAX_ADDED_US,
-            f"metrics only: at most +{METRICS_MAX_ADDED_US:g} us",
-        ),
-        (
-            "ours-default",
-            n,
-            DEFAULT_MAX_ADDED_US,
-            f"default mode: at most +{DEFAULT_MAX_ADDED_US:g} us",
-        ),
+def targets_section(verdicts: Sequence[Verdict]) -> list[str]:
+    python = ".".join(map(str, sys.version_info[:3]))
+    lines = [
+        "",
+        f"Targets (issue 25; Python {python}; {TARGET_CALLBACKS} callbacks per request unless said)",
+        "",
     ]
-    limits.append(
-        ("ours-default", 0, DEFAULT_EMPTY_MAX_ADDED_US,
-         f"default mode, pushing nothing: at most +{DEFAULT_EMPTY_MAX_ADDED_US:g} us")
-    )  # fmt: skip
-    if floor is not None:
-        # "all": the unwind span and one per callback, as the SDK charges for them with their
-        # attributes and times (floor.spans_like_full_mode), measured in the same run
-        limit = floor.full_spans_us + FULL_MAX_OVER_SPANS_US
-        limits.append(
-            ("ours-full", n, limit, f"full mode: at most the SDK's cost of its {n + 1} spans "
-             f"({floor.full_spans_us:.2f} us) + {FULL_MAX_OVER_SPANS_US:g} us = +{limit:.1f} us")
-        )  # fmt: skip
-    for variant, callbacks, limit, target in limits:
-        if (variant, callbacks) in in_process:
-            added = added_us(in_process, variant, callbacks)
-            found.append(Verdict(f"{target} over {BASELINE}", f"+{added:.2f} us", added <= limit))
-    if (PEER, n) in in_process and ("ours-default", n) in in_process:
-        peer = added_us(in_process, PEER, n)
-        added = added_us(in_process, "ours-default", n)
-        found.append(
-            Verdict(
-                f"ours-default against {PEER}",
-                f"+{added:.1f} us = {added / peer:.3f} of +{peer:.1f} us",
-                None,
-            )
-        )
-    return found
-
-
-def _verdict_word(met: bool | None) -> str:
-    return "reported" if met is None else ("MET" if met else "NOT MET")
+    lines += [f"- {verdict.word}: {verdict.target}: {verdict.measured}" for verdict in verdicts]
+    return lines
 
 
 def table(
@@ -112,22 +62,7 @@ def table(
             else:
                 row += " - | - | - |"
             lines.append(row)
-    if memory:
-        lines += [
-            "",
-            "Memory (fresh process per variant, after warm-up)",
-            "",
-            "| variant | callbacks | requests | RSS growth KiB (2nd half) "
-            "| tracemalloc growth KiB (2nd half) | flat |",
-            "|---|---:|---:|---:|---:|---|",
-        ]
-        for growth in memory:
-            flat = "yes" if growth.traced_growth_kib <= FLAT_MAX_TRACED_KIB else "NO"
-            lines.append(
-                f"| {growth.variant} | {growth.callbacks} | {growth.requests} "
-                f"| {growth.rss_growth_kib} ({growth.rss_second_half_growth_kib}) "
-                f"| {growth.traced_growth_kib:.1f} ({growth.traced_second_half_growth_kib:.1f}) | {flat} |"
-            )
+    lines += memory_table(memory)
     if floor is not None:
         lines += [
             "",
@@ -136,12 +71,25 @@ def table(
             f"the {TARGET_CALLBACKS + 1} spans of 'all' at {TARGET_CALLBACKS} callbacks "
             f"{floor.full_spans_us:.2f} us",
         ]
-    python = ".".join(map(str, sys.version_info[:3]))
-    lines += [
-        "",
-        f"Targets (Python {python}; {TARGET_CALLBACKS} callbacks per request unless said; in-process)",
-        "",
-    ]
-    for verdict in verdicts(in_process, floor):
-        lines.append(f"- {_verdict_word(verdict.met)}: {verdict.target}: {verdict.measured}")
     return "\n".join(lines)
+
+
+def memory_table(memory: Sequence[MemoryGrowth]) -> list[str]:
+    if not memory:
+        return []
+    lines = [
+        "",
+        "Memory (fresh process per variant, after warm-up)",
+        "",
+        "| variant | callbacks | requests | RSS growth KiB (2nd half) "
+        "| tracemalloc growth KiB (2nd half) | flat |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for growth in memory:
+        flat = "yes" if growth.traced_growth_kib <= FLAT_MAX_TRACED_KIB else "NO"
+        lines.append(
+            f"| {growth.variant} | {growth.callbacks} | {growth.requests} "
+            f"| {growth.rss_growth_kib} ({growth.rss_second_half_growth_kib}) "
+            f"| {growth.traced_growth_kib:.1f} ({growth.traced_second_half_growth_kib:.1f}) | {flat} |"
+        )
+    return lines

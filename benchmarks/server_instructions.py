@@ -22,6 +22,8 @@ from functools import partial
 from pathlib import Path
 
 from .instructions import COUNTED_ENV, available, collected, counted_module, per_request
+from .server import DEFAULT_SHAPE, SHAPES, missing
+from .variants import VARIANTS_BY_NAME
 from .wrk import free_port, wait_until_serving
 
 _ROOT = Path(__file__).resolve().parent.parent
@@ -29,9 +31,9 @@ _WARMUP = 200
 STARTUP_SECONDS = 180.0  # imports under valgrind run about fifty times slower
 
 
-def _get(connection: socket.socket, path: str) -> None:
+def exchange(connection: socket.socket, request: bytes) -> None:
     """One keep-alive request, its whole response read."""
-    connection.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    connection.sendall(request)
     received = b""
     while b"\r\n\r\n" not in received:
         received += _recv(connection)
@@ -56,13 +58,15 @@ def count(
     callbacks: int,
     requests: int,
     *,
+    shape: str = DEFAULT_SHAPE,
     startup_seconds: float = STARTUP_SECONDS,
     warmup: int = _WARMUP,
 ) -> int:
     """Instructions the server executed from start to exit, serving ``warmup + requests``."""
     port = free_port()
+    request = VARIANTS_BY_NAME[variant].shape.http(callbacks)
     process = subprocess.Popen(
-        counted_module(valgrind, "benchmarks.server", variant, str(port)),
+        counted_module(valgrind, "benchmarks.server", variant, str(port), shape),
         cwd=_ROOT,
         env=COUNTED_ENV,
         stdout=subprocess.DEVNULL,
@@ -73,7 +77,7 @@ def count(
         wait_until_serving(port, process, timeout=startup_seconds)
         with socket.create_connection(("127.0.0.1", port)) as connection:
             for _ in range(warmup + requests):
-                _get(connection, f"/cb/{callbacks}")
+                exchange(connection, request)
         process.send_signal(signal.SIGINT)  # uvicorn's own graceful exit; valgrind then reports
         _, stderr = process.communicate(timeout=startup_seconds)
     finally:
@@ -88,16 +92,21 @@ def measure(
     callback_counts: Sequence[int],
     requests: int,
     *,
+    shape: str = DEFAULT_SHAPE,
     workers: int | None = None,
     startup_seconds: float = STARTUP_SECONDS,
     warmup: int = _WARMUP,
 ) -> dict[tuple[str, int], float]:
-    """Server instructions per request for each (variant, callbacks); valgrind on ``workers`` cores
-    (default: every one). ``startup_seconds`` bounds the server's start and its exit."""
+    """Server instructions per request for each (variant, callbacks), every server in ``shape``;
+    valgrind on ``workers`` cores (default: every one). ``startup_seconds`` bounds the server's
+    start and its exit."""
     valgrind = available()
     if valgrind is None:
         raise RuntimeError("valgrind is not installed (Debian: apt-get install valgrind)")
-    counter = partial(count, valgrind, startup_seconds=startup_seconds, warmup=warmup)
+    unavailable = missing(shape)
+    if unavailable:
+        raise RuntimeError(f"uvicorn's {shape} shape needs {', '.join(unavailable)}")
+    counter = partial(count, valgrind, shape=shape, startup_seconds=startup_seconds, warmup=warmup)
     return per_request(variants, callback_counts, requests, counter, workers)
 
 
@@ -106,11 +115,14 @@ def table(
     callback_counts: Sequence[int],
     instructions: dict[tuple[str, int], float],
     baseline: str,
+    shape: str = DEFAULT_SHAPE,
 ) -> list[str]:
+    loop, http, _ = SHAPES[shape]
     lines = [
         "",
-        "uvicorn under valgrind: the server's instructions per request (one keep-alive client), and the "
-        f"throughput that leaves where the server's CPU is the limit ({baseline}'s count / the variant's)",
+        f"uvicorn ({http} on {loop}) under valgrind: the server's instructions per request (one keep-alive "
+        "client), and the throughput that leaves where the server's CPU is the limit "
+        f"({baseline}'s count / the variant's)",
         "",
         "| variant | callbacks | server instructions | added | throughput kept |",
         "|---|---:|---:|---:|---:|",
