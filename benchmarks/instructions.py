@@ -7,7 +7,7 @@ more requests the second time; the difference over ``requests`` is the count of 
 start-up and warm-up cancelled out. The span export thread counts too: its work is the request's.
 
 Instructions are not time (a cache miss costs a hundred of them), so the table also gives each
-figure converted at the baseline's own rate: its median microseconds over its instructions, both
+figure converted at the baseline's own rate: its fastest batch's microseconds over its instructions, both
 from the same run. Run as ``python -m benchmarks.instructions VARIANT CALLBACKS REQUESTS`` to
 make the requests alone (what valgrind runs).
 """
@@ -129,7 +129,7 @@ def table(
     lines = [
         "",
         "Instructions per request (valgrind, deterministic), and the same converted at the "
-        f"{baseline} baseline's rate in this run (its median us / its instructions)",
+        f"{baseline} baseline's rate in this run (its fastest batch's us / its instructions)",
         "",
         "| variant | callbacks | instructions | x base | added | ~added us |",
         "|---|---:|---:|---:|---:|---:|",

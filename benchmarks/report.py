@@ -15,7 +15,7 @@ from .wrk import Load
 def group_table(title: str, names: Sequence[str], callbacks: int, timings: Mapping[Key, float]) -> list[str]:
     """A group's in-process timings against its first variant, the group's baseline."""
     base = timings[(names[0], callbacks)]
-    lines = ["", f"In process, {title} (median us/request against {names[0]})", ""]
+    lines = ["", f"In process, {title} (fastest batch, us/request, against {names[0]})", ""]
     lines += ["| variant | callbacks | us/req | x base | added us |", "|---|---:|---:|---:|---:|"]
     for name in names:
         us = timings[(name, callbacks)]
@@ -43,7 +43,7 @@ def table(
     floor: SdkFloor | None,
 ) -> str:
     lines = [
-        "In-process (median us/request) and uvicorn+wrk (median req/s, p99), ratios against "
+        "In-process (fastest batch, us/request) and uvicorn+wrk (median req/s, p99), ratios against "
         f"{BASELINE} in the same run",
         "",
         "| variant | callbacks | us/req | x base | added us | req/s | x base | p99 ms |",

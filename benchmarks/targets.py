@@ -2,7 +2,7 @@
 
 In-process targets are microseconds added over a baseline. Where valgrind counted the requests,
 the added microseconds are the added instructions converted at the baseline's own rate in the same
-run (its median microseconds over its instructions): load cannot move a count, and the rate only
+run (its fastest batch's microseconds over its instructions): load cannot move a count, and the rate only
 scales it. Without counts the verdict falls back to the timings, and says so.
 """
 
