@@ -41,7 +41,7 @@ def test_requested_failures_go_to_the_file_and_are_counted(
     assert "left 3 more failed cleanup callbacks out of the log" in records  # said at the block's end
     assert counts.summary() == (
         "cleanup log: 3 records of the failures the traffic asked for (and 3 more left out by its "
-        f"rate limit); full records, tracebacks included, in {path}"
+        f"limits); full records, tracebacks included, in {path}"
     )
 
 

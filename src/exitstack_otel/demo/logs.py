@@ -34,7 +34,8 @@ class CleanupLogCounts:
     requested: int = 0
     """Records of the failures the traffic asked for (``AuditFlushError``): in the file only."""
     left_out: int = 0
-    """Failures the library's rate limit left out of the log (it says so in one record)."""
+    """Failures the library left out of the log (its failure budget, its rate limit; it says so in
+    one record)."""
     shown: int = 0
     """Other records: on stderr as well."""
 
@@ -43,7 +44,7 @@ class CleanupLogCounts:
             return "cleanup log: no records"
         text = f"cleanup log: {self.requested} records of the failures the traffic asked for"
         if self.left_out:
-            text += f" (and {self.left_out} more left out by its rate limit)"
+            text += f" (and {self.left_out} more left out by its limits)"
         if self.shown:
             text += f", {self.shown} other records shown above"
         return f"{text}; full records, tracebacks included, in {self.path}"
