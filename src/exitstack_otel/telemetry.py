@@ -390,19 +390,31 @@ class Telemetry:
                 unwinding.start = start
                 unwinding.finish(end, callbacks, escaped, route, method, outcome)
                 return
-            key = (stack_name, route, method, outcome)
-            series = self.unwind_series_by_key.get(key) or self.unwind_series(*key)
-            series.record_duration(end - start)
-            series.record_callbacks(callbacks)
-            instruments = self.instruments
-            if instruments is not None:
-                # Instruments.appended written out, one call fewer per unwind: the callbacks' values
-                # and the unwind's own two, all appended through recorders
-                instruments.unfolded += callbacks + 2
-                if instruments.unfolded >= FOLD_EVERY:
-                    instruments.fold()
+            self.append_unwind(stack_name, route, method, outcome, end - start, callbacks)
         except Exception as fault:
             self.fault("unwind", fault)
+
+    def append_unwind(
+        self,
+        stack_name: str,
+        route: str | None,
+        method: str | None,
+        outcome: str,
+        duration: float,
+        count: int,
+    ) -> None:
+        """An unwind's two values through its series' recorders, and the fold once recorders have
+        appended ``FOLD_EVERY`` values (its callbacks' and its own two). ``InstrumentedAsyncExitStack``
+        writes this out for an unwind that went well, a call fewer per request."""
+        key = (stack_name, route, method, outcome)
+        series = self.unwind_series_by_key.get(key) or self.unwind_series(*key)
+        series.record_duration(duration)
+        series.record_callbacks(count)
+        instruments = self.instruments
+        if instruments is not None:
+            instruments.unfolded += count + 2
+            if instruments.unfolded >= FOLD_EVERY:
+                instruments.fold()
 
     def unwind_series(
         self, stack_name: str, route: str | None, method: str | None, outcome: str
@@ -587,17 +599,8 @@ class Unwinding:
         problems = self.problems
         for run in problems:
             run.failure.record(run.end - run.start)  # type: ignore[union-attr]
-        key = (self.stack_name, route, method, outcome)
-        series = telemetry.unwind_series_by_key.get(key) or telemetry.unwind_series(*key)
-        series.record_duration(end - self.start)
-        series.record_callbacks(count)
-        instruments = telemetry.instruments
-        if instruments is not None:
-            # Instruments.appended written out, as in Telemetry.unwound; the failures' values are
-            # among the count's
-            instruments.unfolded += count + 2
-            if instruments.unfolded >= FOLD_EVERY:
-                instruments.fold()
+        # the failures' values are among the count's
+        telemetry.append_unwind(self.stack_name, route, method, outcome, end - self.start, count)
         failures = telemetry.failures
         failures.unlogged += len(problems)  # counted in the log's summary, at no call here
         if failures.timer is None:
