@@ -33,7 +33,9 @@ from starlette.middleware.errors import ServerErrorMiddleware
 from . import inflight
 from .asgi import route_and_method
 from .internals import FASTAPI_WRAPPERS, GENERATOR_MANAGER_CLASSES, SYNC_CALLBACK_CODE, current_context
+from .naming import EXIT_NAMES
 from .stack import InstrumentedAsyncExitStack
+from .telemetry import NOTHING_KNOWN
 
 if TYPE_CHECKING:
     from collections.abc import Callable, MutableMapping
@@ -43,7 +45,7 @@ if TYPE_CHECKING:
     from starlette.types import ASGIApp, Receive, Scope, Send
 
     from .providers import TelemetrySource
-    from .telemetry import CallbackInfo, KnownPushes, Telemetry
+    from .telemetry import CallbackInfo, Telemetry
 
 logger = logging.getLogger(__name__)
 
@@ -86,8 +88,6 @@ def _wrapper_codes() -> dict[str, CodeType]:
 _WRAPPER_CODES = _wrapper_codes()
 _GENERATOR_MANAGERS = GENERATOR_MANAGER_CLASSES
 _SYNC_CALLBACK_CODE = SYNC_CALLBACK_CODE
-_EXIT_NAMES = frozenset({"__exit__", "__aexit__"})
-_NOTHING_KNOWN: KnownPushes = (None, None)
 _CancelScope = anyio.CancelScope
 
 
@@ -111,7 +111,7 @@ class FastAPIExitStack(InstrumentedAsyncExitStack, metaclass=_AnyAsyncExitStackM
         self.route = self.method = self.running_callback = None
         self._name = UNRESOLVED_STACK_NAME
         self._reported = []
-        self._known = _NOTHING_KNOWN
+        self._known = NOTHING_KNOWN
         self._parent_context = None
         self._report_all = False
         request = _current_request.get()
@@ -161,7 +161,7 @@ class FastAPIExitStack(InstrumentedAsyncExitStack, metaclass=_AnyAsyncExitStackM
         if kind is MethodType:
             manager: Any = callback.__self__  # type: ignore[attr-defined]
             if type(manager) in _GENERATOR_MANAGERS:
-                if manager.gen.__qualname__ in _WRAPPER_CODES and callback.__name__ in _EXIT_NAMES:
+                if manager.gen.__qualname__ in _WRAPPER_CODES and callback.__name__ in EXIT_NAMES:
                     key = _dependency_key(manager)
                     known = self._known[is_sync]
                     if key is not None and known is not None:

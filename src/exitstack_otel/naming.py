@@ -29,7 +29,9 @@ from .internals import ASYNC_CALLBACK_CODE, FASTAPI_WRAPPERS, GENERATOR_MANAGER_
 # objects identify such wrappers on every supported Python (``internals`` says how they are found)
 _SYNC_CB_CODE = SYNC_CALLBACK_CODE
 _ASYNC_CB_CODE = ASYNC_CALLBACK_CODE
-_EXIT_NAMES = ("__exit__", "__aexit__")
+EXIT_NAMES = frozenset({"__exit__", "__aexit__"})
+"""The names of the exit methods contextlib pushes for a context manager."""
+_EXIT_NAMES = EXIT_NAMES
 
 # Objects whose ``__qualname__`` is code's: functions (async ones too, lambdas) and builtins;
 # classes are added by ``issubclass(type(target), type)``.

@@ -28,10 +28,10 @@ from . import semconv
 from .cleanup_log import hung_watch
 from .instruments import FOLD_EVERY
 from .internals import ASYNC_CALLBACK_CODE, GENERATOR_MANAGER_CLASSES, SYNC_CALLBACK_CODE, current_context
-from .naming import WRAPPER_CODE_NAMES, identity
+from .naming import EXIT_NAMES, WRAPPER_CODE_NAMES, identity
 from .options import TelemetryOptions
 from .providers import current_telemetry
-from .telemetry import CallbackInfo, KnownPushes, Telemetry, Unwinding, is_cancellation
+from .telemetry import NOTHING_KNOWN, CallbackInfo, KnownPushes, Telemetry, Unwinding, is_cancellation
 
 DEFAULT_STACK_NAME = "exitstack"
 
@@ -43,9 +43,6 @@ MAX_KNOWN_KEYS = 4096
 _SYNC_CALLBACK_CODE = SYNC_CALLBACK_CODE
 _ASYNC_CALLBACK_CODE = ASYNC_CALLBACK_CODE
 _GENERATOR_MANAGERS = GENERATOR_MANAGER_CLASSES
-_NOTHING_KNOWN: KnownPushes = (None, None)
-
-_EXIT_NAMES = frozenset({"__exit__", "__aexit__"})
 
 _DETAILS_FROM_PENDING = sys.version_info >= (3, 13)
 """3.13's contextlib hands each callback ``(type(exc), exc, exc.__traceback__)`` of the pending
@@ -109,7 +106,7 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
         elif callback_timeout is not None:
             self._callback_timeout = checked_callback_timeout(callback_timeout)
         self._parent_context: otel_context.Context | None = None
-        self._known: KnownPushes = _NOTHING_KNOWN
+        self._known: KnownPushes = NOTHING_KNOWN
         if telemetry is not None:
             if telemetry.tracer is not None:
                 # the unwind span's parent: the span current where the stack was made (the request's)
@@ -120,13 +117,6 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
     @property
     def name(self) -> str:
         return self._name
-
-    def _set_name(self, name: str) -> None:
-        """Rename the stack before anything is pushed (FastAPI's stacks learn their scope key late)."""
-        self._name = name
-        telemetry = self._telemetry
-        if telemetry is not None:
-            self._known = telemetry.known_pushes[name]
 
     @property
     def parent_context(self) -> otel_context.Context | None:
@@ -159,7 +149,7 @@ class InstrumentedAsyncExitStack(AsyncExitStack):
                         key = key.__func__
                     if type(key) is not FunctionType:
                         key = None
-            elif kind is MethodType and callback.__name__ in _EXIT_NAMES:
+            elif kind is MethodType and callback.__name__ in EXIT_NAMES:
                 manager: Any = callback.__self__  # type: ignore[attr-defined]
                 key = type(manager)
                 if key in _GENERATOR_MANAGERS:

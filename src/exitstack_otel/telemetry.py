@@ -153,6 +153,8 @@ class _ActiveCounts(dict[str, Count | None]):
 
 
 KnownPushes = tuple[dict[object, CallbackInfo], dict[object, CallbackInfo]] | tuple[None, None]
+NOTHING_KNOWN: KnownPushes = (None, None)
+"""A stack's pair where every push must reach ``on_push``, or where nothing is reported."""
 
 
 class _KnownPushes(dict[str, KnownPushes]):
@@ -163,7 +165,7 @@ class _KnownPushes(dict[str, KnownPushes]):
         self._enabled = enabled
 
     def __missing__(self, stack_name: str) -> KnownPushes:
-        found: KnownPushes = ({}, {}) if self._enabled else (None, None)
+        found: KnownPushes = ({}, {}) if self._enabled else NOTHING_KNOWN
         if len(self) < MAX_STACK_NAMES:
             self[stack_name] = found
         return found
